@@ -1,0 +1,108 @@
+//! Free-space maps: which chunk maps and which io units are in use. They live only in
+//! memory; load rebuilds them from the logical map and the chunk maps it references.
+
+use fixedbitset::FixedBitSet;
+
+/// One bitmap with first-fit allocation. `hint` is at or below the lowest free bit, so
+/// a search starts there instead of at 0 without changing which bit is chosen.
+#[derive(Clone, Debug)]
+pub struct FreeMap {
+    used: FixedBitSet,
+    hint: usize,
+    in_use: usize,
+}
+
+impl FreeMap {
+    pub fn new(len: usize) -> FreeMap {
+        FreeMap {
+            used: FixedBitSet::with_capacity(len),
+            hint: 0,
+            in_use: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+
+    pub fn is_used(&self, index: usize) -> bool {
+        self.used.contains(index)
+    }
+
+    /// Marks `index` used; false when it is out of range or already used.
+    pub fn claim(&mut self, index: usize) -> bool {
+        if index >= self.used.len() || self.used.put(index) {
+            return false;
+        }
+        self.in_use += 1;
+        true
+    }
+
+    /// The lowest free index, now marked used.
+    pub fn alloc(&mut self) -> Option<usize> {
+        let bits = usize::BITS as usize;
+        let blocks = self.used.as_slice();
+        let first = self.hint / bits;
+        let (offset, block) = blocks[first.min(blocks.len())..]
+            .iter()
+            .enumerate()
+            .find(|(_, b)| **b != usize::MAX)?;
+        let index = (first + offset) * bits + block.trailing_ones() as usize;
+        if index >= self.used.len() {
+            return None;
+        }
+        self.used.insert(index);
+        self.in_use += 1;
+        self.hint = index + 1;
+        Some(index)
+    }
+
+    pub fn free(&mut self, index: usize) {
+        debug_assert!(self.used.contains(index), "freeing a free index {index}");
+        if self.used.contains(index) {
+            self.used.set(index, false);
+            self.in_use -= 1;
+            self.hint = self.hint.min(index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_fit_reuses_the_lowest_free() {
+        let mut m = FreeMap::new(130);
+        assert!(m.claim(0) && m.claim(1));
+        assert!(!m.claim(1), "claimed twice");
+        assert!(!m.claim(130), "out of range");
+        let got: Vec<_> = (0..128).map(|_| m.alloc().unwrap()).collect();
+        assert_eq!(got, (2..130).collect::<Vec<_>>());
+        assert_eq!(m.alloc(), None);
+        assert_eq!(m.in_use(), 130);
+        m.free(70);
+        m.free(5);
+        assert_eq!(m.alloc(), Some(5));
+        assert_eq!(m.alloc(), Some(70));
+        assert_eq!(m.alloc(), None);
+    }
+
+    #[test]
+    fn empty_and_word_sized_maps() {
+        assert_eq!(FreeMap::new(0).alloc(), None);
+        let mut m = FreeMap::new(64);
+        for i in 0..64 {
+            assert_eq!(m.alloc(), Some(i));
+        }
+        assert_eq!(m.alloc(), None);
+    }
+}

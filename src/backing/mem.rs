@@ -1,0 +1,214 @@
+//! An in-memory backing device for tests: completes inside the call or from `poll`,
+//! can fail chosen operations, and records which writes have completed so a test can
+//! cut the power between any two of them.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use super::{BackingDevice, BackingIo, IoDone};
+use crate::error::{Errno, Result};
+
+/// When operations complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Inside the read or write call.
+    Immediate,
+    /// From [`MemBacking::poll`], in submission order.
+    Deferred,
+}
+
+/// Decides the fate of each operation: `Some(errno)` fails it. Arguments: is_write,
+/// the operation's number since the device was made.
+pub type FaultFn = Box<dyn FnMut(bool, u64) -> Option<Errno>>;
+
+struct Pending {
+    write: bool,
+    io: BackingIo,
+    done: IoDone,
+    result: Result<()>,
+}
+
+struct State {
+    image: Vec<u8>,
+    mode: Mode,
+    pending: VecDeque<Pending>,
+    fault: Option<FaultFn>,
+    ops: u64,
+    /// Completed writes so far (each write is applied to `image` when it completes).
+    writes_completed: u64,
+    reads: u64,
+    writes: u64,
+}
+
+/// A cheap handle: clones share one device.
+#[derive(Clone)]
+pub struct MemBacking {
+    blocklen: u32,
+    state: Rc<RefCell<State>>,
+}
+
+impl MemBacking {
+    pub fn new(blocklen: u32, blockcnt: u64, mode: Mode) -> MemBacking {
+        MemBacking::from_image(
+            blocklen,
+            vec![0; (blockcnt * u64::from(blocklen)) as usize],
+            mode,
+        )
+    }
+
+    /// A device holding `image` (whose length is a multiple of `blocklen`).
+    pub fn from_image(blocklen: u32, image: Vec<u8>, mode: Mode) -> MemBacking {
+        let state = State {
+            image,
+            mode,
+            pending: VecDeque::new(),
+            fault: None,
+            ops: 0,
+            writes_completed: 0,
+            reads: 0,
+            writes: 0,
+        };
+        MemBacking {
+            blocklen,
+            state: Rc::new(RefCell::new(state)),
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.borrow_mut().mode = mode;
+    }
+
+    pub fn set_fault(&self, fault: Option<FaultFn>) {
+        self.state.borrow_mut().fault = fault;
+    }
+
+    /// A copy of the device's bytes: what completed writes left.
+    pub fn image(&self) -> Vec<u8> {
+        self.state.borrow().image.clone()
+    }
+
+    /// Overwrites bytes of the device directly (corruption tests).
+    pub fn poke(&self, offset: usize, bytes: &[u8]) {
+        self.state.borrow_mut().image[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Operations submitted and not yet completed.
+    pub fn pending(&self) -> usize {
+        self.state.borrow().pending.len()
+    }
+
+    /// (reads, writes) submitted so far.
+    pub fn op_counts(&self) -> (u64, u64) {
+        let s = self.state.borrow();
+        (s.reads, s.writes)
+    }
+
+    pub fn writes_completed(&self) -> u64 {
+        self.state.borrow().writes_completed
+    }
+
+    /// Completes the oldest pending operation; false when none is pending.
+    pub fn poll_one(&self) -> bool {
+        let next = self.state.borrow_mut().pending.pop_front();
+        match next {
+            Some(p) => {
+                self.finish(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Completes pending operations until none is left (completions may submit more).
+    /// Returns how many completed.
+    pub fn poll(&self) -> usize {
+        let mut n = 0;
+        while self.poll_one() {
+            n += 1;
+        }
+        n
+    }
+
+    fn submit(&self, write: bool, io: BackingIo, done: IoDone) {
+        let mut s = self.state.borrow_mut();
+        let op = s.ops;
+        s.ops += 1;
+        if write {
+            s.writes += 1;
+        } else {
+            s.reads += 1;
+        }
+        let mut result = self.check(&s.image, &io);
+        if result.is_ok() {
+            if let Some(err) = s.fault.as_mut().and_then(|f| f(write, op)) {
+                result = Err(err);
+            }
+        }
+        let p = Pending {
+            write,
+            io,
+            done,
+            result,
+        };
+        if s.mode == Mode::Deferred {
+            s.pending.push_back(p);
+        } else {
+            drop(s);
+            self.finish(p);
+        }
+    }
+
+    fn check(&self, image: &[u8], io: &BackingIo) -> Result<()> {
+        let bl = self.blocklen as usize;
+        for e in &io.extents {
+            let len = e.lba_count as usize * bl;
+            let start = (e.lba as usize).checked_mul(bl).ok_or(Errno::EIO)?;
+            if start + len > image.len() || e.buf_offset + len > io.buf.len() {
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies (write) or fills (read) the operation's data, then completes it. The
+    /// device's borrow is released before the completion runs, so it may submit more.
+    fn finish(&self, mut p: Pending) {
+        if p.result.is_ok() {
+            let mut s = self.state.borrow_mut();
+            let bl = self.blocklen as usize;
+            for e in &p.io.extents {
+                let len = e.lba_count as usize * bl;
+                let dev = e.lba as usize * bl..e.lba as usize * bl + len;
+                let buf = e.buf_offset..e.buf_offset + len;
+                if p.write {
+                    s.image[dev].copy_from_slice(&p.io.buf[buf]);
+                } else {
+                    p.io.buf[buf].copy_from_slice(&s.image[dev]);
+                }
+            }
+            if p.write {
+                s.writes_completed += 1;
+            }
+        }
+        p.done.complete(p.io, p.result);
+    }
+}
+
+impl BackingDevice for MemBacking {
+    fn blocklen(&self) -> u32 {
+        self.blocklen
+    }
+
+    fn blockcnt(&self) -> u64 {
+        self.state.borrow().image.len() as u64 / u64::from(self.blocklen)
+    }
+
+    fn read(&self, io: BackingIo, done: IoDone) {
+        self.submit(false, io, done);
+    }
+
+    fn write(&self, io: BackingIo, done: IoDone) {
+        self.submit(true, io, done);
+    }
+}

@@ -1,0 +1,438 @@
+//! The on-disk and pm-file layout: constants, size formulas, superblock and path
+//! encode/decode. Pure functions of bytes and numbers; no I/O happens here.
+//!
+//! Backing device (byte offsets):
+//!
+//! ```text
+//! 0            SUPERBLOCK_SIZE          METADATA_SIZE
+//! | superblock | pm file path, NUL-term. | io unit k, k*io_unit.. (units overlapping
+//! |  4096 B    |  REDUCE_PATH_MAX bytes  |  0..METADATA_SIZE are never allocated)
+//! ```
+//!
+//! pm file (the superblock is an identical copy of the backing one):
+//!
+//! ```text
+//! 0            LOGICAL_MAP_OFFSET    chunk_maps_offset              pm_size
+//! | superblock | logical map:          | chunk maps: (chunks + 128) x  |
+//! |            | u64 per chunk,        | {u32 compressed_size;         |
+//! |            | rounded up to 64 B    |  u32 reserved (checksum);     |
+//! |            |                       |  u64 io_unit[io_units/chunk]} |
+//! |            |                       | rounded up to 64 B            |
+//! ```
+//!
+//! All integers are little-endian (the original wrote native x86-64 structs).
+
+use crate::error::{Errno, Result};
+
+/// `"SPDKREDU"`, the first 8 bytes of both superblock copies.
+pub const SIGNATURE: &[u8; 8] = b"SPDKREDU";
+pub const SUPERBLOCK_SIZE: usize = 4096;
+/// Where the params sit in the superblock, and their size (`spdk_reduce_vol_params`).
+pub const PARAMS_OFFSET: usize = SIGNATURE.len();
+pub const PARAMS_SIZE: usize = 40;
+
+/// The pm file path region on the backing device follows the superblock.
+pub const PATH_OFFSET: u64 = SUPERBLOCK_SIZE as u64;
+pub const REDUCE_PATH_MAX: usize = 4096;
+/// Bytes at the start of the backing device that hold metadata, not io units.
+pub const METADATA_SIZE: u64 = PATH_OFFSET + REDUCE_PATH_MAX as u64;
+
+/// Length of a lowercase hyphenated uuid, the pm file's name.
+pub const UUID_STRING_LEN: usize = 36;
+
+/// Regions of the pm file are rounded up to a cache line.
+pub const PM_ALIGNMENT: u64 = 64;
+/// Chunk maps beyond one per logical chunk, so that in-flight writes (never in place)
+/// find room even on a volume full of incompressible data.
+pub const EXTRA_CHUNKS: u64 = 128;
+pub const LOGICAL_MAP_OFFSET: u64 = SUPERBLOCK_SIZE as u64;
+/// An unused logical map entry, io unit slot or (init's fill) chunk map word.
+pub const EMPTY_ENTRY: u64 = u64::MAX;
+/// A chunk map whose `reserved` word holds this has no checksum: the original never
+/// wrote that word, so it kept init's 0xFF fill.
+pub const NO_CHECKSUM: u32 = u32::MAX;
+/// Chunk map header: `u32 compressed_size; u32 reserved`.
+pub const CHUNK_MAP_HEADER: u64 = 8;
+
+/// Largest chunk we accept. The original had no limit; a bound keeps a hostile
+/// superblock from asking for gigabyte buffers.
+pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+
+/// The volume parameters, as `struct spdk_reduce_vol_params` holds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Params {
+    pub uuid: [u8; 16],
+    pub backing_io_unit_size: u32,
+    pub logical_block_size: u32,
+    pub chunk_size: u32,
+    pub vol_size: u64,
+}
+
+fn round_up(value: u64, align: u64) -> Option<u64> {
+    value.checked_add(align - 1).map(|v| v / align * align)
+}
+
+/// `vol_size` for a backing device of `backing_bytes`: all whole chunks but the extra
+/// ones. Zero when the device holds no more than the extra chunks.
+pub fn vol_size_for(chunk_size: u32, backing_bytes: u64) -> u64 {
+    let chunks = backing_bytes / u64::from(chunk_size);
+    chunks.saturating_sub(EXTRA_CHUNKS) * u64::from(chunk_size)
+}
+
+/// Everything derived from validated params and the backing block length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub params: Params,
+    pub blocklen: u32,
+    pub io_units_per_chunk: u32,
+    pub blocks_per_chunk: u32,
+    pub lba_per_io_unit: u32,
+    /// Logical chunks (`vol_size / chunk_size`).
+    pub chunks: u64,
+    /// Chunk maps, and chunks' worth of io units, that the volume owns.
+    pub total_chunk_maps: u64,
+    pub total_io_units: u64,
+    /// Io units overlapping the metadata at the start of the backing device.
+    pub reserved_io_units: u64,
+    pub chunk_maps_offset: u64,
+    pub chunk_map_stride: u64,
+    /// Size of a pm file made by the fixed formula (what we create).
+    pub pm_size: u64,
+    /// Size the original (before SPDK's fix) made: its chunk-map region left out
+    /// each entry's 8-byte header. Such files load; they hold fewer chunk maps.
+    pub pm_size_original: u64,
+}
+
+impl Geometry {
+    /// Validates params against a backing device of `blocklen`-byte blocks. Errors are
+    /// `EINVAL`; load maps them to `EILSEQ` since there they come from the disk.
+    pub fn new(params: Params, blocklen: u32) -> Result<Geometry> {
+        let Params {
+            backing_io_unit_size: io_unit,
+            logical_block_size: lbs,
+            chunk_size: chunk,
+            vol_size,
+            ..
+        } = params;
+        let bad = Err(Errno::EINVAL);
+        // Metadata is written in whole blocks, so a block must divide the superblock.
+        if blocklen == 0 || SUPERBLOCK_SIZE as u32 % blocklen != 0 {
+            return bad;
+        }
+        if io_unit == 0 || lbs == 0 || chunk == 0 || chunk > MAX_CHUNK_SIZE {
+            return bad;
+        }
+        if chunk % io_unit != 0 || chunk % lbs != 0 || io_unit % blocklen != 0 {
+            return bad;
+        }
+        if vol_size == 0 || vol_size % u64::from(chunk) != 0 {
+            return bad;
+        }
+        let io_units_per_chunk = chunk / io_unit;
+        let chunks = vol_size / u64::from(chunk);
+        let total_chunk_maps = chunks.checked_add(EXTRA_CHUNKS).ok_or(Errno::EINVAL)?;
+        let total_io_units = total_chunk_maps
+            .checked_mul(u64::from(io_units_per_chunk))
+            .ok_or(Errno::EINVAL)?;
+        let slots_bytes = u64::from(io_units_per_chunk) * 8;
+        let chunk_map_stride = CHUNK_MAP_HEADER + slots_bytes;
+        let logical_map_size = chunks
+            .checked_mul(8)
+            .and_then(|s| round_up(s, PM_ALIGNMENT))
+            .ok_or(Errno::EINVAL)?;
+        let chunk_maps_offset = LOGICAL_MAP_OFFSET + logical_map_size;
+        let region = |stride: u64| {
+            total_chunk_maps
+                .checked_mul(stride)
+                .and_then(|s| round_up(s, PM_ALIGNMENT))
+                .and_then(|s| s.checked_add(chunk_maps_offset))
+                .ok_or(Errno::EINVAL)
+        };
+        let pm_size = region(chunk_map_stride)?;
+        let pm_size_original = region(slots_bytes)?;
+        // The pm file is mapped whole: it must fit the address space.
+        usize::try_from(pm_size).map_err(|_| Errno::EINVAL)?;
+        Ok(Geometry {
+            params,
+            blocklen,
+            io_units_per_chunk,
+            blocks_per_chunk: chunk / lbs,
+            lba_per_io_unit: io_unit / blocklen,
+            chunks,
+            total_chunk_maps,
+            total_io_units,
+            reserved_io_units: METADATA_SIZE.div_ceil(u64::from(io_unit)),
+            chunk_maps_offset,
+            chunk_map_stride,
+            pm_size,
+            pm_size_original,
+        })
+    }
+
+    pub fn chunk_size(&self) -> usize {
+        self.params.chunk_size as usize
+    }
+
+    pub fn io_unit_size(&self) -> usize {
+        self.params.backing_io_unit_size as usize
+    }
+
+    /// Backing bytes the volume needs: every chunk map's worth of io units.
+    pub fn backing_bytes_needed(&self) -> u64 {
+        self.total_chunk_maps * u64::from(self.params.chunk_size)
+    }
+
+    /// Byte offset in the pm file of chunk `chunk`'s logical map entry.
+    pub fn logical_entry_offset(&self, chunk: u64) -> usize {
+        (LOGICAL_MAP_OFFSET + chunk * 8) as usize
+    }
+
+    /// Byte offset in the pm file of chunk map `index`.
+    pub fn chunk_map_offset(&self, index: u64) -> usize {
+        (self.chunk_maps_offset + index * self.chunk_map_stride) as usize
+    }
+
+    /// How many chunk maps a pm file of `pm_len` bytes holds: all of them for the
+    /// fixed size, fewer for the original's undersized file. `None` for any other size.
+    pub fn chunk_maps_in_file(&self, pm_len: u64) -> Option<u64> {
+        if pm_len == self.pm_size {
+            Some(self.total_chunk_maps)
+        } else if pm_len == self.pm_size_original {
+            Some(
+                ((pm_len - self.chunk_maps_offset) / self.chunk_map_stride)
+                    .min(self.total_chunk_maps),
+            )
+        } else {
+            None
+        }
+    }
+
+    /// Io units a stored chunk of `compressed_size` bytes occupies.
+    pub fn io_units_for(&self, compressed_size: u32) -> u32 {
+        compressed_size.div_ceil(self.params.backing_io_unit_size)
+    }
+
+    /// First backing block of io unit `index`.
+    pub fn io_unit_lba(&self, index: u64) -> u64 {
+        index * u64::from(self.lba_per_io_unit)
+    }
+}
+
+/// Encodes the 4096-byte superblock: signature, params, zeros.
+pub fn encode_superblock(params: &Params) -> Vec<u8> {
+    let mut sb = vec![0u8; SUPERBLOCK_SIZE];
+    sb[..PARAMS_OFFSET].copy_from_slice(SIGNATURE);
+    sb[PARAMS_OFFSET..PARAMS_OFFSET + PARAMS_SIZE].copy_from_slice(&encode_params(params));
+    sb
+}
+
+/// `struct spdk_reduce_vol_params` as bytes: uuid @0, io unit @16, logical block @20,
+/// chunk @24, padding @28, vol_size @32.
+pub fn encode_params(p: &Params) -> [u8; PARAMS_SIZE] {
+    let mut b = [0u8; PARAMS_SIZE];
+    b[0..16].copy_from_slice(&p.uuid);
+    b[16..20].copy_from_slice(&p.backing_io_unit_size.to_le_bytes());
+    b[20..24].copy_from_slice(&p.logical_block_size.to_le_bytes());
+    b[24..28].copy_from_slice(&p.chunk_size.to_le_bytes());
+    b[32..40].copy_from_slice(&p.vol_size.to_le_bytes());
+    b
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+/// Decodes a superblock. `EILSEQ` when it is short or lacks the signature; the params
+/// are not validated here (see [`Geometry::new`]).
+pub fn decode_superblock(sb: &[u8]) -> Result<Params> {
+    if sb.len() < SUPERBLOCK_SIZE || &sb[..PARAMS_OFFSET] != SIGNATURE {
+        return Err(Errno::EILSEQ);
+    }
+    let p = &sb[PARAMS_OFFSET..PARAMS_OFFSET + PARAMS_SIZE];
+    Ok(Params {
+        uuid: p[0..16].try_into().expect("16 bytes"),
+        backing_io_unit_size: u32_at(p, 16),
+        logical_block_size: u32_at(p, 20),
+        chunk_size: u32_at(p, 24),
+        vol_size: u64_at(p, 32),
+    })
+}
+
+/// The path region: the path, a NUL, zeros to `REDUCE_PATH_MAX`. `EINVAL` when the
+/// path (with its NUL) does not fit or holds a NUL itself.
+pub fn encode_path(path: &str) -> Result<Vec<u8>> {
+    if path.is_empty() || path.len() >= REDUCE_PATH_MAX || path.contains('\0') {
+        return Err(Errno::EINVAL);
+    }
+    let mut region = vec![0u8; REDUCE_PATH_MAX];
+    region[..path.len()].copy_from_slice(path.as_bytes());
+    Ok(region)
+}
+
+/// Reads the pm path from its region: `EILSEQ` unless it is non-empty, NUL-terminated
+/// within the region, and UTF-8.
+pub fn decode_path(region: &[u8]) -> Result<String> {
+    let region = &region[..region.len().min(REDUCE_PATH_MAX)];
+    let end = region.iter().position(|&b| b == 0).ok_or(Errno::EILSEQ)?;
+    if end == 0 {
+        return Err(Errno::EILSEQ);
+    }
+    String::from_utf8(region[..end].to_vec()).map_err(|_| Errno::EILSEQ)
+}
+
+/// The pm file path for a volume: `dir/uuid`, without doubling a trailing `/`.
+/// `EINVAL` for an empty directory or one too long to leave room for the name.
+pub fn pm_path(dir: &str, uuid: &[u8; 16]) -> Result<String> {
+    if dir.is_empty() {
+        return Err(Errno::EINVAL);
+    }
+    let dir = dir.strip_suffix('/').unwrap_or(dir);
+    // dir + '/' + uuid + NUL must fit the path region.
+    if dir.len() + 1 + UUID_STRING_LEN + 1 > REDUCE_PATH_MAX {
+        return Err(Errno::EINVAL);
+    }
+    let name = uuid::Uuid::from_bytes(*uuid).hyphenated().to_string();
+    Ok(format!("{dir}/{name}"))
+}
+
+/// The stored checksum of a chunk's stored bytes. A CRC equal to [`NO_CHECKSUM`] is
+/// folded to 0 so that every stored value reads as "checksummed".
+pub fn chunk_checksum(stored: &[u8]) -> u32 {
+    match crc32c::crc32c(stored) {
+        NO_CHECKSUM => 0,
+        crc => crc,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(io: u32, lbs: u32, chunk: u32, vol: u64) -> Params {
+        Params {
+            uuid: [7; 16],
+            backing_io_unit_size: io,
+            logical_block_size: lbs,
+            chunk_size: chunk,
+            vol_size: vol,
+        }
+    }
+
+    #[test]
+    fn fixture_geometry_matches_manifest() {
+        // g1 of the fixtures: 512 chunks of 16 KiB, io unit 4 KiB, blocklen 512.
+        let g = Geometry::new(params(4096, 512, 16384, 8 << 20), 512).unwrap();
+        assert_eq!(g.chunks, 512);
+        assert_eq!(g.chunk_maps_offset, 8192);
+        assert_eq!(g.chunk_map_stride, 40);
+        assert_eq!(g.pm_size, 33792);
+        assert_eq!(g.pm_size_original, 28672);
+        assert_eq!(g.chunk_maps_in_file(28672), Some(512));
+        assert_eq!(g.chunk_maps_in_file(33792), Some(640));
+        assert_eq!(g.chunk_maps_in_file(30000), None);
+        assert_eq!(g.reserved_io_units, 2);
+        assert_eq!(g.lba_per_io_unit, 8);
+        assert_eq!(g.blocks_per_chunk, 32);
+        assert_eq!(g.total_io_units, 640 * 4);
+    }
+
+    #[test]
+    fn params_bytes_follow_the_c_struct() {
+        let p = params(0x1000, 0x200, 0x4000, 0x0123_4567_89ab_cdef);
+        let b = encode_params(&p);
+        assert_eq!(&b[0..16], &[7; 16]);
+        assert_eq!(&b[16..20], &[0, 0x10, 0, 0]);
+        assert_eq!(&b[20..24], &[0, 2, 0, 0]);
+        assert_eq!(&b[24..28], &[0, 0x40, 0, 0]);
+        assert_eq!(&b[28..32], &[0; 4]);
+        assert_eq!(
+            &b[32..40],
+            &[0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01]
+        );
+        let sb = encode_superblock(&p);
+        assert_eq!(sb.len(), 4096);
+        assert_eq!(&sb[0..8], b"SPDKREDU");
+        assert_eq!(&sb[8..48], &b);
+        assert!(sb[48..].iter().all(|&x| x == 0));
+        assert_eq!(decode_superblock(&sb), Ok(p));
+    }
+
+    #[test]
+    fn superblock_without_signature_is_eilseq() {
+        let mut sb = encode_superblock(&params(4096, 512, 16384, 1 << 20));
+        sb[3] ^= 1;
+        assert_eq!(decode_superblock(&sb), Err(Errno::EILSEQ));
+        assert_eq!(decode_superblock(&sb[..100]), Err(Errno::EILSEQ));
+    }
+
+    #[test]
+    fn invalid_geometries_are_einval() {
+        let ok = params(4096, 512, 16384, 1 << 20);
+        assert!(Geometry::new(ok, 512).is_ok());
+        for (p, bl) in [
+            (params(0, 512, 16384, 1 << 20), 512),
+            (params(4096, 0, 16384, 1 << 20), 512),
+            (params(4096, 512, 0, 1 << 20), 512),
+            (params(4096, 512, 16384, 0), 512),
+            (params(3000, 512, 16384, 1 << 20), 512),
+            (params(4096, 3000, 16384, 1 << 20), 512),
+            (params(4096, 512, 16384, (1 << 20) + 512), 512),
+            (params(512, 512, 16384, 1 << 20), 4096),
+            (ok, 0),
+            (ok, 8192),
+            (ok, 1000),
+            (params(4096, 512, MAX_CHUNK_SIZE * 2, 1 << 30), 512),
+            (params(4096, 512, 16384, u64::MAX / 16384 * 16384), 512),
+        ] {
+            assert_eq!(
+                Geometry::new(p, bl),
+                Err(Errno::EINVAL),
+                "{p:?} blocklen {bl}"
+            );
+        }
+    }
+
+    #[test]
+    fn vol_size_leaves_out_the_extra_chunks() {
+        assert_eq!(vol_size_for(16384, 640 * 16384), 512 * 16384);
+        assert_eq!(vol_size_for(16384, 640 * 16384 + 100), 512 * 16384);
+        assert_eq!(vol_size_for(16384, 128 * 16384), 0);
+        assert_eq!(vol_size_for(16384, 0), 0);
+    }
+
+    #[test]
+    fn path_region_round_trips_and_rejects_garbage() {
+        let r = encode_path("/tmp/x").unwrap();
+        assert_eq!(r.len(), 4096);
+        assert_eq!(decode_path(&r).unwrap(), "/tmp/x");
+        assert_eq!(decode_path(&[b'a'; 4096]), Err(Errno::EILSEQ));
+        assert_eq!(decode_path(&[0; 4096]), Err(Errno::EILSEQ));
+        assert_eq!(encode_path(&"a".repeat(4096)), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn pm_path_joins_once() {
+        let u = *uuid::Uuid::parse_str("5ed07f1c-0000-4000-8000-000000000001")
+            .unwrap()
+            .as_bytes();
+        assert_eq!(
+            pm_path("/pm", &u).unwrap(),
+            "/pm/5ed07f1c-0000-4000-8000-000000000001"
+        );
+        assert_eq!(
+            pm_path("/pm/", &u).unwrap(),
+            "/pm/5ed07f1c-0000-4000-8000-000000000001"
+        );
+        assert_eq!(
+            pm_path("/", &u).unwrap(),
+            "/5ed07f1c-0000-4000-8000-000000000001"
+        );
+        assert!(pm_path(&"d".repeat(4058), &u).is_ok());
+        assert_eq!(pm_path(&"d".repeat(4059), &u), Err(Errno::EINVAL));
+        assert_eq!(pm_path("", &u), Err(Errno::EINVAL));
+    }
+}

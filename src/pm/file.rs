@@ -1,0 +1,86 @@
+//! pm files on a file system, mapped with memmap2 and persisted with msync.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapMut;
+
+use super::{PmRegion, PmStore};
+use crate::error::{Errno, Result};
+
+/// The pm store of a real application: files in a directory the caller names.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileStore;
+
+struct FileRegion {
+    map: MmapMut,
+}
+
+fn map(file: &File) -> Result<MmapMut> {
+    // SAFETY: the file is a regular file this volume created or was pointed at, and the
+    // mapping is private to one volume: libreduce's contract is that nothing else
+    // truncates or rewrites the pm file while the volume is loaded.
+    unsafe { MmapMut::map_mut(file) }.map_err(Errno::from)
+}
+
+impl PmStore for FileStore {
+    fn create(&self, path: &str, len: u64) -> Result<Box<dyn PmRegion>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        let mapped = file
+            .set_len(len)
+            .map_err(Errno::from)
+            .and_then(|()| map(&file));
+        match mapped {
+            Ok(map) => Ok(Box::new(FileRegion { map })),
+            Err(e) => {
+                // Nothing is left behind by a failed create; the create error is the
+                // one the caller needs.
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    fn open(&self, path: &str, accept_len: &dyn Fn(u64) -> bool) -> Result<Box<dyn PmRegion>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || !accept_len(meta.len()) {
+            return Err(Errno::EILSEQ);
+        }
+        Ok(Box::new(FileRegion { map: map(&file)? }))
+    }
+
+    fn remove(&self, path: &str) -> Result<()> {
+        std::fs::remove_file(path).map_err(Errno::from)
+    }
+}
+
+impl PmRegion for FileRegion {
+    fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        self.map[offset..offset + data.len()].copy_from_slice(data);
+    }
+
+    fn store_u64(&mut self, offset: usize, value: u64) {
+        let word = &mut self.map[offset..offset + 8];
+        assert_eq!(word.as_ptr().align_offset(8), 0, "pm word not aligned");
+        // SAFETY: `word` is 8 bytes inside the mapping, 8-byte aligned (checked above:
+        // the map is page aligned and every word offset is a multiple of 8), and the
+        // exclusive borrow of the mapping means no other reference aliases it.
+        let atomic = unsafe { AtomicU64::from_ptr(word.as_mut_ptr().cast::<u64>()) };
+        atomic.store(value.to_le(), Ordering::Release);
+    }
+
+    fn persist(&mut self, offset: usize, len: usize) -> Result<()> {
+        self.map.flush_range(offset, len).map_err(Errno::from)
+    }
+}

@@ -1,0 +1,61 @@
+//! The pm file: the metadata region the volume maps whole, and where such files live.
+//!
+//! [`PmRegion`] is one mapped file: read it as bytes, write it, and `persist` a range
+//! (msync for a file). [`PmStore`] creates, opens and removes them by path. Two stores:
+//! [`FileStore`] (real files, memmap2) and [`MemStore`] (memory, for tests and miri),
+//! which keeps apart what was written from what was persisted so a test can cut the
+//! power.
+
+mod file;
+mod mem;
+
+pub use file::FileStore;
+pub use mem::MemStore;
+
+use crate::error::Result;
+
+/// One mapped pm file. Offsets and ranges are always within `bytes()`.
+pub trait PmRegion {
+    fn bytes(&self) -> &[u8];
+    fn write(&mut self, offset: usize, data: &[u8]);
+    /// Writes an aligned 8-byte word with a single store, so the logical map entry
+    /// switches from old to new chunk map and is never seen torn.
+    fn store_u64(&mut self, offset: usize, value: u64);
+    /// Makes `len` bytes at `offset` durable.
+    fn persist(&mut self, offset: usize, len: usize) -> Result<()>;
+
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read_u64(&self, offset: usize) -> u64 {
+        u64::from_le_bytes(
+            self.bytes()[offset..offset + 8]
+                .try_into()
+                .expect("8 bytes"),
+        )
+    }
+
+    fn read_u32(&self, offset: usize) -> u32 {
+        u32::from_le_bytes(
+            self.bytes()[offset..offset + 4]
+                .try_into()
+                .expect("4 bytes"),
+        )
+    }
+}
+
+/// Where pm files live.
+pub trait PmStore {
+    /// Creates `path` exclusively (mode 0600), `len` bytes of zeros, and maps it. On
+    /// failure nothing is left behind. The OS errno (`EEXIST`, `ENOENT`, `EACCES`...).
+    fn create(&self, path: &str, len: u64) -> Result<Box<dyn PmRegion>>;
+    /// Opens and maps an existing file, but only a regular file whose length
+    /// `accept_len` accepts (`EILSEQ` otherwise): a file that fails is never mapped.
+    fn open(&self, path: &str, accept_len: &dyn Fn(u64) -> bool) -> Result<Box<dyn PmRegion>>;
+    fn remove(&self, path: &str) -> Result<()>;
+}

@@ -1,0 +1,263 @@
+//! The volume: its public API, and the one place where work happens — the drain loop.
+//!
+//! Re-entrancy is handled by never calling out while holding state. Every entry point
+//! (a caller's request, a backing or codec completion) only *posts an event* and then
+//! drains. Draining pops one event, lets the state machine ([`Core::handle`]) turn it
+//! into actions while it holds the state, then releases the state and performs the
+//! actions: backing I/O, codec calls, caller callbacks. Anything those call back into
+//! (a completion inside the call, a new request from a callback, an unload) posts an
+//! event and returns at once, because the volume is already draining. So the stack
+//! stays flat however many requests chain from callbacks, and no borrow is held across
+//! a call to the outside.
+
+mod lifecycle;
+mod request;
+mod user;
+
+pub use lifecycle::InitPlan;
+pub use request::{MAX_ACTIVE, Op};
+pub use user::{Segments, UserIo, segment_pieces};
+
+pub(crate) use lifecycle::Core;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use crate::backing::{BackingDevice, BackingIo, IoDone};
+use crate::codec::{Codec, CodecDone, CodecIo};
+use crate::error::{Errno, Result};
+use crate::format::Params;
+use crate::pm::PmStore;
+
+/// Completion of init or load.
+pub type OpenCallback = Box<dyn FnOnce(Result<Volume>)>;
+/// Completion of unload or destroy.
+pub type DoneCallback = Box<dyn FnOnce(Result<()>)>;
+
+/// What a volume runs on: the backing device, the compressor and where pm files live.
+pub struct Backend {
+    pub backing: Box<dyn BackingDevice>,
+    pub codec: Box<dyn Codec>,
+    pub store: Box<dyn PmStore>,
+}
+
+/// Which outstanding operation a completion belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Token {
+    /// A read or write request (its slot in the request table).
+    Request(usize),
+    /// The one init, load or destroy step in flight.
+    Lifecycle,
+}
+
+/// Something that happened, waiting to be handled by the drain loop.
+pub(crate) enum Event {
+    Begin,
+    Submit {
+        op: Op,
+        offset: u64,
+        length: u64,
+        io: Box<dyn UserIo>,
+    },
+    Reject {
+        io: Box<dyn UserIo>,
+        err: Errno,
+    },
+    Unload(DoneCallback),
+    BackingDone {
+        token: Token,
+        io: BackingIo,
+        result: Result<()>,
+    },
+    CodecDone {
+        token: Token,
+        io: CodecIo,
+        result: Result<usize>,
+    },
+}
+
+/// A call to the outside, made by the drain loop with no state borrowed.
+pub(crate) enum Action {
+    Read(BackingIo, Token),
+    Write(BackingIo, Token),
+    Compress(CodecIo, Token),
+    Decompress(CodecIo, Token),
+    Finish(Box<dyn UserIo>, Result<()>),
+    Opened(OpenCallback, Result<()>),
+    Done(DoneCallback, Result<()>),
+}
+
+pub(crate) struct Shared {
+    core: RefCell<Core>,
+    events: RefCell<VecDeque<Event>>,
+    draining: Cell<bool>,
+    backing: Box<dyn BackingDevice>,
+    codec: Box<dyn Codec>,
+}
+
+/// Clears the draining flag however the loop ends (a panicking callback included), so
+/// the volume is not left deaf.
+struct DrainGuard<'a>(&'a Cell<bool>);
+
+impl Drop for DrainGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+impl Shared {
+    /// Queues `event` and drains, unless a drain further up the stack will see it.
+    pub(crate) fn post(self: &Rc<Self>, event: Event) {
+        self.events.borrow_mut().push_back(event);
+        if !self.draining.get() {
+            self.drain();
+        }
+    }
+
+    fn drain(self: &Rc<Self>) {
+        self.draining.set(true);
+        let _guard = DrainGuard(&self.draining);
+        let mut actions = Vec::new();
+        loop {
+            let event = self.events.borrow_mut().pop_front();
+            let Some(event) = event else { break };
+            self.core.borrow_mut().handle(event, &mut actions);
+            for action in actions.drain(..) {
+                self.perform(action);
+            }
+        }
+    }
+
+    fn perform(self: &Rc<Self>, action: Action) {
+        let io_done = |token| IoDone {
+            shared: Rc::clone(self),
+            token,
+        };
+        let codec_done = |token| CodecDone {
+            shared: Rc::clone(self),
+            token,
+        };
+        match action {
+            Action::Read(io, token) => self.backing.read(io, io_done(token)),
+            Action::Write(io, token) => self.backing.write(io, io_done(token)),
+            Action::Compress(io, token) => self.codec.compress(io, codec_done(token)),
+            Action::Decompress(io, token) => self.codec.decompress(io, codec_done(token)),
+            Action::Finish(user, result) => user.complete(result),
+            Action::Opened(cb, result) => cb(result.map(|()| Volume {
+                shared: Rc::clone(self),
+            })),
+            Action::Done(cb, result) => cb(result),
+        }
+    }
+
+    fn start(core: Core, backend_backing: Box<dyn BackingDevice>, codec: Box<dyn Codec>) {
+        let shared = Rc::new(Shared {
+            core: RefCell::new(core),
+            events: RefCell::new(VecDeque::new()),
+            draining: Cell::new(false),
+            backing: backend_backing,
+            codec,
+        });
+        shared.post(Event::Begin);
+    }
+}
+
+/// Counters of a loaded volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Info {
+    /// Io units holding chunk data (the metadata area not counted).
+    pub allocated_io_units: u64,
+    /// Chunks that hold data.
+    pub chunks_in_use: u64,
+    /// Chunk maps the pm file has room for.
+    pub chunk_maps_usable: u64,
+    /// Requests submitted and not completed.
+    pub outstanding: usize,
+}
+
+/// A compressed volume. Single-threaded, like SPDK: every call, and every backing and
+/// codec completion, happens on the thread that made it. Separate volumes may live on
+/// separate threads.
+#[derive(Clone)]
+pub struct Volume {
+    shared: Rc<Shared>,
+}
+
+impl Volume {
+    /// Creates a volume: pm file, path region, then the superblock. `cb` gets the
+    /// volume, or the error with nothing left behind.
+    pub fn init(plan: InitPlan, backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
+        let core = Core::init(plan, backend.store, Box::new(cb));
+        Shared::start(core, backend.backing, backend.codec);
+    }
+
+    /// Opens the volume on `backend.backing`.
+    pub fn load(backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
+        let core = Core::load(backend.store, backend.backing.as_ref(), Box::new(cb));
+        Shared::start(core, backend.backing, backend.codec);
+    }
+
+    /// Loads the volume, clears its signature and removes its pm file.
+    pub fn destroy(backend: Backend, cb: impl FnOnce(Result<()>) + 'static) {
+        let core = Core::destroy(backend.store, backend.backing.as_ref(), Box::new(cb));
+        Shared::start(core, backend.backing, backend.codec);
+    }
+
+    /// Reads or writes `length` logical blocks at `offset` through the caller's `io`.
+    pub fn submit(&self, op: Op, offset: u64, length: u64, io: Box<dyn UserIo>) {
+        self.shared.post(Event::Submit {
+            op,
+            offset,
+            length,
+            io,
+        });
+    }
+
+    /// Completes `io` with `err` in order with the volume's other completions (for
+    /// requests refused before they reach the volume, such as a bad iovec).
+    pub fn reject(&self, io: Box<dyn UserIo>, err: Errno) {
+        self.shared.post(Event::Reject { io, err });
+    }
+
+    /// Reads into `segs` (whose lengths add up to `length` blocks); they come back in `cb`.
+    pub fn readv(
+        &self,
+        offset: u64,
+        length: u64,
+        segs: Vec<Vec<u8>>,
+        cb: impl FnOnce(Result<()>, Vec<Vec<u8>>) + 'static,
+    ) {
+        self.submit(Op::Read, offset, length, Segments::boxed(segs, cb));
+    }
+
+    /// Writes `segs` (`length` blocks in all); they come back in `cb`.
+    pub fn writev(
+        &self,
+        offset: u64,
+        length: u64,
+        segs: Vec<Vec<u8>>,
+        cb: impl FnOnce(Result<()>, Vec<Vec<u8>>) + 'static,
+    ) {
+        self.submit(Op::Write, offset, length, Segments::boxed(segs, cb));
+    }
+
+    /// Closes the volume: `EBUSY` while requests are outstanding.
+    pub fn unload(&self, cb: impl FnOnce(Result<()>) + 'static) {
+        self.shared.post(Event::Unload(Box::new(cb)));
+    }
+
+    /// The volume's parameters (as stored in its superblock).
+    pub fn params(&self) -> Params {
+        self.shared.core.borrow().params()
+    }
+
+    /// The pm file's path.
+    pub fn pm_path(&self) -> String {
+        self.shared.core.borrow().pm_path()
+    }
+
+    pub fn info(&self) -> Info {
+        self.shared.core.borrow().info()
+    }
+}

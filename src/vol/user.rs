@@ -1,0 +1,98 @@
+//! The caller's side of a read or write: its buffers and its completion, in one object
+//! the volume holds until the request completes.
+
+use crate::error::Result;
+use std::ops::Range;
+
+/// A caller's scatter list and completion. The volume copies between it and its chunk
+/// buffers (`gather` for writes, `scatter` for reads) and calls `complete` once.
+pub trait UserIo {
+    /// Total bytes of the caller's buffers.
+    fn len(&self) -> usize;
+    /// Copies the caller's bytes from `offset` on into `dst`.
+    fn gather(&self, offset: usize, dst: &mut [u8]);
+    /// Copies `src` into the caller's buffers from `offset` on.
+    fn scatter(&mut self, offset: usize, src: &[u8]);
+    /// Reports the result; the volume holds nothing of the request any more.
+    fn complete(self: Box<Self>, result: Result<()>);
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills the caller's buffers with zeros (a chunk never written).
+    fn zero(&mut self) {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let len = self.len();
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(ZEROS.len());
+            self.scatter(off, &ZEROS[..n]);
+            off += n;
+        }
+    }
+}
+
+/// For a copy of `len` bytes starting `offset` bytes into a list of segments of
+/// `seg_lens`: each piece as (segment index, range in the segment, range in the copy).
+pub fn segment_pieces(
+    seg_lens: impl Iterator<Item = usize>,
+    offset: usize,
+    len: usize,
+) -> impl Iterator<Item = (usize, Range<usize>, Range<usize>)> {
+    let end = offset + len;
+    let mut seg_start = 0;
+    seg_lens.enumerate().filter_map(move |(i, seg_len)| {
+        let (s, e) = (seg_start, seg_start + seg_len);
+        seg_start = e;
+        let (from, to) = (s.max(offset), e.min(end));
+        (from < to).then(|| (i, from - s..to - s, from - offset..to - offset))
+    })
+}
+
+/// Owned buffers for Rust callers: the segments go back with the result.
+pub struct Segments<F: FnOnce(Result<()>, Vec<Vec<u8>>)> {
+    segs: Vec<Vec<u8>>,
+    cb: F,
+}
+
+impl<F: FnOnce(Result<()>, Vec<Vec<u8>>) + 'static> Segments<F> {
+    pub fn boxed(segs: Vec<Vec<u8>>, cb: F) -> Box<dyn UserIo> {
+        Box::new(Segments { segs, cb })
+    }
+}
+
+impl<F: FnOnce(Result<()>, Vec<Vec<u8>>)> UserIo for Segments<F> {
+    fn len(&self) -> usize {
+        self.segs.iter().map(Vec::len).sum()
+    }
+
+    fn gather(&self, offset: usize, dst: &mut [u8]) {
+        for (i, seg, buf) in segment_pieces(self.segs.iter().map(Vec::len), offset, dst.len()) {
+            dst[buf].copy_from_slice(&self.segs[i][seg]);
+        }
+    }
+
+    fn scatter(&mut self, offset: usize, src: &[u8]) {
+        let lens: Vec<usize> = self.segs.iter().map(Vec::len).collect();
+        for (i, seg, buf) in segment_pieces(lens.into_iter(), offset, src.len()) {
+            self.segs[i][seg].copy_from_slice(&src[buf]);
+        }
+    }
+
+    fn complete(self: Box<Self>, result: Result<()>) {
+        (self.cb)(result, self.segs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_exactly_the_range() {
+        let p: Vec<_> = segment_pieces([3, 0, 5, 4].into_iter(), 2, 8).collect();
+        assert_eq!(p, vec![(0, 2..3, 0..1), (2, 0..5, 1..6), (3, 0..2, 6..8)]);
+        assert_eq!(segment_pieces([4].into_iter(), 0, 0).count(), 0);
+    }
+}

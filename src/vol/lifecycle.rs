@@ -163,6 +163,37 @@ impl Core {
         }
     }
 
+    pub(crate) fn describe(&self) -> String {
+        let p = &self.params;
+        let mut s = format!(
+            "vol info:\n\tuuid = {}\n\tbacking_io_unit_size = 0x{:x}\n\tlogical_block_size = 0x{:x}\n\tchunk_size = 0x{:x}\n\tvol_size = 0x{:x}\n",
+            uuid::Uuid::from_bytes(p.uuid).hyphenated(),
+            p.backing_io_unit_size,
+            p.logical_block_size,
+            p.chunk_size,
+            p.vol_size
+        );
+        if let Phase::Ready(engine) = &self.phase {
+            let geo = &engine.meta.geo;
+            let info = self.info();
+            s += &format!(
+                "\ttotal chunks (including extra) = 0x{:x}\n\ttotal chunks (excluding extra) = 0x{:x}\n\tchunk_struct_size = 0x{:x}\npmem info:\n\tpath = {}\n\tsize = 0x{:x}\n\tlogical_map_offset = 0x{:x}\n\tchunk_maps_offset = 0x{:x}\n\tchunk maps usable = {}\n\tchunks in use = {}\n\tallocated io units = {}\n\toutstanding requests = {}\n",
+                geo.total_chunk_maps,
+                geo.chunks,
+                geo.chunk_map_stride,
+                self.path,
+                engine.meta.pm().len(),
+                format::LOGICAL_MAP_OFFSET,
+                geo.chunk_maps_offset,
+                info.chunk_maps_usable,
+                info.chunks_in_use,
+                info.allocated_io_units,
+                info.outstanding
+            );
+        }
+        s
+    }
+
     /// The state machine's one entry: turns an event into actions, calling nothing
     /// outside.
     pub(crate) fn handle(&mut self, event: Event, out: &mut Vec<Action>) {

@@ -260,4 +260,9 @@ impl Volume {
     pub fn info(&self) -> Info {
         self.shared.core.borrow().info()
     }
+
+    /// A description of the geometry, pm layout and counters, for logs.
+    pub fn describe(&self) -> String {
+        self.shared.core.borrow().describe()
+    }
 }

@@ -1,0 +1,118 @@
+//! The caller's iovecs: checked once, then copied to and from by the volume, and the
+//! C completion of a read or write.
+
+use std::ffi::{c_int, c_void};
+
+use libc::iovec;
+
+use super::boundary::status;
+use super::types::spdk_reduce_vol_op_complete;
+use crate::error::{Errno, Result};
+use crate::vol::{UserIo, segment_pieces};
+
+/// Checks an iovec array: `EINVAL` for a negative count, a NULL array with entries, a
+/// NULL base with a length, or lengths that overflow. Returns the array and its total.
+///
+/// # Safety
+/// `iov` must point to `iovcnt` readable iovecs when it is not NULL.
+pub(crate) unsafe fn checked<'a>(iov: *const iovec, iovcnt: c_int) -> Result<(&'a [iovec], usize)> {
+    let count = usize::try_from(iovcnt).map_err(|_| Errno::EINVAL)?;
+    if count == 0 {
+        return Ok((&[], 0));
+    }
+    if iov.is_null() {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: non-NULL, and the caller promises `iovcnt` entries.
+    let list = unsafe { std::slice::from_raw_parts(iov, count) };
+    let mut total = 0usize;
+    for v in list {
+        if v.iov_base.is_null() && v.iov_len != 0 {
+            return Err(Errno::EINVAL);
+        }
+        total = total.checked_add(v.iov_len).ok_or(Errno::EINVAL)?;
+    }
+    Ok((list, total))
+}
+
+/// A C read or write: its iovecs and completion callback.
+pub(crate) struct CUserIo {
+    iov: *const iovec,
+    iovcnt: usize,
+    len: usize,
+    cb_fn: unsafe extern "C" fn(*mut c_void, c_int),
+    cb_arg: *mut c_void,
+}
+
+impl CUserIo {
+    /// The request, or `Err` carrying one with no buffers (to fail through the volume)
+    /// when the iovecs are bad.
+    ///
+    /// # Safety
+    /// As [`checked`]; the buffers must stay valid until the callback runs.
+    pub(crate) unsafe fn new(
+        iov: *const iovec,
+        iovcnt: c_int,
+        cb_fn: unsafe extern "C" fn(*mut c_void, c_int),
+        cb_arg: *mut c_void,
+    ) -> std::result::Result<CUserIo, (CUserIo, Errno)> {
+        let empty = CUserIo { iov: std::ptr::null(), iovcnt: 0, len: 0, cb_fn, cb_arg };
+        // SAFETY: forwarded from the caller.
+        match unsafe { checked(iov, iovcnt) } {
+            Ok((list, len)) => Ok(CUserIo { iov, iovcnt: list.len(), len, ..empty }),
+            Err(e) => Err((empty, e)),
+        }
+    }
+
+    fn list(&self) -> &[iovec] {
+        if self.iovcnt == 0 {
+            return &[];
+        }
+        // SAFETY: checked at construction; the caller keeps the array valid until
+        // completion.
+        unsafe { std::slice::from_raw_parts(self.iov, self.iovcnt) }
+    }
+}
+
+impl UserIo for CUserIo {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn gather(&self, offset: usize, dst: &mut [u8]) {
+        let list = self.list();
+        for (i, seg, buf) in segment_pieces(list.iter().map(|v| v.iov_len), offset, dst.len()) {
+            // SAFETY: `seg` lies within iovec `i`, whose base is non-NULL (it has bytes)
+            // and valid for reads until completion; `dst` is our own buffer, disjoint.
+            let src = unsafe { std::slice::from_raw_parts(list[i].iov_base.cast::<u8>().add(seg.start), seg.len()) };
+            dst[buf].copy_from_slice(src);
+        }
+    }
+
+    fn scatter(&mut self, offset: usize, src: &[u8]) {
+        let list = self.list();
+        for (i, seg, buf) in segment_pieces(list.iter().map(|v| v.iov_len), offset, src.len()) {
+            // SAFETY: as in `gather`, for writes; `src` is our own buffer, disjoint.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src[buf].as_ptr(),
+                    list[i].iov_base.cast::<u8>().add(seg.start),
+                    seg.len(),
+                )
+            };
+        }
+    }
+
+    fn complete(self: Box<Self>, result: Result<()>) {
+        // SAFETY: the caller's completion, with the argument it gave.
+        unsafe { (self.cb_fn)(self.cb_arg, status(result)) }
+    }
+}
+
+/// The callback, or `None` when the caller gave none (then nothing can be reported).
+pub(crate) fn callback(cb: spdk_reduce_vol_op_complete) -> Option<unsafe extern "C" fn(*mut c_void, c_int)> {
+    if cb.is_none() {
+        eprintln!("reduce: request without a completion callback ignored");
+    }
+    cb
+}

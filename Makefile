@@ -58,3 +58,6 @@ lint:
 clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
+
+bench:
+	$(CARGO) bench --bench throughput

@@ -24,6 +24,18 @@ fn map(file: &File) -> Result<MmapMut> {
     unsafe { MmapMut::map_mut(file) }.map_err(Errno::from)
 }
 
+/// Gives the file `len` bytes with their blocks allocated, so a full file system is an
+/// `ENOSPC` now rather than a SIGBUS on the first store into a sparse mapping.
+fn reserve(file: &File, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: a plain syscall on a file descriptor we own for the duration.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        err => Err(Errno(err)),
+    }
+}
+
 impl PmStore for FileStore {
     fn create(&self, path: &str, len: u64) -> Result<Box<dyn PmRegion>> {
         let file = OpenOptions::new()
@@ -32,10 +44,7 @@ impl PmStore for FileStore {
             .create_new(true)
             .mode(0o600)
             .open(path)?;
-        let mapped = file
-            .set_len(len)
-            .map_err(Errno::from)
-            .and_then(|()| map(&file));
+        let mapped = reserve(&file, len).and_then(|()| map(&file));
         match mapped {
             Ok(map) => Ok(Box::new(FileRegion { map })),
             Err(e) => {

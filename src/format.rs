@@ -57,6 +57,9 @@ pub const CHUNK_MAP_HEADER: u64 = 8;
 /// Largest chunk we accept. The original had no limit; a bound keeps a hostile
 /// superblock from asking for gigabyte buffers.
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// Largest pm file we create or map (about 440 TB of volume at 16 KiB chunks): a
+/// superblock asking for more is refused rather than mapped.
+pub const MAX_PM_SIZE: u64 = 1 << 40;
 
 /// The volume parameters, as `struct spdk_reduce_vol_params` holds them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -150,8 +153,10 @@ impl Geometry {
         };
         let pm_size = region(chunk_map_stride)?;
         let pm_size_original = region(slots_bytes)?;
-        // The pm file is mapped whole: it must fit the address space.
-        usize::try_from(pm_size).map_err(|_| Errno::EINVAL)?;
+        // The pm file is mapped whole.
+        if pm_size > MAX_PM_SIZE {
+            return Err(Errno::EINVAL);
+        }
         Ok(Geometry {
             params,
             blocklen,

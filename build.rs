@@ -11,7 +11,10 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=reduce.map");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libreduce.so.0");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", dir.join("reduce.map").display());
+    println!(
+        "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
+        dir.join("reduce.map").display()
+    );
 
     let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
     match cbindgen::generate_with_config(dir, config) {

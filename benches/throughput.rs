@@ -38,10 +38,29 @@ fn corpus() -> Vec<u8> {
 }
 
 fn volume() -> Volume {
-    let backing = MemBacking::new(4096, ((CHUNKS + 129) * CHUNK / 4096) as u64, Mode::Immediate);
-    let params = Params { backing_io_unit_size: 4096, logical_block_size: 512, chunk_size: CHUNK as u32, ..Params::default() };
-    let plan = InitPlan::new(params, 4096, ((CHUNKS + 129) * CHUNK / 4096) as u64, "/bench").expect("plan");
-    let backend = Backend { backing: Box::new(backing), codec: Box::new(ZstdCodec), store: Box::new(MemStore::new()) };
+    let backing = MemBacking::new(
+        4096,
+        ((CHUNKS + 129) * CHUNK / 4096) as u64,
+        Mode::Immediate,
+    );
+    let params = Params {
+        backing_io_unit_size: 4096,
+        logical_block_size: 512,
+        chunk_size: CHUNK as u32,
+        ..Params::default()
+    };
+    let plan = InitPlan::new(
+        params,
+        4096,
+        ((CHUNKS + 129) * CHUNK / 4096) as u64,
+        "/bench",
+    )
+    .expect("plan");
+    let backend = Backend {
+        backing: Box::new(backing),
+        codec: Box::new(ZstdCodec),
+        store: Box::new(MemStore::new()),
+    };
     let slot: Rc<Cell<Option<Volume>>> = Rc::default();
     let out = slot.clone();
     Volume::init(plan, backend, move |r| out.set(Some(r.expect("init"))));
@@ -51,16 +70,26 @@ fn volume() -> Volume {
 /// Writes every chunk once, each from the previous one's completion (queue depth 1).
 fn write_all(vol: &Volume, data: &[u8]) {
     for (i, chunk) in data.chunks(CHUNK).enumerate() {
-        vol.writev((i * CHUNK / 512) as u64, (CHUNK / 512) as u64, vec![chunk.to_vec()], |r, _| r.expect("write"));
+        vol.writev(
+            (i * CHUNK / 512) as u64,
+            (CHUNK / 512) as u64,
+            vec![chunk.to_vec()],
+            |r, _| r.expect("write"),
+        );
     }
 }
 
 fn read_all(vol: &Volume) {
     for i in 0..CHUNKS {
-        vol.readv((i * CHUNK / 512) as u64, (CHUNK / 512) as u64, vec![vec![0; CHUNK]], |r, b| {
-            r.expect("read");
-            black_box(b);
-        });
+        vol.readv(
+            (i * CHUNK / 512) as u64,
+            (CHUNK / 512) as u64,
+            vec![vec![0; CHUNK]],
+            |r, b| {
+                r.expect("read");
+                black_box(b);
+            },
+        );
     }
 }
 
@@ -92,11 +121,19 @@ fn benches(c: &mut Criterion) {
     let mut dst = vec![0u8; CHUNK];
     let mut g = c.benchmark_group("16KiB chunks");
     g.throughput(Throughput::Bytes(data.len() as u64));
-    g.bench_function("zstd compress only", |b| b.iter(|| compress_all(&data, &mut dst)));
+    g.bench_function("zstd compress only", |b| {
+        b.iter(|| compress_all(&data, &mut dst))
+    });
     let vol = volume();
-    g.bench_function("volume write (compress + store)", |b| b.iter(|| write_all(&vol, &data)));
-    g.bench_function("zstd decompress only", |b| b.iter(|| decompress_all(&frames, &mut dst)));
-    g.bench_function("volume read (load + decompress)", |b| b.iter(|| read_all(&vol)));
+    g.bench_function("volume write (compress + store)", |b| {
+        b.iter(|| write_all(&vol, &data))
+    });
+    g.bench_function("zstd decompress only", |b| {
+        b.iter(|| decompress_all(&frames, &mut dst))
+    });
+    g.bench_function("volume read (load + decompress)", |b| {
+        b.iter(|| read_all(&vol))
+    });
     g.finish();
 }
 
@@ -124,9 +161,18 @@ fn ratios() {
     let read = rate(data.len(), || read_all(&vol));
     let stored = vol.info().allocated_io_units * 4096;
     println!("\nreduce throughput summary (in-memory backing, zstd level 1, 16 KiB chunks):");
-    println!("  compression ratio        {:.2}:1", data.len() as f64 / stored as f64);
-    println!("  write  {write:8.0} MB/s  vs compress   {compress:8.0} MB/s  ratio {:.2}", write / compress);
-    println!("  read   {read:8.0} MB/s  vs decompress {decompress:8.0} MB/s  ratio {:.2}", read / decompress);
+    println!(
+        "  compression ratio        {:.2}:1",
+        data.len() as f64 / stored as f64
+    );
+    println!(
+        "  write  {write:8.0} MB/s  vs compress   {compress:8.0} MB/s  ratio {:.2}",
+        write / compress
+    );
+    println!(
+        "  read   {read:8.0} MB/s  vs decompress {decompress:8.0} MB/s  ratio {:.2}",
+        read / decompress
+    );
 }
 
 fn main() {

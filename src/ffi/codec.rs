@@ -31,7 +31,11 @@ unsafe fn run(
     guard(what, (), || {
         // SAFETY: NULL or valid, per the contract. Copy out what the callback needs:
         // `args` may be freed by the callback itself.
-        let Some(&spdk_reduce_vol_cb_args { cb_fn: Some(cb_fn), cb_arg }) = (unsafe { args.as_ref() }) else {
+        let Some(&spdk_reduce_vol_cb_args {
+            cb_fn: Some(cb_fn),
+            cb_arg,
+        }) = (unsafe { args.as_ref() })
+        else {
             return;
         };
         // SAFETY: forwarded from the caller.
@@ -60,14 +64,20 @@ unsafe fn apply(
     let (dst, dst_len) = unsafe { checked(dst_iov, dst_iovcnt)? };
     let bytes = |v: &iovec| {
         // SAFETY: checked: a non-empty iovec has a non-NULL base, valid per contract.
-        (v.iov_len > 0).then(|| unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) })
+        (v.iov_len > 0)
+            .then(|| unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) })
     };
     // The volume passes one iovec each way: no copy. Other callers may scatter.
     if let ([s], [d]) = (src, dst) {
-        return codec(bytes(s).as_deref().unwrap_or(&[]), bytes(d).unwrap_or(&mut []));
+        return codec(
+            bytes(s).as_deref().unwrap_or(&[]),
+            bytes(d).unwrap_or(&mut []),
+        );
     }
     let mut input = Vec::with_capacity(src_len);
-    src.iter().filter_map(bytes).for_each(|s| input.extend_from_slice(s));
+    src.iter()
+        .filter_map(bytes)
+        .for_each(|s| input.extend_from_slice(s));
     let mut output = vec![0u8; dst_len];
     let n = codec(&input, &mut output)?;
     let mut rest = &output[..n];
@@ -93,7 +103,17 @@ pub unsafe extern "C" fn reduce_zstd_compress(
     args: *mut spdk_reduce_vol_cb_args,
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { run("reduce_zstd_compress", zstd_compress, src_iov, src_iovcnt, dst_iov, dst_iovcnt, args) }
+    unsafe {
+        run(
+            "reduce_zstd_compress",
+            zstd_compress,
+            src_iov,
+            src_iovcnt,
+            dst_iov,
+            dst_iovcnt,
+            args,
+        )
+    }
 }
 
 /// zstd with the signature of the `decompress` member: exactly one frame in the source.
@@ -110,5 +130,15 @@ pub unsafe extern "C" fn reduce_zstd_decompress(
     args: *mut spdk_reduce_vol_cb_args,
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { run("reduce_zstd_decompress", zstd_decompress, src_iov, src_iovcnt, dst_iov, dst_iovcnt, args) }
+    unsafe {
+        run(
+            "reduce_zstd_decompress",
+            zstd_decompress,
+            src_iov,
+            src_iovcnt,
+            dst_iov,
+            dst_iovcnt,
+            args,
+        )
+    }
 }

@@ -80,9 +80,13 @@ impl CDevice {
                 iov_len: e.lba_count as usize * self.blocklen as usize,
             })
             .collect();
-        let runs: SmallVec<[(u64, u32); 4]> = io.extents.iter().map(|e| (e.lba, e.lba_count)).collect();
+        let runs: SmallVec<[(u64, u32); 4]> =
+            io.extents.iter().map(|e| (e.lba, e.lba_count)).collect();
         let op = Box::into_raw(Box::new(BlockOp {
-            args: spdk_reduce_vol_cb_args { cb_fn: Some(block_op_done), cb_arg: std::ptr::null_mut() },
+            args: spdk_reduce_vol_cb_args {
+                cb_fn: Some(block_op_done),
+                cb_arg: std::ptr::null_mut(),
+            },
             // One reference per run, plus this function's own until every run is issued,
             // so a run completing inside the call cannot free the context under us.
             refs: runs.len() + 1,
@@ -99,7 +103,14 @@ impl CDevice {
             // Taken once, before C holds any of them.
             let first_iov = (*op).iovs.as_mut_ptr();
             for (i, &(lba, lba_count)) in runs.iter().enumerate() {
-                f(self.dev, first_iov.add(i), 1, lba, lba_count, &raw mut (*op).args);
+                f(
+                    self.dev,
+                    first_iov.add(i),
+                    1,
+                    lba,
+                    lba_count,
+                    &raw mut (*op).args,
+                );
             }
             block_op_put(op, 0);
         }
@@ -107,9 +118,18 @@ impl CDevice {
 
     fn codec_io(&self, f: CodecFn, io: CodecIo, done: CodecDone) {
         let op = Box::into_raw(Box::new(CodecOp {
-            args: spdk_reduce_vol_cb_args { cb_fn: Some(codec_op_done), cb_arg: std::ptr::null_mut() },
-            src: iovec { iov_base: std::ptr::null_mut(), iov_len: io.src_len },
-            dst: iovec { iov_base: std::ptr::null_mut(), iov_len: io.dst.len() },
+            args: spdk_reduce_vol_cb_args {
+                cb_fn: Some(codec_op_done),
+                cb_arg: std::ptr::null_mut(),
+            },
+            src: iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: io.src_len,
+            },
+            dst: iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: io.dst.len(),
+            },
             io,
             done,
         }));
@@ -119,7 +139,14 @@ impl CDevice {
             (*op).args.cb_arg = op.cast();
             (*op).src.iov_base = (*op).io.src.as_mut_ptr().cast();
             (*op).dst.iov_base = (*op).io.dst.as_mut_ptr().cast();
-            f(self.dev, &raw mut (*op).src, 1, &raw mut (*op).dst, 1, &raw mut (*op).args);
+            f(
+                self.dev,
+                &raw mut (*op).src,
+                1,
+                &raw mut (*op).dst,
+                1,
+                &raw mut (*op).args,
+            );
         }
     }
 }
@@ -147,7 +174,9 @@ unsafe fn block_op_put(op: *mut BlockOp, status: c_int) {
         (*op).refs -= 1;
         if (*op).refs == 0 {
             let op = Box::from_raw(op);
-            let BlockOp { io, done, result, .. } = *op;
+            let BlockOp {
+                io, done, result, ..
+            } = *op;
             if let Some(done) = done {
                 done.complete(io, result);
             }
@@ -157,7 +186,9 @@ unsafe fn block_op_put(op: *mut BlockOp, status: c_int) {
 
 unsafe extern "C" fn block_op_done(cb_arg: *mut c_void, reduce_errno: c_int) {
     // SAFETY: C hands back the `cb_arg` we gave it with this trampoline.
-    guard("backing completion", (), || unsafe { block_op_put(cb_arg.cast(), reduce_errno) })
+    guard("backing completion", (), || unsafe {
+        block_op_put(cb_arg.cast(), reduce_errno)
+    })
 }
 
 struct CodecOp {

@@ -56,10 +56,21 @@ impl CUserIo {
         cb_fn: unsafe extern "C" fn(*mut c_void, c_int),
         cb_arg: *mut c_void,
     ) -> std::result::Result<CUserIo, (CUserIo, Errno)> {
-        let empty = CUserIo { iov: std::ptr::null(), iovcnt: 0, len: 0, cb_fn, cb_arg };
+        let empty = CUserIo {
+            iov: std::ptr::null(),
+            iovcnt: 0,
+            len: 0,
+            cb_fn,
+            cb_arg,
+        };
         // SAFETY: forwarded from the caller.
         match unsafe { checked(iov, iovcnt) } {
-            Ok((list, len)) => Ok(CUserIo { iov, iovcnt: list.len(), len, ..empty }),
+            Ok((list, len)) => Ok(CUserIo {
+                iov,
+                iovcnt: list.len(),
+                len,
+                ..empty
+            }),
             Err(e) => Err((empty, e)),
         }
     }
@@ -84,7 +95,9 @@ impl UserIo for CUserIo {
         for (i, seg, buf) in segment_pieces(list.iter().map(|v| v.iov_len), offset, dst.len()) {
             // SAFETY: `seg` lies within iovec `i`, whose base is non-NULL (it has bytes)
             // and valid for reads until completion; `dst` is our own buffer, disjoint.
-            let src = unsafe { std::slice::from_raw_parts(list[i].iov_base.cast::<u8>().add(seg.start), seg.len()) };
+            let src = unsafe {
+                std::slice::from_raw_parts(list[i].iov_base.cast::<u8>().add(seg.start), seg.len())
+            };
             dst[buf].copy_from_slice(src);
         }
     }
@@ -110,7 +123,9 @@ impl UserIo for CUserIo {
 }
 
 /// The callback, or `None` when the caller gave none (then nothing can be reported).
-pub(crate) fn callback(cb: spdk_reduce_vol_op_complete) -> Option<unsafe extern "C" fn(*mut c_void, c_int)> {
+pub(crate) fn callback(
+    cb: spdk_reduce_vol_op_complete,
+) -> Option<unsafe extern "C" fn(*mut c_void, c_int)> {
     if cb.is_none() {
         eprintln!("reduce: request without a completion callback ignored");
     }

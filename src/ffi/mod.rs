@@ -40,12 +40,21 @@ impl spdk_reduce_vol {
     fn boxed(vol: Volume) -> *mut spdk_reduce_vol {
         let params = vol.params().into();
         let pm_path = CString::new(vol.pm_path()).unwrap_or_default();
-        Box::into_raw(Box::new(spdk_reduce_vol { vol, params, info: Cell::default(), pm_path }))
+        Box::into_raw(Box::new(spdk_reduce_vol {
+            vol,
+            params,
+            info: Cell::default(),
+            pm_path,
+        }))
     }
 }
 
 fn backend(dev: CDevice) -> Backend {
-    Backend { backing: Box::new(dev), codec: Box::new(dev), store: Box::new(FileStore) }
+    Backend {
+        backing: Box::new(dev),
+        codec: Box::new(dev),
+        store: Box::new(FileStore),
+    }
 }
 
 /// The volume behind a handle, cloned so no reference to the handle outlives this
@@ -59,7 +68,10 @@ unsafe fn volume(vol: *const spdk_reduce_vol) -> Option<Volume> {
 }
 
 /// A completion for init and load: hands C a new handle, or NULL and the error.
-fn opened(cb_fn: unsafe extern "C" fn(*mut c_void, *mut spdk_reduce_vol, c_int), cb_arg: *mut c_void) -> impl FnOnce(Result<Volume>) {
+fn opened(
+    cb_fn: unsafe extern "C" fn(*mut c_void, *mut spdk_reduce_vol, c_int),
+    cb_arg: *mut c_void,
+) -> impl FnOnce(Result<Volume>) {
     move |result| {
         let (handle, errno) = match result {
             Ok(vol) => (spdk_reduce_vol::boxed(vol), 0),
@@ -127,7 +139,9 @@ unsafe fn prepare_init(
         return Err(Errno::EINVAL);
     }
     // SAFETY: non-NULL and NUL-terminated, per the caller.
-    let dir = unsafe { CStr::from_ptr(pm_file_dir) }.to_str().map_err(|_| Errno::EINVAL)?;
+    let dir = unsafe { CStr::from_ptr(pm_file_dir) }
+        .to_str()
+        .map_err(|_| Errno::EINVAL)?;
     use crate::backing::BackingDevice;
     let plan = InitPlan::new(params.into(), dev.blocklen(), dev.blockcnt(), dir)?;
     Ok((plan, dev))
@@ -160,7 +174,11 @@ pub unsafe extern "C" fn spdk_reduce_vol_load(
 /// # Safety
 /// `vol` is NULL or a live handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn spdk_reduce_vol_unload(vol: *mut spdk_reduce_vol, cb_fn: spdk_reduce_vol_op_complete, cb_arg: *mut c_void) {
+pub unsafe extern "C" fn spdk_reduce_vol_unload(
+    vol: *mut spdk_reduce_vol,
+    cb_fn: spdk_reduce_vol_op_complete,
+    cb_arg: *mut c_void,
+) {
     guard("spdk_reduce_vol_unload", (), || {
         let Some(cb_fn) = cb_fn else { return };
         // SAFETY: NULL or live, per the caller.
@@ -250,7 +268,19 @@ pub unsafe extern "C" fn spdk_reduce_vol_readv(
     cb_arg: *mut c_void,
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { submit("spdk_reduce_vol_readv", Op::Read, vol, iov, iovcnt, offset, length, cb_fn, cb_arg) }
+    unsafe {
+        submit(
+            "spdk_reduce_vol_readv",
+            Op::Read,
+            vol,
+            iov,
+            iovcnt,
+            offset,
+            length,
+            cb_fn,
+            cb_arg,
+        )
+    }
 }
 
 /// Write `length` logical blocks at `offset` from `iov`; same rules as readv.
@@ -268,7 +298,19 @@ pub unsafe extern "C" fn spdk_reduce_vol_writev(
     cb_arg: *mut c_void,
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { submit("spdk_reduce_vol_writev", Op::Write, vol, iov, iovcnt, offset, length, cb_fn, cb_arg) }
+    unsafe {
+        submit(
+            "spdk_reduce_vol_writev",
+            Op::Write,
+            vol,
+            iov,
+            iovcnt,
+            offset,
+            length,
+            cb_fn,
+            cb_arg,
+        )
+    }
 }
 
 /// The volume's parameters (NULL for a NULL volume).
@@ -276,7 +318,9 @@ pub unsafe extern "C" fn spdk_reduce_vol_writev(
 /// # Safety
 /// `vol` is NULL or a live handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn spdk_reduce_vol_get_params(vol: *mut spdk_reduce_vol) -> *const spdk_reduce_vol_params {
+pub unsafe extern "C" fn spdk_reduce_vol_get_params(
+    vol: *mut spdk_reduce_vol,
+) -> *const spdk_reduce_vol_params {
     // SAFETY: NULL or live, per the caller.
     unsafe { vol.as_ref() }.map_or(ptr::null(), |h| &h.params)
 }
@@ -297,11 +341,17 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_pm_path(vol: *const spdk_reduce_vol
 /// # Safety
 /// `vol` is NULL or a live handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn spdk_reduce_vol_get_info(vol: *const spdk_reduce_vol) -> *const spdk_reduce_vol_info {
+pub unsafe extern "C" fn spdk_reduce_vol_get_info(
+    vol: *const spdk_reduce_vol,
+) -> *const spdk_reduce_vol_info {
     guard("spdk_reduce_vol_get_info", ptr::null(), || {
         // SAFETY: NULL or live, per the caller.
-        let Some(h) = (unsafe { vol.as_ref() }) else { return ptr::null() };
-        h.info.set(spdk_reduce_vol_info { allocated_io_units: h.vol.info().allocated_io_units });
+        let Some(h) = (unsafe { vol.as_ref() }) else {
+            return ptr::null();
+        };
+        h.info.set(spdk_reduce_vol_info {
+            allocated_io_units: h.vol.info().allocated_io_units,
+        });
         h.info.as_ptr().cast_const()
     })
 }
@@ -314,7 +364,9 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_info(vol: *const spdk_reduce_vol) -
 pub unsafe extern "C" fn spdk_reduce_vol_print_info(vol: *mut spdk_reduce_vol) {
     guard("spdk_reduce_vol_print_info", (), || {
         // SAFETY: NULL or live, per the caller.
-        let Some(h) = (unsafe { vol.as_ref() }) else { return };
+        let Some(h) = (unsafe { vol.as_ref() }) else {
+            return;
+        };
         eprint!("{}", h.vol.describe());
     })
 }

@@ -64,15 +64,18 @@ pub struct spdk_reduce_vol_info {
     pub allocated_io_units: u64,
 }
 
-pub type spdk_reduce_vol_op_complete = Option<unsafe extern "C" fn(ctx: *mut c_void, reduce_errno: c_int)>;
+pub type spdk_reduce_vol_op_complete =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, reduce_errno: c_int)>;
 
-pub type spdk_reduce_vol_op_with_handle_complete =
-    Option<unsafe extern "C" fn(ctx: *mut c_void, vol: *mut super::spdk_reduce_vol, reduce_errno: c_int)>;
+pub type spdk_reduce_vol_op_with_handle_complete = Option<
+    unsafe extern "C" fn(ctx: *mut c_void, vol: *mut super::spdk_reduce_vol, reduce_errno: c_int),
+>;
 
 /// Completion of a backing device operation: 0 or a negative errno for
 /// readv/writev/unmap; for compress/decompress, the positive number of bytes written
 /// to the destination, or a negative errno.
-pub type spdk_reduce_dev_cpl = Option<unsafe extern "C" fn(cb_arg: *mut c_void, reduce_errno: c_int)>;
+pub type spdk_reduce_dev_cpl =
+    Option<unsafe extern "C" fn(cb_arg: *mut c_void, reduce_errno: c_int)>;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -98,6 +98,39 @@ struct spdk_reduce_vol_info {
   uint64_t allocated_io_units;
 };
 
+/**
+ * What `reduce_vol_check` found (this library's extension; not in the original).
+ */
+struct reduce_vol_check_report {
+  /**
+   * Chunks whose logical map entry is set.
+   */
+  uint64_t chunks_in_use;
+  /**
+   * Io units referenced by those chunks.
+   */
+  uint64_t io_units_referenced;
+  /**
+   * Chunks read back and verified (checksum, decompression).
+   */
+  uint64_t chunks_read;
+  /**
+   * Problems found; 0 for a clean volume.
+   */
+  uint64_t problems;
+  /**
+   * The first problem, described; an empty string when there is none.
+   */
+  char first_problem[256];
+};
+
+/**
+ * Completion of `reduce_vol_check`: 0 when clean, `-EILSEQ` for metadata problems,
+ * `-EIO` when only data failed to read back, or the error that kept the check from
+ * running (`-EBUSY` with I/O outstanding). `report` is valid during the call only.
+ */
+typedef void (*reduce_vol_check_complete)(void *ctx, int reduce_errno, const struct reduce_vol_check_report *report);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -196,6 +229,16 @@ const struct spdk_reduce_vol_info *spdk_reduce_vol_get_info(const struct spdk_re
  * `vol` is NULL or a live handle.
  */
 void spdk_reduce_vol_print_info(struct spdk_reduce_vol *vol);
+
+/**
+ * Check a loaded volume's invariants: map entries in range, each io unit and chunk
+ * map referenced once, the free maps consistent with the maps, and every chunk in use
+ * reading back with a valid checksum. Nothing may be in flight (`-EBUSY`).
+ *
+ * # Safety
+ * `vol` is NULL or a live handle.
+ */
+void reduce_vol_check(struct spdk_reduce_vol *vol, reduce_vol_check_complete cb_fn, void *cb_arg);
 
 /**
  * zstd (level 1, one frame per call) with the signature of the `compress` member.

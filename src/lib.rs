@@ -12,9 +12,11 @@
 
 pub mod alloc;
 pub mod backing;
+pub mod check;
 pub mod codec;
 pub mod error;
 pub mod format;
+pub mod journal;
 pub mod maps;
 pub mod pm;
 pub mod vol;
@@ -22,8 +24,10 @@ pub mod vol;
 mod ffi;
 
 pub use backing::{BackingDevice, BackingIo, Extent, IoDone, MemBacking, Mode};
+pub use check::{Problem, Report};
 pub use codec::{Codec, CodecDone, CodecIo, RleCodec, SyncCodec, ZstdCodec};
 pub use error::{Errno, Result};
 pub use format::Params;
+pub use journal::{Crash, Entry, Images, Journal};
 pub use pm::{FileStore, MemStore, PmRegion, PmStore};
 pub use vol::{Backend, Info, InitPlan, Op, UserIo, Volume};

@@ -5,6 +5,7 @@
 use smallvec::SmallVec;
 
 use crate::alloc::FreeMap;
+use crate::check::{self, Report};
 use crate::error::{Errno, Result};
 use crate::format::{EMPTY_ENTRY, Geometry, NO_CHECKSUM, SUPERBLOCK_SIZE};
 use crate::pm::PmRegion;
@@ -48,9 +49,9 @@ impl Metadata {
         Self::rebuild(geo, pm)
     }
 
-    /// Rebuilds the free maps from the logical map, checking every referenced chunk
-    /// map: in the file, referenced once, a valid size, io units in range and not
-    /// shared. Anything else is `EILSEQ`.
+    /// Rebuilds the free maps from the logical map, refusing (`EILSEQ`) a volume the
+    /// checker finds anything wrong with: an entry beyond the file, a chunk map named
+    /// twice, an invalid size, io units out of range or shared.
     pub fn rebuild(geo: Geometry, pm: Box<dyn PmRegion>) -> Result<Metadata> {
         let usable = geo
             .chunk_maps_in_file(pm.len() as u64)
@@ -61,25 +62,41 @@ impl Metadata {
             io_units: FreeMap::new(geo.total_io_units as usize),
             pm,
         };
+        let scan = check::scan(&meta);
+        if !scan.problems.is_empty() {
+            return Err(Errno::EILSEQ);
+        }
         for unit in 0..geo.reserved_io_units.min(geo.total_io_units) {
             meta.io_units.claim(unit as usize);
         }
-        for chunk in 0..geo.chunks {
-            let index = meta.pm.read_u64(geo.logical_entry_offset(chunk));
-            if index == EMPTY_ENTRY {
-                continue;
-            }
-            if index >= usable || !meta.chunk_maps.claim(index as usize) {
-                return Err(Errno::EILSEQ);
-            }
-            let map = meta.read_chunk_map(index).ok_or(Errno::EILSEQ)?;
-            for &unit in &map.io_units {
-                if !meta.io_units.claim(unit as usize) {
-                    return Err(Errno::EILSEQ);
-                }
-            }
+        for index in scan.chunk_maps.ones() {
+            meta.chunk_maps.claim(index);
+        }
+        for unit in scan.io_units.ones() {
+            meta.io_units.claim(unit);
         }
         Ok(meta)
+    }
+
+    /// Checks the metadata and the free maps against each other (nothing may be in
+    /// flight). Returns the report and the chunks whose data can be read back.
+    pub fn audit(&self) -> (Report, Vec<u64>) {
+        let scan = check::scan(self);
+        let mut problems = scan.problems.clone();
+        check::compare(
+            &scan,
+            &self.chunk_maps,
+            &self.io_units,
+            self.geo.reserved_io_units,
+            &mut problems,
+        );
+        let report = Report {
+            chunks_in_use: scan.chunk_maps.count_ones(..) as u64,
+            io_units_referenced: scan.io_units.count_ones(..) as u64,
+            chunks_read: 0,
+            problems,
+        };
+        (report, scan.chunks)
     }
 
     pub fn pm(&self) -> &dyn PmRegion {

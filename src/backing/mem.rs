@@ -4,10 +4,12 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::rc::Rc;
 
-use super::{BackingDevice, BackingIo, IoDone};
+use super::{BackingDevice, BackingIo, Extent, IoDone};
 use crate::error::{Errno, Result};
+use crate::journal::{Entry, Journal};
 
 /// When operations complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +25,7 @@ pub enum Mode {
 pub type FaultFn = Box<dyn FnMut(bool, u64) -> Option<Errno>>;
 
 struct Pending {
+    id: u64,
     write: bool,
     io: BackingIo,
     done: IoDone,
@@ -39,6 +42,7 @@ struct State {
     writes_completed: u64,
     reads: u64,
     writes: u64,
+    journal: Option<Journal>,
 }
 
 /// A cheap handle: clones share one device.
@@ -68,6 +72,7 @@ impl MemBacking {
             writes_completed: 0,
             reads: 0,
             writes: 0,
+            journal: None,
         };
         MemBacking {
             blocklen,
@@ -77,6 +82,11 @@ impl MemBacking {
 
     pub fn set_mode(&self, mode: Mode) {
         self.state.borrow_mut().mode = mode;
+    }
+
+    /// Records every write submitted and completed on `journal` from now on.
+    pub fn set_journal(&self, journal: Option<Journal>) {
+        self.state.borrow_mut().journal = journal;
     }
 
     pub fn set_fault(&self, fault: Option<FaultFn>) {
@@ -145,7 +155,19 @@ impl MemBacking {
                 result = Err(err);
             }
         }
+        if write && result.is_ok() {
+            if let Some(j) = &s.journal {
+                j.push(Entry::WriteSubmitted {
+                    id: op,
+                    runs: self
+                        .runs(&io.extents)
+                        .map(|(dev, buf)| (dev.start, io.buf[buf].to_vec()))
+                        .collect(),
+                });
+            }
+        }
         let p = Pending {
+            id: op,
             write,
             io,
             done,
@@ -171,16 +193,25 @@ impl MemBacking {
         Ok(())
     }
 
+    /// (device byte range, buffer byte range) of each extent of a checked operation.
+    fn runs<'a>(
+        &self,
+        extents: &'a [Extent],
+    ) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + 'a {
+        let bl = self.blocklen as usize;
+        extents.iter().map(move |e| {
+            let len = e.lba_count as usize * bl;
+            let dev = e.lba as usize * bl;
+            (dev..dev + len, e.buf_offset..e.buf_offset + len)
+        })
+    }
+
     /// Applies (write) or fills (read) the operation's data, then completes it. The
     /// device's borrow is released before the completion runs, so it may submit more.
     fn finish(&self, mut p: Pending) {
         if p.result.is_ok() {
             let mut s = self.state.borrow_mut();
-            let bl = self.blocklen as usize;
-            for e in &p.io.extents {
-                let len = e.lba_count as usize * bl;
-                let dev = e.lba as usize * bl..e.lba as usize * bl + len;
-                let buf = e.buf_offset..e.buf_offset + len;
+            for (dev, buf) in self.runs(&p.io.extents) {
                 if p.write {
                     s.image[dev].copy_from_slice(&p.io.buf[buf]);
                 } else {
@@ -189,6 +220,9 @@ impl MemBacking {
             }
             if p.write {
                 s.writes_completed += 1;
+                if let Some(j) = &s.journal {
+                    j.push(Entry::WriteCompleted { id: p.id });
+                }
             }
         }
         p.done.complete(p.io, p.result);

@@ -8,6 +8,7 @@
 #![allow(non_camel_case_types)]
 
 mod boundary;
+mod check;
 mod codec;
 mod device;
 mod iov;

@@ -1,6 +1,6 @@
 //! The C types of `spdk/reduce.h`, laid out exactly as the original's.
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 
 use libc::iovec;
 
@@ -63,6 +63,33 @@ pub struct spdk_reduce_vol_info {
     /// Backing io units holding chunk data.
     pub allocated_io_units: u64,
 }
+
+/// What `reduce_vol_check` found (this library's extension; not in the original).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct reduce_vol_check_report {
+    /// Chunks whose logical map entry is set.
+    pub chunks_in_use: u64,
+    /// Io units referenced by those chunks.
+    pub io_units_referenced: u64,
+    /// Chunks read back and verified (checksum, decompression).
+    pub chunks_read: u64,
+    /// Problems found; 0 for a clean volume.
+    pub problems: u64,
+    /// The first problem, described; an empty string when there is none.
+    pub first_problem: [c_char; 256],
+}
+
+/// Completion of `reduce_vol_check`: 0 when clean, `-EILSEQ` for metadata problems,
+/// `-EIO` when only data failed to read back, or the error that kept the check from
+/// running (`-EBUSY` with I/O outstanding). `report` is valid during the call only.
+pub type reduce_vol_check_complete = Option<
+    unsafe extern "C" fn(
+        ctx: *mut c_void,
+        reduce_errno: c_int,
+        report: *const reduce_vol_check_report,
+    ),
+>;
 
 pub type spdk_reduce_vol_op_complete =
     Option<unsafe extern "C" fn(ctx: *mut c_void, reduce_errno: c_int)>;

@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use super::{PmRegion, PmStore};
 use crate::error::{Errno, Result};
+use crate::journal::{Entry, Journal};
 
 #[derive(Default)]
 struct MemFile {
@@ -21,6 +22,15 @@ struct MemFile {
 struct Files {
     files: HashMap<String, MemFile>,
     fail_persist: bool,
+    journal: Option<Journal>,
+}
+
+impl Files {
+    fn record(&self, entry: impl FnOnce() -> Entry) {
+        if let Some(j) = &self.journal {
+            j.push(entry());
+        }
+    }
 }
 
 /// An in-memory pm store. Clones share the same files.
@@ -79,6 +89,11 @@ impl MemStore {
         }
     }
 
+    /// Records every create, write, persist and remove on `journal` from now on.
+    pub fn set_journal(&self, journal: Option<Journal>) {
+        self.inner.borrow_mut().journal = journal;
+    }
+
     /// Makes every later `persist` fail with `EIO` (fault injection).
     pub fn set_fail_persist(&self, fail: bool) {
         self.inner.borrow_mut().fail_persist = fail;
@@ -98,6 +113,10 @@ impl PmStore for MemStore {
             mapped: true,
         };
         inner.files.insert(path.to_string(), file);
+        inner.record(|| Entry::PmCreate {
+            path: path.to_string(),
+            len,
+        });
         Ok(Box::new(MemRegion {
             path: path.to_string(),
             bytes: vec![0; len],
@@ -124,12 +143,12 @@ impl PmStore for MemStore {
     }
 
     fn remove(&self, path: &str) -> Result<()> {
-        self.inner
-            .borrow_mut()
-            .files
-            .remove(path)
-            .map(|_| ())
-            .ok_or(Errno::ENOENT)
+        let mut inner = self.inner.borrow_mut();
+        inner.files.remove(path).ok_or(Errno::ENOENT)?;
+        inner.record(|| Entry::PmRemove {
+            path: path.to_string(),
+        });
+        Ok(())
     }
 }
 
@@ -140,6 +159,11 @@ impl PmRegion for MemRegion {
 
     fn write(&mut self, offset: usize, data: &[u8]) {
         self.bytes[offset..offset + data.len()].copy_from_slice(data);
+        self.store.inner.borrow().record(|| Entry::PmWrite {
+            path: self.path.clone(),
+            offset,
+            bytes: data.to_vec(),
+        });
     }
 
     fn store_u64(&mut self, offset: usize, value: u64) {
@@ -154,6 +178,11 @@ impl PmRegion for MemRegion {
         if let Some(file) = inner.files.get_mut(&self.path) {
             file.persisted[offset..offset + len].copy_from_slice(&self.bytes[offset..offset + len]);
         }
+        inner.record(|| Entry::PmPersist {
+            path: self.path.clone(),
+            offset,
+            len,
+        });
         Ok(())
     }
 }

@@ -13,6 +13,7 @@
 use super::request::Engine;
 use super::{Action, DoneCallback, Event, Info, OpenCallback, Token};
 use crate::backing::{BackingDevice, BackingIo, Extent};
+use crate::check::Report;
 use crate::error::{Errno, Result};
 use crate::format::{
     self, Geometry, METADATA_SIZE, PATH_OFFSET, Params, REDUCE_PATH_MAX, SUPERBLOCK_SIZE,
@@ -160,6 +161,15 @@ impl Core {
                 outstanding: engine.outstanding(),
             },
             _ => Info::default(),
+        }
+    }
+
+    /// The checker's audit of a loaded volume with nothing in flight.
+    pub(crate) fn audit(&self) -> Result<(Report, Vec<u64>)> {
+        match &self.phase {
+            Phase::Ready(engine) if engine.outstanding() > 0 => Err(Errno::EBUSY),
+            Phase::Ready(engine) => Ok(engine.meta.audit()),
+            _ => Err(Errno::ENODEV),
         }
     }
 

@@ -13,6 +13,7 @@
 mod lifecycle;
 mod request;
 mod user;
+mod verify;
 
 pub use lifecycle::InitPlan;
 pub use request::{MAX_ACTIVE, Op};

@@ -1,0 +1,228 @@
+//! The volume checker: what must hold of a volume's metadata, found out from the pm
+//! file alone, and compared with the free maps of a loaded volume.
+//!
+//! Invariants: every logical map entry is empty or names a chunk map inside the pm
+//! file; no chunk map is named twice; every named chunk map has a valid size and its
+//! io units lie past the metadata area and inside the device; no io unit belongs to
+//! two chunk maps. For a loaded volume with nothing in flight, the free maps mark in
+//! use exactly what is referenced (else a leak, or a unit a later write would
+//! overwrite). Stored data is checked by [`crate::Volume::check`], which reads every
+//! chunk back through the read path (checksum, then decompression).
+//!
+//! Load runs the same [`scan`] and refuses a volume with any problem (`EILSEQ`), so
+//! what load accepts and what the checker calls clean cannot drift apart.
+
+use std::fmt;
+
+use fixedbitset::FixedBitSet;
+
+use crate::alloc::FreeMap;
+use crate::error::Errno;
+use crate::maps::Metadata;
+
+/// One thing wrong with a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// A logical map entry names a chunk map the pm file has no room for.
+    EntryOutOfRange {
+        chunk: u64,
+        index: u64,
+    },
+    /// A chunk map named by a second chunk.
+    ChunkMapShared {
+        chunk: u64,
+        index: u64,
+    },
+    /// A chunk map with an invalid size, or an io unit outside the data area.
+    BadChunkMap {
+        chunk: u64,
+        index: u64,
+    },
+    /// An io unit that a second chunk map also holds.
+    IoUnitShared {
+        chunk: u64,
+        unit: u64,
+    },
+    /// Marked in use but referenced by no chunk: lost space.
+    LeakedChunkMap {
+        index: u64,
+    },
+    LeakedIoUnit {
+        unit: u64,
+    },
+    /// Referenced but marked free: a later write could overwrite live data.
+    FreeChunkMapInUse {
+        index: u64,
+    },
+    FreeIoUnitInUse {
+        unit: u64,
+    },
+    /// Reading the chunk back failed: `EIO` for a checksum mismatch or data that does
+    /// not decompress to a whole chunk, or the backing device's error.
+    Unreadable {
+        chunk: u64,
+        errno: i32,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::EntryOutOfRange { chunk, index } => write!(
+                f,
+                "chunk {chunk}: logical map names chunk map {index}, beyond the pm file"
+            ),
+            Problem::ChunkMapShared { chunk, index } => write!(
+                f,
+                "chunk {chunk}: chunk map {index} is already named by another chunk"
+            ),
+            Problem::BadChunkMap { chunk, index } => write!(
+                f,
+                "chunk {chunk}: chunk map {index} has an invalid size or io unit"
+            ),
+            Problem::IoUnitShared { chunk, unit } => write!(
+                f,
+                "chunk {chunk}: io unit {unit} also belongs to another chunk"
+            ),
+            Problem::LeakedChunkMap { index } => {
+                write!(f, "chunk map {index} is marked in use but unreferenced")
+            }
+            Problem::LeakedIoUnit { unit } => {
+                write!(f, "io unit {unit} is marked in use but unreferenced")
+            }
+            Problem::FreeChunkMapInUse { index } => {
+                write!(f, "chunk map {index} is referenced but marked free")
+            }
+            Problem::FreeIoUnitInUse { unit } => {
+                write!(f, "io unit {unit} is referenced but marked free")
+            }
+            Problem::Unreadable { chunk, errno } => {
+                write!(f, "chunk {chunk}: reading it back failed with {}", -errno)
+            }
+        }
+    }
+}
+
+/// What a check found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Chunks whose logical map entry is set.
+    pub chunks_in_use: u64,
+    /// Io units referenced by those chunks.
+    pub io_units_referenced: u64,
+    /// Chunks read back and verified.
+    pub chunks_read: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The status a caller sees: 0, `EILSEQ` for metadata problems, else `EIO`.
+    pub fn errno(&self) -> Option<Errno> {
+        let metadata = |p: &Problem| !matches!(p, Problem::Unreadable { .. });
+        if self.problems.iter().any(metadata) {
+            Some(Errno::EILSEQ)
+        } else if self.is_clean() {
+            None
+        } else {
+            Some(Errno::EIO)
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} chunks in use, {} io units referenced, {} chunks read back, {} problems",
+            self.chunks_in_use,
+            self.io_units_referenced,
+            self.chunks_read,
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the logical map references, and what is wrong with it.
+pub(crate) struct Scan {
+    pub chunk_maps: FixedBitSet,
+    pub io_units: FixedBitSet,
+    /// Chunks whose entry and chunk map are valid, in order.
+    pub chunks: Vec<u64>,
+    pub problems: Vec<Problem>,
+}
+
+/// Walks the logical map of `meta`'s pm region; the free maps are not consulted.
+pub(crate) fn scan(meta: &Metadata) -> Scan {
+    let geo = &meta.geo;
+    let mut s = Scan {
+        chunk_maps: FixedBitSet::with_capacity(meta.chunk_maps_usable() as usize),
+        io_units: FixedBitSet::with_capacity(geo.total_io_units as usize),
+        chunks: Vec::new(),
+        problems: Vec::new(),
+    };
+    for chunk in 0..geo.chunks {
+        let Some(index) = meta.logical_entry(chunk) else {
+            continue;
+        };
+        if index >= s.chunk_maps.len() as u64 {
+            s.problems.push(Problem::EntryOutOfRange { chunk, index });
+            continue;
+        }
+        if s.chunk_maps.put(index as usize) {
+            s.problems.push(Problem::ChunkMapShared { chunk, index });
+            continue;
+        }
+        let Some(map) = meta.read_chunk_map(index) else {
+            s.problems.push(Problem::BadChunkMap { chunk, index });
+            continue;
+        };
+        let mut ok = true;
+        for &unit in &map.io_units {
+            if s.io_units.put(unit as usize) {
+                s.problems.push(Problem::IoUnitShared { chunk, unit });
+                ok = false;
+            }
+        }
+        if ok {
+            s.chunks.push(chunk);
+        }
+    }
+    s
+}
+
+/// Compares a scan with the free maps of a loaded volume (reserved io units aside).
+pub(crate) fn compare(
+    scan: &Scan,
+    chunk_maps: &FreeMap,
+    io_units: &FreeMap,
+    reserved_io_units: u64,
+    problems: &mut Vec<Problem>,
+) {
+    for index in 0..chunk_maps.len() {
+        match (scan.chunk_maps.contains(index), chunk_maps.is_used(index)) {
+            (false, true) => problems.push(Problem::LeakedChunkMap {
+                index: index as u64,
+            }),
+            (true, false) => problems.push(Problem::FreeChunkMapInUse {
+                index: index as u64,
+            }),
+            _ => {}
+        }
+    }
+    for unit in reserved_io_units as usize..io_units.len() {
+        let unit_id = unit as u64;
+        match (scan.io_units.contains(unit), io_units.is_used(unit)) {
+            (false, true) => problems.push(Problem::LeakedIoUnit { unit: unit_id }),
+            (true, false) => problems.push(Problem::FreeIoUnitInUse { unit: unit_id }),
+            _ => {}
+        }
+    }
+}

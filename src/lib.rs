@@ -23,9 +23,9 @@ pub mod vol;
 
 mod ffi;
 
-pub use backing::{BackingDevice, BackingIo, Extent, IoDone, MemBacking, Mode};
+pub use backing::{BackingDevice, BackingIo, Extent, FaultFn, IoDone, MemBacking, Mode};
 pub use check::{Problem, Report};
-pub use codec::{Codec, CodecDone, CodecIo, RleCodec, SyncCodec, ZstdCodec};
+pub use codec::{Codec, CodecDone, CodecIo, RleCodec, SyncCodec, TestCodec, ZstdCodec};
 pub use error::{Errno, Result};
 pub use format::Params;
 pub use journal::{Crash, Entry, Images, Journal};

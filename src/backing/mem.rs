@@ -93,6 +93,11 @@ impl MemBacking {
         self.state.borrow_mut().fault = fault;
     }
 
+    /// Removes the fault function and returns it, to put back later.
+    pub fn take_fault(&self) -> Option<FaultFn> {
+        self.state.borrow_mut().fault.take()
+    }
+
     /// A copy of the device's bytes: what completed writes left.
     pub fn image(&self) -> Vec<u8> {
         self.state.borrow().image.clone()

@@ -5,7 +5,7 @@
 
 mod mem;
 
-pub use mem::{MemBacking, Mode};
+pub use mem::{FaultFn, MemBacking, Mode};
 
 use smallvec::SmallVec;
 

@@ -10,7 +10,7 @@ LIB      := $(LIBDIR)/libreduce.so
 BUILD    := build
 FIXTURES := tests/fixtures
 
-.PHONY: all lib deps demo test rust-test miri header-check lint soak fuzz bench clean
+.PHONY: all lib deps demo test rust-test miri header-check lint soak fuzz fuzz-seeds bench clean
 
 all: lib
 
@@ -55,9 +55,31 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -q -- -D warnings
 
+# Long runs, outside make test.
+SOAK_OPS     ?= 1000000
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := load ops
+
+soak:
+	REDUCE_SOAK_OPS=$(SOAK_OPS) $(CARGO) test --profile $(PROFILE) --test soak -- --nocapture
+
+# Each fuzz target for FUZZ_SECONDS, from the committed seeds (fuzz/corpus, read only)
+# plus what earlier runs found (build/fuzz-corpus).
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(BUILD)/fuzz-corpus/$$t; \
+	  (cd fuzz && cargo +nightly fuzz run -O $$t ../$(BUILD)/fuzz-corpus/$$t corpus/$$t -- \
+	     -max_total_time=$(FUZZ_SECONDS) -max_len=20000) 2>&1 | grep -E '^Done|ERROR|panicked' || exit 1; \
+	done
+
+# Regenerates the seed corpus from real volumes.
+fuzz-seeds:
+	$(CARGO) run --profile $(PROFILE) -q --example fuzz_seeds
+
 clean:
 	$(CARGO) clean
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) fuzz/target
 
 bench:
 	$(CARGO) bench --bench throughput

@@ -19,6 +19,7 @@ pub mod format;
 pub mod journal;
 pub mod maps;
 pub mod pm;
+pub mod testing;
 pub mod vol;
 
 mod ffi;

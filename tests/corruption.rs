@@ -4,10 +4,8 @@
 //! file) or succeeds; then every chunk reads back exactly or fails with EIO — never
 //! wrong data, never a crash — and the checker is clean only if every read succeeded.
 
-mod support;
-
+use reduce::testing::*;
 use reduce::*;
-use support::*;
 
 const CHUNKS: u64 = 16;
 const BPC: u64 = 8;
@@ -38,7 +36,9 @@ fn base() -> Base {
         backing: rig.backing.image(),
         ..Default::default()
     };
-    images.pm.insert(path.clone(), rig.store.current(&path).unwrap());
+    images
+        .pm
+        .insert(path.clone(), rig.store.current(&path).unwrap());
     Base {
         images,
         model,
@@ -73,7 +73,10 @@ fn try_damaged(base: &Base, images: &Images, what: &str, out: &mut Outcome) {
     for c in 0..CHUNKS {
         match rig.read(&vol, c * BPC, BPC) {
             Ok(got) => {
-                assert!(got == base.model[c as usize], "{what}: chunk {c} read wrong data");
+                assert!(
+                    got == base.model[c as usize],
+                    "{what}: chunk {c} read wrong data"
+                );
                 out.reads_exact += 1;
             }
             Err(e) => {
@@ -84,7 +87,11 @@ fn try_damaged(base: &Base, images: &Images, what: &str, out: &mut Outcome) {
         }
     }
     let report = rig.check(&vol).unwrap();
-    assert_eq!(report.is_clean(), all_exact, "{what}: checker disagrees: {report}");
+    assert_eq!(
+        report.is_clean(),
+        all_exact,
+        "{what}: checker disagrees: {report}"
+    );
     rig.unload(&vol).unwrap();
 }
 
@@ -107,10 +114,15 @@ fn damage(base: &Base, seed: u64, out: &mut Outcome) {
     } else {
         let n = (1 + rng.below(64) as usize).min(target.len() - at);
         for b in &mut target[at..at + n] {
-            *b = rng.next() as u8;
+            *b = rng.next_u64() as u8;
         }
     }
-    try_damaged(base, &images, &format!("{what} damaged at {at} (seed {seed})"), out);
+    try_damaged(
+        base,
+        &images,
+        &format!("{what} damaged at {at} (seed {seed})"),
+        out,
+    );
 }
 
 #[test]
@@ -129,7 +141,10 @@ fn flipped_bits_and_garbage_never_return_wrong_data() {
         damage(&base, seed, &mut out);
     }
     eprintln!("corruption: 3000 damaged images: {out:?}");
-    assert!(out.refused > 0 && out.reads_eio > 0, "damage never detected: {out:?}");
+    assert!(
+        out.refused > 0 && out.reads_eio > 0,
+        "damage never detected: {out:?}"
+    );
 }
 
 #[test]
@@ -148,7 +163,12 @@ fn every_bit_of_one_chunk_map_entry() {
         for bit in 0..8 {
             let mut images = base.images.clone();
             images.pm.get_mut(&path).unwrap()[byte] ^= 1 << bit;
-            try_damaged(&base, &images, &format!("pm byte {byte} bit {bit}"), &mut out);
+            try_damaged(
+                &base,
+                &images,
+                &format!("pm byte {byte} bit {bit}"),
+                &mut out,
+            );
         }
     }
     eprintln!("corruption: chunk 5's map entries, every bit: {out:?}");

@@ -10,14 +10,12 @@
 //! finds nothing wrong (no leak, nothing shared, checksums valid); the volume takes
 //! new writes.
 
-mod support;
-
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::rc::Rc;
 
+use reduce::testing::*;
 use reduce::*;
-use support::*;
 
 const INIT_DONE: u64 = u64::MAX;
 const UNLOAD_DONE: u64 = u64::MAX - 1;
@@ -60,7 +58,7 @@ fn random_chunk(chunk: u64, seed: u64) -> Write {
     let mut rng = Rng::new(seed);
     (
         chunk * BLOCKS_PER_CHUNK,
-        (0..CHUNK).map(|_| rng.next() as u8).collect(),
+        (0..CHUNK).map(|_| rng.next_u64() as u8).collect(),
     )
 }
 
@@ -146,7 +144,11 @@ fn survive(rec: &Recording, script: &Script, upto: usize, crash: Crash, tally: &
     for (id, &(chunk, version)) in rec.versions_of.iter().enumerate() {
         if marks.contains(&(id as u64)) {
             let a = &mut acked[chunk as usize];
-            assert_eq!(*a + 1, version, "{at}: same-chunk writes acked out of order");
+            assert_eq!(
+                *a + 1,
+                version,
+                "{at}: same-chunk writes acked out of order"
+            );
             *a = version;
         }
     }
@@ -195,7 +197,10 @@ fn enumerate(script: Script) -> Tally {
         tally.refused_before_init,
         tally.chunks_verified
     );
-    assert!(tally.refused_before_init > 0, "the enumeration must cover init");
+    assert!(
+        tally.refused_before_init > 0,
+        "the enumeration must cover init"
+    );
     tally
 }
 
@@ -229,7 +234,12 @@ fn partial_chunk_read_modify_write() {
 #[test]
 fn overwrites_of_one_chunk_in_flight() {
     let groups = vec![
-        vec![full(3, 21), partial(3, 1, 2, 22), full(3, 23), partial(3, 6, 2, 24)],
+        vec![
+            full(3, 21),
+            partial(3, 1, 2, 22),
+            full(3, 23),
+            partial(3, 6, 2, 24),
+        ],
         vec![random_chunk(3, 25), partial(3, 0, 1, 26)],
     ];
     enumerate(Script {

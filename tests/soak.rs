@@ -8,13 +8,11 @@
 //!
 //! `REDUCE_SOAK_OPS` sets the operations per mode (`make soak` runs 10^6 each).
 
-mod support;
-
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use reduce::testing::*;
 use reduce::*;
-use support::*;
 
 const CHUNKS: u64 = 64;
 const BLOCKS_PER_CHUNK: u64 = 8;
@@ -111,10 +109,18 @@ fn soak(mode: Mode, seed: u64) {
         "soak {mode:?}: {} ops ({} reads, {} writes) at queue depth {QUEUE_DEPTH}, {} faults \
          injected, {} requests failed with them, {} unload/load cycles, {} checker runs \
          clean, 0 mismatches",
-        ops, m.counts.reads, m.counts.writes, faults.get(), m.counts.failed, m.counts.reloads,
+        ops,
+        m.counts.reads,
+        m.counts.writes,
+        faults.get(),
+        m.counts.failed,
+        m.counts.reloads,
         checks
     );
-    assert!(faults.get() > 0 && m.counts.failed > 0, "no fault was exercised");
+    assert!(
+        faults.get() > 0 && m.counts.failed > 0,
+        "no fault was exercised"
+    );
 }
 
 /// Loads again; a load that meets an injected read fault fails with it and is retried.
@@ -153,7 +159,10 @@ fn submit(
     let (model, in_flight) = (model.clone(), in_flight.clone());
     if rng.chance(550) {
         let bytes = data(seq, len);
-        let segs = cuts.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect();
+        let segs = cuts
+            .windows(2)
+            .map(|w| bytes[w[0]..w[1]].to_vec())
+            .collect();
         vol.writev(offset, blocks, segs, move |r, _| {
             let mut m = model.borrow_mut();
             m.counts.writes += 1;

@@ -3,19 +3,21 @@
 //! (real files) and drives random I/O against its own model, in its own completion
 //! mode, with a reload, then destroys it.
 
-mod support;
-
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use reduce::testing::*;
 use reduce::*;
-use support::*;
 
 const THREADS: u64 = 6;
 const CHUNKS: u64 = 32;
 
 fn one_volume(dir: &str, seed: u64) -> u64 {
-    let mode = if seed % 2 == 0 { Mode::Immediate } else { Mode::Deferred };
+    let mode = if seed % 2 == 0 {
+        Mode::Immediate
+    } else {
+        Mode::Deferred
+    };
     let rig = Rig::new(512, small_blockcnt(CHUNKS), mode);
     let backend = || Backend {
         backing: Box::new(rig.backing.clone()),
@@ -58,7 +60,10 @@ fn one_volume(dir: &str, seed: u64) -> u64 {
     let slot = Rc::new(RefCell::new(None));
     Volume::destroy(backend(), filler(&slot));
     rig.wait(&slot).expect("destroy");
-    assert!(!std::path::Path::new(&path).exists(), "destroy left the pm file");
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "destroy left the pm file"
+    );
     3000
 }
 

@@ -82,7 +82,9 @@ impl TestCodec {
         let result = match injected {
             Some(e) => Err(e),
             None if compress => self.codec.compress_buf(&io.src[..io.src_len], &mut io.dst),
-            None => self.codec.decompress_buf(&io.src[..io.src_len], &mut io.dst),
+            None => self
+                .codec
+                .decompress_buf(&io.src[..io.src_len], &mut io.dst),
         };
         let p = Pending { io, done, result };
         if s.mode == Mode::Deferred {

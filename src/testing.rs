@@ -1,12 +1,18 @@
-//! Shared by the reliability tests: a rig of test doubles (device, codec, pm store)
-//! in either completion mode, blocking helpers that poll until a callback fires, a
+//! For tests and fuzz targets: a rig of test doubles (device, codec, pm store) in
+//! either completion mode, blocking helpers that poll until a callback fires, a
 //! deterministic RNG and data of varied compressibility.
-#![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use reduce::*;
+use crate::backing::{BackingDevice, MemBacking, Mode};
+use crate::check::Report;
+use crate::codec::{SyncCodec, TestCodec, ZstdCodec};
+use crate::error::Result;
+use crate::format::{self, Params};
+use crate::journal::Images;
+use crate::pm::MemStore;
+use crate::vol::{Backend, InitPlan, Volume};
 
 /// A small geometry: 512-byte blocks, 1 KiB io units, 4 KiB chunks.
 pub fn small_params() -> Params {
@@ -31,9 +37,19 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(blocklen: u32, blockcnt: u64, mode: Mode) -> Rig {
+        Rig::with_codec(blocklen, blockcnt, mode, ZstdCodec)
+    }
+
+    /// A rig compressing with `codec` (`RleCodec` under miri, which cannot run zstd).
+    pub fn with_codec(
+        blocklen: u32,
+        blockcnt: u64,
+        mode: Mode,
+        codec: impl SyncCodec + 'static,
+    ) -> Rig {
         Rig {
             backing: MemBacking::new(blocklen, blockcnt, mode),
-            codec: TestCodec::new(ZstdCodec, mode),
+            codec: TestCodec::new(codec, mode),
             store: MemStore::new(),
         }
     }
@@ -79,7 +95,10 @@ impl Rig {
             if let Some(v) = slot.borrow_mut().take() {
                 return v;
             }
-            assert!(self.poll_one(), "nothing pending, and the callback never ran");
+            assert!(
+                self.poll_one(),
+                "nothing pending, and the callback never ran"
+            );
         }
     }
 
@@ -147,7 +166,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -155,7 +174,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 
     pub fn chance(&mut self, per_thousand: u64) -> bool {
@@ -170,9 +189,15 @@ pub fn data(seed: u64, len: usize) -> Vec<u8> {
     let kind = rng.below(5);
     let mut out = vec![0u8; len];
     match kind {
-        0 => out.iter_mut().for_each(|b| *b = rng.next() as u8),
+        0 => out.iter_mut().for_each(|b| *b = rng.next_u64() as u8),
         1 => {
-            let words = [&b"reduce "[..], b"chunk ", b"volume ", b"io unit ", b"zstd "];
+            let words = [
+                &b"reduce "[..],
+                b"chunk ",
+                b"volume ",
+                b"io unit ",
+                b"zstd ",
+            ];
             let mut i = 0;
             while i < len {
                 let w = words[rng.below(words.len() as u64) as usize];
@@ -185,13 +210,15 @@ pub fn data(seed: u64, len: usize) -> Vec<u8> {
             let mut i = 0;
             while i < len {
                 let run = (1 + rng.below(200) as usize).min(len - i);
-                let b = rng.next() as u8;
+                let b = rng.next_u64() as u8;
                 out[i..i + run].fill(b);
                 i += run;
             }
         }
         3 => {}
-        _ => out[..len / 2].iter_mut().for_each(|b| *b = rng.next() as u8),
+        _ => out[..len / 2]
+            .iter_mut()
+            .for_each(|b| *b = rng.next_u64() as u8),
     }
     out
 }

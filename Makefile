@@ -29,8 +29,10 @@ deps:
 	  rustup toolchain install nightly --profile minimal --component miri rust-src >/dev/null 2>&1 || \
 	  echo "note: nightly miri not available; 'make miri' will say so"
 
+# The library's soname is libreduce.so.0; programs linked to it look for that name.
 lib:
 	$(CARGO) build --profile $(PROFILE) --lib
+	@ln -sf libreduce.so $(LIBDIR)/libreduce.so.0
 
 include c_tests/rules.mk
 

@@ -317,6 +317,15 @@ int h_check(struct mem_dev *d, struct spdk_reduce_vol *vol, struct reduce_vol_ch
 	return rc;
 }
 
+int rig_open(struct mem_dev *d, struct spdk_reduce_vol_params *p, char *dir, size_t dir_len,
+	     uint64_t chunks, int deferred, struct spdk_reduce_vol **vol)
+{
+	make_tmpdir(dir, dir_len);
+	mem_dev_init(d, 512, blockcnt_for_chunks(chunks), deferred);
+	default_params(p);
+	return h_init(d, p, dir, vol);
+}
+
 uint64_t rng_next(uint64_t *s)
 {
 	*s ^= *s >> 12;

@@ -50,6 +50,11 @@ int h_read(struct mem_dev *d, struct spdk_reduce_vol *vol, void *buf, uint64_t o
 	   uint64_t length);
 int h_check(struct mem_dev *d, struct spdk_reduce_vol *vol, struct reduce_vol_check_report *r);
 
+/* The usual start of a test: a temp dir for the pm file, a device of `chunks` chunks
+ * (plus the extra ones) in the given mode, default params, and init. */
+int rig_open(struct mem_dev *d, struct spdk_reduce_vol_params *p, char *dir, size_t dir_len,
+	     uint64_t chunks, int deferred, struct spdk_reduce_vol **vol);
+
 /* Polls until *flag is set; fails the test (returns -1) if nothing is left to poll. */
 int poll_until(struct mem_dev *d, const int *flag);
 

@@ -231,10 +231,7 @@ void test_io_einval(int deferred)
 	uint8_t buf[CHUNK], scratch[1024];
 	struct iovec iov = {scratch, 512};
 
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, 512, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	CHECK_EQ(h_init(&d, &p, dir, &vol), 0);
+	CHECK_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0);
 	if (!vol) {
 		goto out;
 	}
@@ -286,10 +283,7 @@ void test_volume_full(int deferred)
 	uint8_t *bufs = malloc((size_t)CHUNKS * CHUNK), got[CHUNK];
 	struct iovec iov[CHUNKS];
 
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, 512, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	CHECK_EQ(h_init(&d, &p, dir, &vol), 0);
+	CHECK_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0);
 	for (int r = 0; r < rounds && vol; r++) {
 		for (int c = 0; c < CHUNKS; c++) {
 			uint64_t s = (uint64_t)(r * 1000 + c) * 2654435761u | 1;
@@ -326,10 +320,7 @@ void test_backing_errors(int deferred)
 	char dir[64];
 	uint8_t buf[CHUNK], other[CHUNK], got[CHUNK];
 
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, 512, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	CHECK_EQ(h_init(&d, &p, dir, &vol), 0);
+	CHECK_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0);
 	if (!vol) {
 		goto out;
 	}
@@ -382,10 +373,7 @@ void test_unload_busy(int deferred)
 	struct iovec iov = {buf, CHUNK};
 	int write_status = 1, unload_status = 1;
 
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, 512, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	CHECK_EQ(h_init(&d, &p, dir, &vol), 0);
+	CHECK_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0);
 	if (!vol) {
 		goto out;
 	}

@@ -19,10 +19,7 @@ void test_persistence(int deferred)
 	char dir[64];
 	uint8_t *want = malloc(CHUNK * 4), *got = malloc(CHUNK * 4);
 
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, 512, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	CHECK_EQ(h_init(&d, &p, dir, &vol), 0);
+	CHECK_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0);
 	CHECK_EQ(p.vol_size, (uint64_t)CHUNKS * CHUNK);
 	CHECK(vol != NULL);
 	if (!vol) {
@@ -128,10 +125,7 @@ void test_shadow(int deferred)
 	uint64_t rng = 7 + (uint64_t)deferred;
 	int in_flight = 0, ops = small_scale() ? 300 : 4000;
 
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, 512, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	CHECK_EQ(h_init(&d, &p, dir, &vol), 0);
+	CHECK_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0);
 	for (int op = 0; op < ops && vol; op++) {
 		uint64_t chunk = rng_next(&rng) % 16, first = rng_next(&rng) % BPC;
 		uint64_t blocks = 1 + rng_next(&rng) % (BPC - first);

@@ -66,10 +66,7 @@ void test_chain(int deferred)
 	char dir[64];
 	struct chain *c = calloc(1, sizeof(*c));
 
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, 512, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	CHECK_EQ(h_init(&d, &p, dir, &c->vol), 0);
+	CHECK_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &c->vol), 0);
 	c->model = calloc(CHUNKS, CHUNK);
 	c->steps = small_scale() ? 1500 : 10000;
 	c->rng = 99;
@@ -106,10 +103,7 @@ void test_many_at_once(int deferred)
 	uint8_t *bufs = malloc((size_t)N * 512), got[512];
 	struct iovec *iov = calloc(N, sizeof(*iov));
 
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, 512, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	CHECK_EQ(h_init(&d, &p, dir, &vol), 0);
+	CHECK_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0);
 	/* Blocks spread over every chunk, several per chunk: all submitted before any
 	 * completes (in deferred mode). */
 	for (int i = 0; i < N; i++) {
@@ -162,10 +156,7 @@ void test_unload_from_callback(int deferred)
 	uint8_t buf[CHUNK];
 	struct iovec iov = {buf, sizeof(buf)};
 
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, 512, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	CHECK_EQ(h_init(&d, &p, dir, &u.vol), 0);
+	CHECK_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &u.vol), 0);
 	fill_data(buf, sizeof(buf), 5);
 	spdk_reduce_vol_writev(u.vol, &iov, 1, 0, BPC, write_then_unload, &u);
 	poll_until(&d, &u.unloaded);

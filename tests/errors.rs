@@ -640,7 +640,6 @@ fn enospc_under_concurrent_raw_overwrites_is_clean() {
 /// DESIGN §3: "The 128 extra chunk maps and their io units exist so that in-flight
 /// writes always find room even when the volume is full of incompressible data."
 #[test]
-#[ignore = "bug: with every chunk stored raw and MAX_ACTIVE raw overwrites in flight, the last one gets ENOSPC: the io units overlapping the 8 KiB metadata come out of the 128 extra chunks' io units"]
 fn in_flight_writes_always_find_room_on_a_full_raw_volume() {
     let geo = Geo::new(512, 4096, 16384, 512, MAX_ACTIVE as u64);
     let rig = Rig::new(geo, Mode::Deferred, CodecKind::Zstd);

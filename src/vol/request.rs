@@ -45,6 +45,8 @@ enum Stage {
     ReadingChunk,
     DecompressingChunk,
     CompressingChunk,
+    /// Compressed, waiting for writes in flight to free space.
+    WaitingForSpace,
     WritingChunk,
 }
 
@@ -66,6 +68,8 @@ struct Request {
     old: Option<ChunkMap>,
     /// The chunk map (index, contents) allocated for the write in flight.
     new: Option<(u64, ChunkMap)>,
+    /// Bytes to store: the compressed size, or `chunk_size` for a raw chunk.
+    stored_size: usize,
 }
 
 /// The I/O side of a loaded volume.
@@ -82,6 +86,10 @@ pub(crate) struct Engine {
     waiting: VecDeque<usize>,
     active: usize,
     spare_buffers: Vec<Vec<u8>>,
+    /// Requests writing their chunk, holding a new chunk map and io units.
+    writing: usize,
+    /// Compressed writes that found no space while others were writing.
+    space_waiters: VecDeque<usize>,
 }
 
 impl Engine {
@@ -96,6 +104,8 @@ impl Engine {
             waiting: VecDeque::new(),
             active: 0,
             spare_buffers: Vec::new(),
+            writing: 0,
+            space_waiters: VecDeque::new(),
         }
     }
 
@@ -130,6 +140,7 @@ impl Engine {
             active: false,
             old: None,
             new: None,
+            stored_size: 0,
         };
         let id = match self.free_slots.pop() {
             Some(id) => {
@@ -406,22 +417,31 @@ impl Engine {
             }
             _ => chunk_size,
         };
+        let r = self.req(id);
+        r.plain = Some(io.src);
+        r.packed = Some(io.dst);
+        r.stored_size = size;
+        self.write_chunk(id, out);
+    }
+
+    /// Allocates a chunk map and io units for the stored chunk and writes it. When
+    /// the volume is out of space while other writes hold allocations, waits for them:
+    /// each frees the chunk it replaces. Only with none in flight is it `ENOSPC`.
+    fn write_chunk(&mut self, id: usize, out: &mut Vec<Action>) {
+        let geo = self.meta.geo;
+        let size = self.req(id).stored_size;
         let (index, io_units) = match self.meta.allocate(geo.io_units_for(size as u32)) {
             Ok(allocation) => allocation,
-            Err(e) => {
-                let r = self.req(id);
-                r.plain = Some(io.src);
-                r.packed = Some(io.dst);
-                return self.finish(id, Err(e), out);
+            Err(_) if self.writing > 0 => {
+                self.req(id).stage = Stage::WaitingForSpace;
+                return self.space_waiters.push_back(id);
             }
+            Err(e) => return self.finish(id, Err(e), out),
         };
         let extents = self.extents(&io_units);
         let r = self.req(id);
-        let (mut buf, spare) = if size == chunk_size {
-            (io.src, io.dst)
-        } else {
-            (io.dst, io.src)
-        };
+        let raw = size == geo.chunk_size();
+        let mut buf = if raw { r.plain.take() } else { r.packed.take() }.expect("chunk buffer");
         // The last io unit's tail would carry stale bytes of an earlier chunk.
         let written = io_units.len() * geo.io_unit_size();
         buf[size..written].fill(0);
@@ -430,13 +450,9 @@ impl Engine {
             checksum: chunk_checksum(&buf[..size]),
             io_units,
         };
-        if size == chunk_size {
-            r.packed = Some(spare);
-        } else {
-            r.plain = Some(spare);
-        }
         r.new = Some((index, map));
         r.stage = Stage::WritingChunk;
+        self.writing += 1;
         out.push(Action::Write(
             BackingIo { buf, extents },
             Token::Request(id),
@@ -463,7 +479,12 @@ impl Engine {
         if committed.is_err() {
             self.meta.release(index, &map.io_units);
         }
-        self.finish(id, committed, out)
+        self.writing -= 1;
+        self.finish(id, committed, out);
+        // Space may have been freed (or nothing holds any more): retry the waiters.
+        for waiter in std::mem::take(&mut self.space_waiters) {
+            self.write_chunk(waiter, out);
+        }
     }
 
     /// Releases everything `id` holds, lets the next request on its chunk and the next

@@ -201,7 +201,12 @@ static double pass(struct file_dev *f, struct spdk_reduce_vol *vol, int write, u
 		submit(&r, s);
 	}
 	while (r.in_flight) {
-		poll_dev(f);
+		if (!poll_dev(f)) {
+			fprintf(stderr, "\n%s: %llu requests never completed\n", what,
+				(unsigned long long)r.in_flight);
+			free(r.bufs);
+			return -1;
+		}
 		if (r.done / tenth > shown) {
 			shown = r.done / tenth;
 			printf("\r  %-22s %3d%%", what, (int)(100 * r.done / chunks));
@@ -239,7 +244,10 @@ static void op_done(void *arg, int status)
 static int wait_for(struct file_dev *f, struct wait *w)
 {
 	while (!w->done) {
-		poll_dev(f);
+		if (!poll_dev(f)) {
+			fprintf(stderr, "a completion never arrived\n");
+			return -ETIMEDOUT;
+		}
 	}
 	return w->status;
 }

@@ -1,32 +1,69 @@
-/* The C test runner: each test in both completion modes; ends with "N passed, M failed". */
+/* The C test runner. Tests register themselves with TEST()/TEST_ONCE() (harness.h);
+ * each TEST runs in IMMEDIATE and then DEFERRED completion mode. An argument selects
+ * the tests whose name contains it. Ends with exactly "N passed, M failed" and exits
+ * nonzero when M > 0. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "harness.h"
-#include "tests.h"
 
-struct test {
+#define MAX_TESTS 128
+
+static struct {
 	const char *name;
 	test_fn fn;
-};
+	int both;
+} g_tests[MAX_TESTS];
+static int g_ntests;
 
-#define ENTRY(name) {#name, name},
-static const struct test tests[] = {REDUCE_TESTS(ENTRY)};
+void register_test(const char *name, test_fn fn, int both_modes)
+{
+	if (g_ntests == MAX_TESTS) {
+		fprintf(stderr, "too many tests\n");
+		abort();
+	}
+	g_tests[g_ntests].name = name;
+	g_tests[g_ntests].fn = fn;
+	g_tests[g_ntests].both = both_modes;
+	g_ntests++;
+}
+
+static int by_name(const void *a, const void *b)
+{
+	const char *x = *(const char *const *)a, *y = *(const char *const *)b;
+	return strcmp(x, y);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 int main(int argc, char **argv)
 {
 	int passed = 0, failed = 0;
-	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		if (argc > 1 && !strstr(tests[i].name, argv[1])) {
+	/* Constructors run in link order: sort by name (the struct starts with it) so the
+	 * order is stable. */
+	qsort(g_tests, (size_t)g_ntests, sizeof(g_tests[0]), by_name);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (int i = 0; i < g_ntests; i++) {
+		if (argc > 1 && !strstr(g_tests[i].name, argv[1])) {
 			continue;
 		}
-		for (int deferred = 0; deferred < 2; deferred++) {
+		for (int deferred = 0; deferred < (g_tests[i].both ? 2 : 1); deferred++) {
 			int before = g_test_failures;
-			tests[i].fn(deferred);
+			const char *mode = !g_tests[i].both ? "" : deferred ? "deferred" : "immediate";
+			g_test_mode = mode;
+			double start = now();
+			g_tests[i].fn(deferred);
 			int ok = g_test_failures == before;
-			printf("%-28s %-9s %s\n", tests[i].name, deferred ? "deferred" : "immediate",
-			       ok ? "ok" : "FAIL");
-			fflush(stdout);
+			fflush(stderr);
+			printf("%-32s %-9s %-4s (%.2fs)\n", g_tests[i].name, mode, ok ? "ok" : "FAIL",
+			       now() - start);
 			ok ? passed++ : failed++;
 		}
 	}

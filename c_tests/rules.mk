@@ -5,7 +5,7 @@ CC        ?= cc
 C_FLAGS   := -std=gnu11 -O1 -g -Wall -Wextra -Werror -Iinclude
 C_LINK    := -L$(LIBDIR) -lreduce -Wl,-rpath,$(abspath $(LIBDIR))
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-C_SRCS    := $(wildcard c_tests/test_*.c) c_tests/harness.c c_tests/main.c
+C_SRCS    := $(filter-out c_tests/demo.c,$(wildcard c_tests/*.c))
 C_HDRS    := $(wildcard c_tests/*.h) include/reduce.h
 FIXTURE_NAMES := $(notdir $(wildcard $(FIXTURES)/g*))
 FIXTURE_FILES := $(foreach f,$(FIXTURE_NAMES),$(foreach x,backing.img pm expected.img,$(BUILD)/fixtures/$(f)/$(x)))

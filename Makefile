@@ -45,7 +45,7 @@ rust-test:
 # The core under miri, with in-memory doubles (no zstd C code, no files).
 miri:
 	@if cargo +nightly miri --version >/dev/null 2>&1; then \
-	  MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test -q --lib --test miri_core; \
+	  MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test -q --lib --test miri_core --test miri_shadow; \
 	else echo "SKIPPED miri: nightly toolchain with miri is not installed"; fi
 
 # The committed header must be what cbindgen generates now.

@@ -81,8 +81,8 @@ impl Metadata {
     /// Checks the metadata and the free maps against each other (nothing may be in
     /// flight). Returns the report and the chunks whose data can be read back.
     pub fn audit(&self) -> (Report, Vec<u64>) {
-        let scan = check::scan(self);
-        let mut problems = scan.problems.clone();
+        let mut scan = check::scan(self);
+        let mut problems = std::mem::take(&mut scan.problems);
         check::compare(
             &scan,
             &self.chunk_maps,

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod error;
 pub mod format;
 pub mod journal;
+pub mod log;
 pub mod maps;
 pub mod pm;
 pub mod testing;

@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use common::*;
-use reduce::vol::MAX_ACTIVE;
-use reduce::{Backend, Errno, FileStore, InitPlan, MemBacking, MemStore, Mode, Params, Volume};
+use reduce::testkit::*;
+use reduce::{Backend, Errno, FileStore, InitPlan, Params, Volume};
 
 const GEO: Geo = Geo::new(512, 4096, 16384, 512, 16);
 const MODES: [Mode; 2] = [Mode::Immediate, Mode::Deferred];

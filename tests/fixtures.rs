@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use common::*;
-use reduce::{Errno, MemBacking, MemStore, Mode, Volume};
+use reduce::testkit::*;
+use reduce::{Errno, Volume};
 
 const FIXTURES: [&str; 3] = [
     "g1-bl512-io4k-c16k-lb512",

@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use reduce::{InitPlan, Mode, Params, Volume};
+use reduce::testkit::*;
+use reduce::{InitPlan, Params, Volume};
 
 const UUID: [u8; 16] = [
     0x5e, 0xd0, 0x7f, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x80, 0x00, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45,
@@ -363,8 +364,8 @@ impl reduce::SyncCodec for Recorder {
 #[test]
 fn codec_calls_get_exactly_the_bytes_they_need() {
     let rec = Recorder::default();
-    let backing = reduce::MemBacking::new(512, GEO.blockcnt(), Mode::Immediate);
-    let store = reduce::MemStore::new();
+    let backing = MemBacking::new(512, GEO.blockcnt(), Mode::Immediate);
+    let store = MemStore::new();
     let s = slot();
     Volume::init(
         InitPlan::new(GEO.params(), 512, GEO.blockcnt(), "/pm").unwrap(),

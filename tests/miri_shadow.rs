@@ -10,7 +10,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use common::*;
-use reduce::{Errno, Mode, Volume};
+use reduce::testkit::*;
+use reduce::{Errno, Volume};
 
 /// 512-byte blocks and io units, 2 KiB chunks (4 io units), 4 chunks.
 const GEO: Geo = Geo::new(512, 512, 2048, 512, 4);

@@ -8,7 +8,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use common::*;
-use reduce::{Errno, Mode, Volume};
+use reduce::testkit::*;
+use reduce::{Errno, Volume};
 
 const GEO: Geo = Geo::new(512, 4096, 16384, 512, 16);
 const SMALL_STACK: usize = 256 * 1024;

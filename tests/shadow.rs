@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use common::*;
-use reduce::vol::MAX_ACTIVE;
-use reduce::{Mode, Volume};
+use reduce::Volume;
+use reduce::testkit::*;
 
 /// What the batch's callbacks report.
 #[derive(Default)]
@@ -385,8 +385,8 @@ fn shadow_deferred_codec_interleaved_with_compress_faults() {
     })));
     let rig = Rig {
         geo,
-        backing: reduce::MemBacking::new(geo.blocklen, geo.blockcnt(), Mode::Deferred),
-        store: reduce::MemStore::new(),
+        backing: MemBacking::new(geo.blocklen, geo.blockcnt(), Mode::Deferred),
+        store: MemStore::new(),
         codec,
     };
     let mut run = Run::with_rig(rig, 77);
@@ -422,8 +422,8 @@ fn shadow_random_faults_completion_model() {
         };
         let rig = Rig {
             geo,
-            backing: reduce::MemBacking::new(geo.blocklen, geo.blockcnt(), mode),
-            store: reduce::MemStore::new(),
+            backing: MemBacking::new(geo.blocklen, geo.blockcnt(), mode),
+            store: MemStore::new(),
             codec: codec.clone(),
         };
         let vol = rig.init();

@@ -3,10 +3,6 @@
 //! back with the completion, so the device owns them while the operation runs and no
 //! borrow spans the wait.
 
-mod mem;
-
-pub use mem::{FaultFn, MemBacking, Mode};
-
 use smallvec::SmallVec;
 
 use crate::error::Result;

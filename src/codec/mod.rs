@@ -2,12 +2,8 @@
 //! gets them back with the result through a [`CodecDone`]. Built-in codecs complete
 //! inside the call; a caller's codec (hardware, say) may complete later.
 
-mod double;
-mod rle;
 mod zstd;
 
-pub use double::TestCodec;
-pub use rle::RleCodec;
 pub use zstd::{ZstdCodec, zstd_compress, zstd_decompress};
 
 use crate::error::Result;

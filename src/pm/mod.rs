@@ -2,15 +2,13 @@
 //!
 //! [`PmRegion`] is one mapped file: read it as bytes, write it, and `persist` a range
 //! (msync for a file). [`PmStore`] creates, opens and removes them by path. Two stores:
-//! [`FileStore`] (real files, memmap2) and [`MemStore`] (memory, for tests and miri),
-//! which keeps apart what was written from what was persisted so a test can cut the
-//! power.
+//! [`FileStore`] (real files, memmap2) and the test kit's `MemStore` (memory, for tests
+//! and miri), which keeps apart what was written from what was persisted so a test can
+//! cut the power.
 
 mod file;
-mod mem;
 
 pub use file::FileStore;
-pub use mem::MemStore;
 
 use crate::error::Result;
 

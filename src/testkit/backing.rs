@@ -7,9 +7,9 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::rc::Rc;
 
-use super::{BackingDevice, BackingIo, Extent, IoDone};
+use super::journal::{Entry, Journal};
+use crate::backing::{BackingDevice, BackingIo, Extent, IoDone};
 use crate::error::{Errno, Result};
-use crate::journal::{Entry, Journal};
 
 /// When operations complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,9 +6,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{PmRegion, PmStore};
+use super::journal::{Entry, Journal};
 use crate::error::{Errno, Result};
-use crate::journal::{Entry, Journal};
+use crate::pm::{PmRegion, PmStore};
 
 #[derive(Default)]
 struct MemFile {

@@ -1,7 +1,7 @@
 //! A tiny pure-Rust run-length codec. It exists so the core can be tested under miri
 //! (which cannot run zstd's C code) with real compressed and raw chunks.
 
-use super::SyncCodec;
+use crate::codec::SyncCodec;
 use crate::error::{Errno, Result};
 
 /// Pairs of (run length 1..=255, byte).

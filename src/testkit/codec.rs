@@ -1,13 +1,13 @@
 //! A codec test double: wraps a [`SyncCodec`], completes inside the call or from
-//! [`TestCodec::poll`], and fails chosen operations — the codec side of the fault
-//! injection that [`crate::MemBacking`] does for the device.
+//! [`TestCodec::poll_one`], and fails chosen operations — the codec side of the fault
+//! injection that [`MemBacking`](super::MemBacking) does for the device.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use super::{Codec, CodecDone, CodecIo, SyncCodec};
-use crate::backing::{FaultFn, Mode};
+use super::backing::{FaultFn, Mode};
+use crate::codec::{Codec, CodecDone, CodecIo, SyncCodec};
 use crate::error::Result;
 
 struct Pending {

@@ -15,7 +15,7 @@ use reduce::{Backend, InitPlan, Params, SyncCodec, Volume, ZstdCodec};
 const CHUNK: usize = 16384;
 const CHUNKS: usize = 256;
 
-/// Text-like data that compresses about 3:1, like a file system's worth of files.
+/// Text-like data that compresses about 2.4:1, like a file system's worth of files.
 fn corpus() -> Vec<u8> {
     prose(&mut Rng::new(1), CHUNK * CHUNKS)
 }

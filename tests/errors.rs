@@ -1,6 +1,6 @@
-//! DESIGN §4, row by row, from the Rust API: every failure reaches the callback with
-//! the right errno, leaves nothing behind (no pm file, no leaked io unit or chunk map,
-//! no changed data), and the next request works.
+//! The error contract (docs/DESIGN.md), row by row, from the Rust API: every failure
+//! reaches the callback with the right errno, leaves nothing behind (no pm file, no
+//! leaked io unit or chunk map, no changed data), and the next request works.
 
 mod common;
 
@@ -513,9 +513,9 @@ fn io_validation_rows() {
 
 // ---------------------------------------------------------------- ENOSPC
 
-/// A volume whose pm file has the original's size (DESIGN §3 note): fewer chunk maps
-/// than chunks. Writing fills them; then writes fail with ENOSPC, change nothing, and
-/// the file never grows.
+/// A volume whose pm file has the original's size (see the format's note on it): fewer
+/// chunk maps than chunks. Writing fills them; then writes fail with ENOSPC, change
+/// nothing, and the file never grows.
 #[test]
 fn enospc_when_chunk_maps_run_out() {
     let geo = Geo::new(512, 512, 2048, 512, 1024);
@@ -580,8 +580,9 @@ fn enospc_when_chunk_maps_run_out() {
     }
 }
 
-/// DESIGN §3: "The 128 extra chunk maps and their io units exist so that in-flight
-/// writes always find room even when the volume is full of incompressible data."
+/// The format (docs/DESIGN.md): "The 128 extra chunk maps and their io units exist so
+/// that in-flight writes always find room even when the volume is full of incompressible
+/// data."
 /// A volume full of incompressible data, then one raw overwrite of every chunk in
 /// flight at once: every one succeeds, nothing leaks, the new data reads back.
 #[test]
@@ -994,7 +995,7 @@ fn sync_read(
     wait_on(backing, &s)
 }
 
-/// DESIGN §4: "compress fails or saves nothing → store uncompressed".
+/// The error contract: "compress fails or saves nothing → store uncompressed".
 #[test]
 fn compress_failure_or_no_saving_stores_raw() {
     type Bend = Rc<dyn Fn(reduce::Result<usize>) -> reduce::Result<usize>>;
@@ -1035,7 +1036,7 @@ fn compress_failure_or_no_saving_stores_raw() {
     }
 }
 
-/// DESIGN §4: "decompress fails or returns a size other than chunk_size → EIO".
+/// The error contract: "decompress fails or returns a size other than chunk_size → EIO".
 #[test]
 fn decompress_failure_or_short_result_is_eio() {
     type Bend = Rc<dyn Fn(reduce::Result<usize>) -> reduce::Result<usize>>;

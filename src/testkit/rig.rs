@@ -91,8 +91,7 @@ pub fn filler<T: 'static>(slot: &Slot<T>) -> impl FnOnce(T) + 'static {
     }
 }
 
-/// Calls `poll` until `slot` is filled. Panics when nothing is pending and the callback
-/// has not run, or after [`POLL_CAP`] completions.
+/// Calls `poll` until `slot` is filled; see [`Rig::wait`].
 fn wait_with<T>(slot: &Slot<T>, mut poll: impl FnMut() -> bool) -> T {
     let mut n = 0;
     loop {
@@ -105,8 +104,8 @@ fn wait_with<T>(slot: &Slot<T>, mut poll: impl FnMut() -> bool) -> T {
     }
 }
 
-/// Polls only `backing` until `slot` is filled: for a volume whose other parts are not
-/// a rig's.
+/// Like [`Rig::wait`], delivering only `backing`'s completions: for a volume whose other
+/// parts are not a rig's.
 pub fn wait_on<T>(backing: &MemBacking, slot: &Slot<T>) -> T {
     wait_with(slot, || backing.poll_one())
 }
@@ -151,7 +150,9 @@ impl Rig {
         }
     }
 
-    /// Delivers pending completions until `slot` is filled (see [`wait_on`]).
+    /// Delivers pending completions, codec first, until `slot` is filled. Panics when
+    /// nothing is pending and the callback has not run, or after [`POLL_CAP`]
+    /// completions.
     pub fn wait<T>(&self, slot: &Slot<T>) -> T {
         wait_with(slot, || self.poll_one())
     }

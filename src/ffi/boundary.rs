@@ -27,13 +27,13 @@ pub(crate) fn guard<R>(what: &str, fallback: R, f: impl FnOnce() -> R) -> R {
     })
 }
 
-/// The caller's callback, or `None` (logged) when it is NULL: then the call cannot
-/// report anything, so it does nothing.
-pub(crate) fn callback<F>(what: &str, cb_fn: Option<F>) -> Option<F> {
+/// The caller's callback (the argument `name`), or `None` (logged) when it is NULL:
+/// then the call cannot report anything, so it does nothing.
+pub(crate) fn callback<F>(what: &str, name: &str, cb_fn: Option<F>) -> Option<F> {
     if cb_fn.is_none() {
         emit(
             Level::Error,
-            format_args!("{what}: cb_fn is NULL, so the call cannot report; ignored"),
+            format_args!("{what}: {name} is NULL, so the call cannot report; ignored"),
         );
     }
     cb_fn

@@ -41,7 +41,7 @@ pub unsafe extern "C" fn reduce_vol_check(
     // Safety (Rust): `vol` is NULL or a live handle.
     const WHAT: &str = "reduce_vol_check";
     guard(WHAT, (), || {
-        let Some(cb_fn) = callback(WHAT, cb_fn) else {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
             return;
         };
         let done = move |result: Result<Report>| {

@@ -31,10 +31,12 @@ unsafe fn run(
     // SAFETY: NULL or valid, per the contract. Copy out what the callback needs:
     // `args` may be freed by the callback itself.
     let (cb_fn, cb_arg) = match unsafe { args.as_ref() } {
-        Some(&spdk_reduce_vol_cb_args { cb_fn, cb_arg }) => (cb_fn, cb_arg),
-        None => (None, std::ptr::null_mut()),
+        Some(&spdk_reduce_vol_cb_args { cb_fn, cb_arg }) => {
+            (callback(what, "args->cb_fn", cb_fn), cb_arg)
+        }
+        None => (callback(what, "args", None), std::ptr::null_mut()),
     };
-    let Some(cb_fn) = callback(what, cb_fn) else {
+    let Some(cb_fn) = cb_fn else {
         return;
     };
     // SAFETY: forwarded from the caller.

@@ -132,7 +132,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_init(
     // Safety (Rust): pointers are NULL or valid; `backing_dev` outlives the volume.
     const WHAT: &str = "spdk_reduce_vol_init";
     guard(WHAT, (), || {
-        let Some(cb_fn) = callback(WHAT, cb_fn) else {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
             return;
         };
         let done = opened(cb_fn, cb_arg);
@@ -197,7 +197,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_load(
     // Safety (Rust): `backing_dev` is NULL or valid and outlives the volume.
     const WHAT: &str = "spdk_reduce_vol_load";
     guard(WHAT, (), || {
-        let Some(cb_fn) = callback(WHAT, cb_fn) else {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
             return;
         };
         let done = opened(cb_fn, cb_arg);
@@ -224,7 +224,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_unload(
     // Safety (Rust): `vol` is NULL or a live handle.
     const WHAT: &str = "spdk_reduce_vol_unload";
     guard(WHAT, (), || {
-        let Some(cb_fn) = callback(WHAT, cb_fn) else {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
             return;
         };
         // SAFETY: NULL or live, per the caller.
@@ -263,7 +263,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_destroy(
     // Safety (Rust): `backing_dev` is NULL or valid for the duration.
     const WHAT: &str = "spdk_reduce_vol_destroy";
     guard(WHAT, (), || {
-        let Some(cb_fn) = callback(WHAT, cb_fn) else {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
             return;
         };
         // SAFETY: the caller's callback with its own argument.
@@ -292,7 +292,7 @@ unsafe fn submit(
     cb_fn: spdk_reduce_vol_op_complete,
     cb_arg: *mut c_void,
 ) {
-    let Some(cb_fn) = callback(what, cb_fn) else {
+    let Some(cb_fn) = callback(what, "cb_fn", cb_fn) else {
         return;
     };
     // SAFETY: NULL or live, per the caller.

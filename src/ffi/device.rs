@@ -178,7 +178,10 @@ unsafe fn block_op_put(op: *mut BlockOp, status: c_int) {
 /// A completion with a NULL `cb_arg` cannot be ours: logged and ignored.
 fn foreign(what: &str, cb_arg: *mut c_void) -> bool {
     if cb_arg.is_null() {
-        emit(Level::Warn, format_args!("{what} with a NULL cb_arg ignored"));
+        emit(
+            Level::Warn,
+            format_args!("{what} with a NULL cb_arg ignored"),
+        );
     }
     cb_arg.is_null()
 }

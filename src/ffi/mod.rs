@@ -82,12 +82,12 @@ fn opened(
     cb_arg: *mut c_void,
 ) -> impl FnOnce(Result<Volume>) {
     move |result| {
-        let (handle, status) = match result {
+        let (handle, code) = match result {
             Ok(vol) => (spdk_reduce_vol::boxed(vol), 0),
             Err(e) => (ptr::null_mut(), errno(e)),
         };
         // SAFETY: the caller's callback with its own argument.
-        unsafe { cb_fn(cb_arg, handle, status) }
+        unsafe { cb_fn(cb_arg, handle, code) }
     }
 }
 

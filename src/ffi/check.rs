@@ -54,7 +54,7 @@ pub unsafe extern "C" fn reduce_vol_check(
         // SAFETY: NULL or live, per the caller.
         match unsafe { volume(vol) } {
             Some(volume) => volume.check(done),
-            None => done(Err(Errno::EINVAL)),
+            None => done(Err(Errno::EINVAL.into())),
         }
     })
 }

@@ -40,7 +40,8 @@ unsafe fn run(
         };
         // SAFETY: forwarded from the caller.
         let result = unsafe { apply(codec, src_iov, src_iovcnt, dst_iov, dst_iovcnt) };
-        let status = match result.and_then(|n| c_int::try_from(n).map_err(|_| Errno::EINVAL)) {
+        let status = match result.and_then(|n| c_int::try_from(n).map_err(|_| Errno::EINVAL.into()))
+        {
             Ok(n) => n,
             Err(e) => e.negated(),
         };

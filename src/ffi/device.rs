@@ -63,7 +63,7 @@ impl CDevice {
                 blocklen: d.blocklen,
                 blockcnt: d.blockcnt,
             }),
-            _ => Err(Errno::EINVAL),
+            _ => Err(Errno::EINVAL.into()),
         }
     }
 
@@ -169,7 +169,9 @@ unsafe fn block_op_put(op: *mut BlockOp, status: c_int) {
     // SAFETY: per the contract, `op` is live; once `refs` is 0 nothing else holds it.
     unsafe {
         if let Err(e) = Errno::from_status(status) {
-            (*op).result = (*op).result.and(Err(e));
+            if (*op).result.is_ok() {
+                (*op).result = Err(e);
+            }
         }
         (*op).refs -= 1;
         if (*op).refs == 0 {

@@ -21,14 +21,14 @@ pub(crate) unsafe fn checked<'a>(iov: *const iovec, iovcnt: c_int) -> Result<(&'
         return Ok((&[], 0));
     }
     if iov.is_null() {
-        return Err(Errno::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     // SAFETY: non-NULL, and the caller promises `iovcnt` entries.
     let list = unsafe { std::slice::from_raw_parts(iov, count) };
     let mut total = 0usize;
     for v in list {
         if v.iov_base.is_null() && v.iov_len != 0 {
-            return Err(Errno::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         total = total.checked_add(v.iov_len).ok_or(Errno::EINVAL)?;
     }
@@ -71,7 +71,7 @@ impl CUserIo {
                 len,
                 ..empty
             }),
-            Err(e) => Err((empty, e)),
+            Err(e) => Err((empty, e.errno())),
         }
     }
 

@@ -137,7 +137,7 @@ unsafe fn prepare_init(
     // SAFETY: as above.
     let dev = unsafe { CDevice::new(backing_dev) }?;
     if pm_file_dir.is_null() {
-        return Err(Errno::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     // SAFETY: non-NULL and NUL-terminated, per the caller.
     let dir = unsafe { CStr::from_ptr(pm_file_dir) }

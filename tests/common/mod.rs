@@ -640,6 +640,6 @@ pub fn range_in_chunk(rng: &mut Rng, geo: Geo, chunk: u64) -> (u64, u64) {
 pub fn errno_of<T>(r: Result<T>) -> Errno {
     match r {
         Ok(_) => panic!("expected an error, got Ok"),
-        Err(e) => e,
+        Err(e) => e.errno(),
     }
 }

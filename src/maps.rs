@@ -311,7 +311,8 @@ impl Metadata {
     pub fn commit(&mut self, chunk: u64, index: u64, map: &ChunkMap) -> Result<()> {
         let geo = self.geo;
         let base = geo.chunk_map_offset(index);
-        let mut entry = Vec::with_capacity(geo.chunk_map_stride as usize);
+        // Inline for chunks of up to 7 io units: no allocation per write.
+        let mut entry: SmallVec<[u8; 64]> = SmallVec::with_capacity(geo.chunk_map_stride as usize);
         entry.extend_from_slice(&map.compressed_size.to_le_bytes());
         entry.extend_from_slice(&map.checksum.to_le_bytes());
         for k in 0..geo.io_units_per_chunk as usize {
@@ -319,14 +320,20 @@ impl Metadata {
             entry.extend_from_slice(&unit.to_le_bytes());
         }
         self.pm.write(base, &entry);
-        self.pm.persist(base, entry.len())?;
+        self.pm.persist(base, entry.len()).map_err(|e| {
+            e.context(format_args!(
+                "chunk {chunk}: persisting its new chunk map {index}"
+            ))
+        })?;
 
         let old = self.logical_entry(chunk);
         let at = geo.logical_entry_offset(chunk);
         self.pm.store_u64(at, index);
         if let Err(e) = self.pm.persist(at, 8) {
             self.pm.store_u64(at, old.unwrap_or(EMPTY_ENTRY));
-            return Err(e);
+            return Err(e.context(format_args!(
+                "chunk {chunk}: persisting its logical map entry"
+            )));
         }
         if let Some(old_index) = old {
             let old_units = self

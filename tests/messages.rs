@@ -211,6 +211,18 @@ fn checksum_mismatch_names_the_chunk() {
 }
 
 #[test]
+fn a_failed_persist_names_the_chunk() {
+    let setup = Setup::new();
+    let vol = setup.init();
+    setup.store.set_fail_persist(true);
+    let e = write(&vol, 2, &text(4096)).unwrap_err();
+    assert_eq!(e, Errno::EIO);
+    assert_says(&e, &["chunk 2", "persisting"]);
+    setup.store.set_fail_persist(false);
+    unload(&vol);
+}
+
+#[test]
 fn the_log_gets_the_same_text() {
     let seen: Arc<Mutex<Vec<(Level, String)>>> = Arc::default();
     let sink = seen.clone();

@@ -124,11 +124,11 @@ impl Shared {
 
     fn perform(self: &Rc<Self>, action: Action) {
         let io_done = |token| IoDone {
-            receiver: Rc::clone(self) as Rc<dyn Receiver<BackingIo, ()>>,
+            receiver: self.clone(),
             token,
         };
         let codec_done = |token| CodecDone {
-            receiver: Rc::clone(self) as Rc<dyn Receiver<CodecIo, usize>>,
+            receiver: self.clone(),
             token,
         };
         match action {

@@ -281,8 +281,15 @@ impl Engine {
         self.slots.get_mut(id).and_then(|slot| slot.parked.take())
     }
 
+    /// Puts back what [`Engine::unpark`] took when it was not what the step needed.
+    fn restore(&mut self, id: usize, parked: Option<Parked>) {
+        if let Some(parked) = parked {
+            self.slots[id].parked = Some(parked);
+        }
+    }
+
     /// Takes in hand request `id`, queued by the engine itself as waiting. Anything
-    /// else there is left in place: the queues are out of step with the slots.
+    /// else there stays in place: the queues would be out of step with the slots.
     fn unpark_waiting(&mut self, id: usize) -> Option<Request> {
         match self.unpark(id) {
             Some(Parked {
@@ -291,9 +298,7 @@ impl Engine {
             }) => Some(request),
             other => {
                 debug_assert!(false, "request {id} queued but not waiting");
-                if let Some(parked) = other {
-                    self.slots[id].parked = Some(parked);
-                }
+                self.restore(id, other);
                 None
             }
         }
@@ -309,9 +314,7 @@ impl Engine {
                 "ignored a {kind} completion for request {id}, which is not waiting for one"
             ),
         );
-        if let Some(parked) = parked {
-            self.slots[id].parked = Some(parked);
-        }
+        self.restore(id, parked);
     }
 
     /// Admits requests that reached the head of their chunk; a loop, not recursion, so
@@ -608,7 +611,11 @@ impl Engine {
         out: &mut Vec<Action>,
     ) {
         let NewChunk { index, map } = new;
-        let committed = result.and_then(|()| self.meta.commit(request.chunk, index, &map));
+        // A device error is the device's to explain; a failed commit is ours.
+        let committed = result.and_then(|()| {
+            let chunk = request.chunk;
+            self.meta.commit(chunk, index, &map).map_err(Error::logged)
+        });
         if committed.is_err() {
             self.meta.release(index, &map.io_units);
         }
@@ -623,9 +630,7 @@ impl Engine {
                 }) => self.write_chunk(waiter, request, buffers, size, out),
                 other => {
                     debug_assert!(false, "request {waiter} queued for space but not waiting");
-                    if let Some(parked) = other {
-                        self.slots[waiter].parked = Some(parked);
-                    }
+                    self.restore(waiter, other);
                 }
             }
         }

@@ -105,7 +105,7 @@ impl Error {
     }
 
     /// The same error, said to have happened while doing `what`: "what: detail".
-    pub fn context(self, what: impl fmt::Display) -> Error {
+    pub(crate) fn context(self, what: impl fmt::Display) -> Error {
         let detail = match self.detail {
             Some(detail) => format!("{what}: {detail}"),
             None => what.to_string(),

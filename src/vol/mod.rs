@@ -2,7 +2,7 @@
 //!
 //! Re-entrancy is handled by never calling out while holding state. Every entry point
 //! (a caller's request, a backing or codec completion) only *posts an event* and then
-//! drains. Draining pops one event, lets the state machine ([`Core::handle`]) turn it
+//! drains. Draining pops one event, lets the state machine (`Core::handle`) turn it
 //! into actions while it holds the state, then releases the state and performs the
 //! actions: backing I/O, codec calls, caller callbacks. Anything those call back into
 //! (a completion inside the call, a new request from a callback, an unload) posts an

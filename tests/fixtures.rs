@@ -347,7 +347,7 @@ fn write_then_fill(name: &'static str, mode: Mode) {
         let data = vec![0x3C; (length * u64::from(geo.lbs)) as usize];
         assert_eq!(
             rig.write(&vol, offset, &data),
-            Err(Errno::ENOSPC),
+            Err(Errno::ENOSPC.into()),
             "{name}: write at {offset}"
         );
         assert_eq!(vol.info(), info, "{name}: counters changed");

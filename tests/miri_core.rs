@@ -107,7 +107,7 @@ fn backing_fault_releases_everything() {
     let before = vol.info();
     rig.backing
         .set_fault(Some(Box::new(|write, _| write.then_some(Errno::EIO))));
-    assert_eq!(rig.write(&vol, 8, &[6; 4096]), Err(Errno::EIO));
+    assert_eq!(rig.write(&vol, 8, &[6; 4096]), Err(Errno::EIO.into()));
     assert_eq!(vol.info(), before);
     rig.backing.set_fault(None);
     assert_eq!(rig.read(&vol, 0, 8).unwrap(), vec![5; 4096]);

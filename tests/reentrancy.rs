@@ -198,7 +198,10 @@ fn unload_from_completion_with_io_outstanding() {
         vol.writev(chunk * 32, 32, vec![text(chunk, 16384)], move |r, _| {
             r.unwrap();
             let l2 = l.clone();
-            v.unload(move |r| l2.borrow_mut().push(format!("{chunk}: {r:?}")));
+            v.unload(move |r| {
+                l2.borrow_mut()
+                    .push(format!("{chunk}: {:?}", r.map_err(|e| e.errno())))
+            });
         });
     }
     rig.drain();

@@ -168,7 +168,7 @@ fn submit(
             m.counts.writes += 1;
             match r {
                 Ok(()) => m.bytes[range].copy_from_slice(&bytes),
-                Err(e) => expect_injected(&mut m, e, true),
+                Err(e) => expect_injected(&mut m, e.errno(), true),
             }
             in_flight.set(in_flight.get() - 1);
         });
@@ -182,7 +182,7 @@ fn submit(
                     segs.concat() == m.bytes[range.clone()],
                     "read of blocks {range:?} returned wrong data"
                 ),
-                Err(e) => expect_injected(&mut m, e, false),
+                Err(e) => expect_injected(&mut m, e.errno(), false),
             }
             in_flight.set(in_flight.get() - 1);
         });

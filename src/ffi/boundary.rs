@@ -12,7 +12,7 @@
 use std::ffi::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::error::{Errno, Result};
+use crate::error::{Errno, Error, Result};
 use crate::log::{Level, emit};
 
 /// Runs `f`, stopping a panic before it reaches C. A panic is a bug in this library;
@@ -40,14 +40,13 @@ pub(crate) fn callback<F>(what: &str, name: &str, cb_fn: Option<F>) -> Option<F>
 }
 
 /// Refuses a call for `why` (which argument is wrong, in C terms): logged, and the
-/// errno the caller's callback gets.
-pub(crate) fn refuse(what: &str, why: &str) -> Errno {
-    emit(Level::Error, format_args!("{what}: {why}"));
-    Errno::EINVAL
+/// error the caller's callback gets (`EINVAL`).
+pub(crate) fn refuse(what: &str, why: &str) -> Error {
+    Error::new(Errno::EINVAL, format!("{what}: {why}")).logged()
 }
 
 /// A failure as C sees it: `-errno`.
-pub(crate) fn errno(e: Errno) -> c_int {
+pub(crate) fn errno(e: Error) -> c_int {
     e.negated()
 }
 
@@ -71,7 +70,7 @@ pub(crate) fn codec_result(status: c_int) -> Result<usize> {
 
 /// A codec's result as its completion status: the bytes written, or `-errno`.
 pub(crate) fn codec_status(result: Result<usize>) -> c_int {
-    match result.and_then(|n| c_int::try_from(n).map_err(|_| Errno::EINVAL)) {
+    match result.and_then(|n| c_int::try_from(n).map_err(|_| Error::from(Errno::EINVAL))) {
         Ok(n) => n,
         Err(e) => errno(e),
     }

@@ -6,7 +6,7 @@ use super::boundary::{callback, errno, guard};
 use super::types::{reduce_vol_check_complete, reduce_vol_check_report};
 use super::{spdk_reduce_vol, volume};
 use crate::check::Report;
-use crate::error::Result;
+use crate::error::{Errno, Result};
 
 impl From<&Report> for reduce_vol_check_report {
     fn from(r: &Report) -> reduce_vol_check_report {
@@ -46,7 +46,7 @@ pub unsafe extern "C" fn reduce_vol_check(
         };
         let done = move |result: Result<Report>| {
             let (status, report) = match result {
-                Ok(report) => (report.errno().map_or(0, errno), report),
+                Ok(report) => (report.errno().map_or(0, Errno::negated), report),
                 Err(e) => (errno(e), Report::default()),
             };
             let c_report = reduce_vol_check_report::from(&report);

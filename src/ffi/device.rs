@@ -159,8 +159,9 @@ struct BlockOp {
 unsafe fn block_op_put(op: *mut BlockOp, status: c_int) {
     // SAFETY: per the contract, `op` is live; once `refs` is 0 nothing else holds it.
     unsafe {
-        if let Err(e) = io_result(status) {
-            (*op).result = (*op).result.and(Err(e));
+        // The first failing run's error is the operation's.
+        if let (Err(e), Ok(())) = (io_result(status), &(*op).result) {
+            (*op).result = Err(e);
         }
         (*op).refs -= 1;
         if (*op).refs == 0 {

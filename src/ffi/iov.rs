@@ -77,7 +77,7 @@ impl CUserIo {
                 len,
                 ..empty
             }),
-            Err(e) => Err((empty, e)),
+            Err(why) => Err((empty, why)),
         }
     }
 

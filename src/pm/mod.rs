@@ -52,8 +52,9 @@ pub trait PmStore {
     /// Creates `path` exclusively (mode 0600), `len` bytes of zeros, and maps it. On
     /// failure nothing is left behind. The OS errno (`EEXIST`, `ENOENT`, `EACCES`...).
     fn create(&self, path: &str, len: u64) -> Result<Box<dyn PmRegion>>;
-    /// Opens and maps an existing file, but only a regular file whose length
-    /// `accept_len` accepts (`EILSEQ` otherwise): a file that fails is never mapped.
-    fn open(&self, path: &str, accept_len: &dyn Fn(u64) -> bool) -> Result<Box<dyn PmRegion>>;
+    /// Opens and maps an existing file, but only a regular file (`EILSEQ` otherwise)
+    /// whose length `check_len` accepts (else its error): a file that fails is never
+    /// mapped.
+    fn open(&self, path: &str, check_len: &dyn Fn(u64) -> Result<()>) -> Result<Box<dyn PmRegion>>;
     fn remove(&self, path: &str) -> Result<()>;
 }

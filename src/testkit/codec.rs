@@ -80,7 +80,7 @@ impl TestCodec {
         s.ops += 1;
         let injected = s.fault.as_mut().and_then(|f| f(compress, op));
         let result = match injected {
-            Some(e) => Err(e),
+            Some(e) => Err(e.into()),
             None if compress => self.codec.compress_buf(&io.src[..io.src_len], &mut io.dst),
             None => self
                 .codec

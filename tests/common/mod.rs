@@ -230,6 +230,6 @@ impl Shadow {
 pub fn errno_of<T>(r: Result<T>) -> Errno {
     match r {
         Ok(_) => panic!("expected an error, got Ok"),
-        Err(e) => e,
+        Err(e) => e.errno(),
     }
 }

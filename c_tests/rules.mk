@@ -41,9 +41,13 @@ c-test-valgrind: $(BUILD)/c_tests c-fixtures
 	REDUCE_TEST_SCALE=small valgrind -q --error-exitcode=1 --leak-check=full \
 	  --errors-for-leak-kinds=definite,indirect $(BUILD)/c_tests
 
-$(BUILD)/demo: c_tests/demo.c include/reduce.h lib
+# The demo reads its corpus from DEMO_DIRS (its own default list when empty) and puts
+# its files under $$TMPDIR.
+DEMO_DIRS ?=
+
+$(BUILD)/demo: c_tests/demo.c include/reduce.h lib | deps
 	@mkdir -p $(BUILD)
 	$(CC) $(C_FLAGS) -O2 -o $@ c_tests/demo.c $(C_LINK)
 
-demo: $(BUILD)/demo
-	$(BUILD)/demo
+demo: deps $(BUILD)/demo
+	$(BUILD)/demo $(DEMO_DIRS)

@@ -1,6 +1,7 @@
 # reduce — build, demo and tests. Two commands do everything on a fresh machine:
 #   make demo   builds the library and runs the C demo (SPDK-style poll loop, real files)
-#   make test   every test: Rust, C (plain, ASan+UBSan, valgrind), miri, header, lint
+#   make test   every test: Rust, C (plain, ASan+UBSan, valgrind), miri, header, lint,
+#               the README's examples
 # Long runs have their own targets: make soak, make fuzz, make bench.
 
 CARGO    ?= cargo
@@ -49,7 +50,7 @@ lib:
 
 include c_tests/rules.mk
 
-test: deps lint header-check rust-test c-test c-test-asan c-test-valgrind miri
+test: deps lint header-check rust-test c-test c-test-asan c-test-valgrind miri readme-snippets
 	@echo "make test: all suites passed"
 
 rust-test:

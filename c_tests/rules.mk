@@ -10,7 +10,7 @@ C_HDRS    := $(wildcard c_tests/*.h) include/reduce.h
 FIXTURE_NAMES := $(notdir $(wildcard $(FIXTURES)/g*))
 FIXTURE_FILES := $(foreach f,$(FIXTURE_NAMES),$(foreach x,backing.img pm expected.img,$(BUILD)/fixtures/$(f)/$(x)))
 
-.PHONY: c-test c-test-asan c-test-valgrind demo c-fixtures
+.PHONY: c-test c-test-asan c-test-valgrind demo c-fixtures readme-snippets
 
 $(LIB): lib
 
@@ -51,3 +51,7 @@ $(BUILD)/demo: c_tests/demo.c include/reduce.h lib | deps
 
 demo: deps $(BUILD)/demo
 	$(BUILD)/demo $(DEMO_DIRS)
+
+# The C and Rust examples in README.md, built and run as written.
+readme-snippets: lib | deps
+	LIBDIR=$(LIBDIR) BUILD=$(BUILD) CC=$(CC) scripts/readme-snippets.sh

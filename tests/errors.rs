@@ -1,4 +1,4 @@
-//! DESIGN §4, row by row, from the Rust API: every failure reaches the callback with
+//! docs/DESIGN.md §6, row by row, from the Rust API: every failure reaches the callback with
 //! the right errno, leaves nothing behind (no pm file, no leaked io unit or chunk map,
 //! no changed data), and the next request works.
 
@@ -513,7 +513,7 @@ fn io_validation_rows() {
 
 // ---------------------------------------------------------------- ENOSPC
 
-/// A volume whose pm file has the original's size (DESIGN §3 note): fewer chunk maps
+/// A volume whose pm file has the original's size (docs/DESIGN.md §4): fewer chunk maps
 /// than chunks. Writing fills them; then writes fail with ENOSPC, change nothing, and
 /// the file never grows.
 #[test]
@@ -580,7 +580,7 @@ fn enospc_when_chunk_maps_run_out() {
     }
 }
 
-/// DESIGN §3: "The 128 extra chunk maps and their io units exist so that in-flight
+/// docs/DESIGN.md §1: "The 128 extra chunk maps and their io units exist so that in-flight
 /// writes always find room even when the volume is full of incompressible data."
 /// A volume full of incompressible data, then one raw overwrite of every chunk in
 /// flight at once: every one succeeds, nothing leaks, the new data reads back.
@@ -994,7 +994,7 @@ fn sync_read(
     wait_on(backing, &s)
 }
 
-/// DESIGN §4: "compress fails or saves nothing → store uncompressed".
+/// docs/DESIGN.md §6: "compress fails or saves nothing → store uncompressed".
 #[test]
 fn compress_failure_or_no_saving_stores_raw() {
     type Bend = Rc<dyn Fn(reduce::Result<usize>) -> reduce::Result<usize>>;
@@ -1035,7 +1035,7 @@ fn compress_failure_or_no_saving_stores_raw() {
     }
 }
 
-/// DESIGN §4: "decompress fails or returns a size other than chunk_size → EIO".
+/// docs/DESIGN.md §6: "decompress fails or returns a size other than chunk_size → EIO".
 #[test]
 fn decompress_failure_or_short_result_is_eio() {
     type Bend = Rc<dyn Fn(reduce::Result<usize>) -> reduce::Result<usize>>;

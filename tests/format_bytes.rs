@@ -1,5 +1,5 @@
 //! The bytes init and writes leave on the backing device and in the pm file, checked
-//! against DESIGN §3 offset by offset (expectations computed here, not by the library's
+//! against docs/DESIGN.md §4 offset by offset (expectations computed here, not by the library's
 //! encoder).
 
 mod common;
@@ -83,7 +83,7 @@ fn init_layout_backing_and_pm() {
 
 #[test]
 fn pm_sizes_for_several_geometries() {
-    // (geometry, expected pm size written out by hand from DESIGN §3)
+    // (geometry, expected pm size written out by hand from docs/DESIGN.md §4)
     let cases = [
         // 64 chunks: 4096 + 512 + 192*40=7680
         (Geo::new(512, 4096, 16384, 512, 64), 4096 + 512 + 7680),
@@ -358,7 +358,7 @@ impl reduce::SyncCodec for Recorder {
     }
 }
 
-/// DESIGN §3: compress gets a whole chunk into a chunk_size buffer; decompress gets
+/// docs/DESIGN.md §4: compress gets a whole chunk into a chunk_size buffer; decompress gets
 /// exactly compressed_size bytes (not the padded io units) into chunk_size bytes.
 #[test]
 fn codec_calls_get_exactly_the_bytes_they_need() {

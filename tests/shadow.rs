@@ -2,7 +2,7 @@
 //! modes and several geometries: partial chunks, multi-segment buffers, many requests
 //! to the same chunk submitted together, more than MAX_ACTIVE in flight, overwrites,
 //! unload + reload in the middle and at the end. After every batch the pm file is
-//! parsed independently (DESIGN §3) and checked against `info()`; at the end every
+//! parsed independently (docs/DESIGN.md §4) and checked against `info()`; at the end every
 //! stored chunk's bytes on the device are decoded and compared with the shadow.
 
 mod common;
@@ -371,7 +371,7 @@ fn same_chunk_queue_in_submission_order() {
 }
 
 /// A codec that completes later too, completions delivered in random codec/device
-/// order between submissions, and one compress in five failing (DESIGN §4: stored
+/// order between submissions, and one compress in five failing (docs/DESIGN.md §6: stored
 /// uncompressed, never an error to the caller).
 #[test]
 fn shadow_deferred_codec_interleaved_with_compress_faults() {

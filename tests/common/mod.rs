@@ -1,7 +1,7 @@
 //! Shared harness for the integration tests: a volume over `MemBacking` + `MemStore`,
 //! blocking helpers that poll the device until a callback fires (panicking instead of
 //! hanging), a shadow model of the logical volume, a deterministic RNG, data
-//! generators, and an independent parser of the pm layout (written from DESIGN §3,
+//! generators, and an independent parser of the pm layout (written from docs/DESIGN.md §4,
 //! not from the library's encoder).
 
 #![allow(dead_code)]
@@ -84,7 +84,7 @@ impl Geo {
         }
     }
 
-    /// The pm layout of DESIGN §3 (fixed formula).
+    /// The pm layout of docs/DESIGN.md §4 (fixed formula).
     pub fn pm(&self) -> PmLayout {
         PmLayout::new(*self, false)
     }
@@ -94,7 +94,7 @@ fn round64(x: u64) -> u64 {
     x.div_ceil(64) * 64
 }
 
-/// Offsets in the pm file, computed from DESIGN §3.
+/// Offsets in the pm file, computed from docs/DESIGN.md §4.
 #[derive(Clone, Copy, Debug)]
 pub struct PmLayout {
     pub geo: Geo,
@@ -146,7 +146,7 @@ impl PmLayout {
     }
 
     /// Every stored chunk: (chunk, map index, compressed size, checksum word, io units
-    /// in use). Checks DESIGN's invariants on the way: indices in range, no map or io
+    /// in use). Checks docs/DESIGN.md's invariants on the way: indices in range, no map or io
     /// unit shared, unused slots all-ones.
     pub fn stored(&self, pm: &[u8]) -> Vec<StoredChunk> {
         let g = self.geo;
@@ -231,7 +231,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
     !crc
 }
 
-/// DESIGN §3: the checksum word of a chunk; a CRC that equals the "no checksum" value
+/// docs/DESIGN.md §4: the checksum word of a chunk; a CRC that equals the "no checksum" value
 /// would be ambiguous, the library folds it to 0.
 pub fn expected_checksum(stored: &[u8]) -> u32 {
     match crc32c(stored) {

@@ -34,13 +34,14 @@ deps:
 	@for c in clippy rustfmt; do \
 	  rustup component list --installed | grep -q "^$$c" || rustup component add $$c || exit 1; \
 	done
+	@# A nightly without miri or rust-src gets them; if that nightly has no miri, a newer one.
 	@if rustup toolchain list | grep -q '^nightly-'; then \
 	  rustup component list --toolchain nightly --installed | grep -q '^miri' && \
 	  rustup component list --toolchain nightly --installed | grep -q '^rust-src' || \
 	  { rustup component add --toolchain nightly miri rust-src || \
-	    rustup toolchain install nightly --profile minimal --component miri --component rust-src; }; \
+	    rustup toolchain install --no-self-update nightly --profile minimal --component miri --component rust-src; }; \
 	else \
-	  rustup toolchain install nightly --profile minimal --component miri --component rust-src; \
+	  rustup toolchain install --no-self-update nightly --profile minimal --component miri --component rust-src; \
 	fi
 
 # The library's soname is libreduce.so.0; programs linked to it look for that name.

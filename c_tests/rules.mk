@@ -42,7 +42,7 @@ c-test-valgrind: $(BUILD)/c_tests c-fixtures
 	  --errors-for-leak-kinds=definite,indirect $(BUILD)/c_tests
 
 # The demo reads its corpus from DEMO_DIRS (its own default list when empty) and puts
-# its files under $$TMPDIR.
+# its files under $TMPDIR (default /tmp).
 DEMO_DIRS ?=
 
 $(BUILD)/demo: c_tests/demo.c include/reduce.h lib | deps

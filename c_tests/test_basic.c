@@ -1,6 +1,6 @@
 /* Basic lifecycle from C: init -> write -> read back -> unload -> load -> read back;
  * the getters (params, uuid, pm path, info, print_info); the on-disk layout that init
- * leaves (docs/DESIGN.md §4); destroy. */
+ * leaves (docs/DESIGN.md, on-disk format); destroy. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdlib.h>

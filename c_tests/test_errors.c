@@ -1,4 +1,4 @@
-/* The error contract (docs/DESIGN.md §6) from C: every row reachable through the ABI. Each
+/* The error contract (docs/DESIGN.md) from C: every row reachable through the ABI. Each
  * failure arrives through the callback as a negative errno and leaves nothing behind:
  * no pm file and no backing write after a failed init, no io unit held after a failed
  * write, no stale error on the next request. */
@@ -446,10 +446,11 @@ out:
 
 /* Fill a volume of 200 chunks with incompressible data (never -ENOSPC: the 128 extra
  * chunks leave room), then overwrite every chunk with incompressible data, all at once.
- * docs/DESIGN.md §1: the extra chunk maps and io units exist "so that in-flight writes always
- * find room even when the volume is full of incompressible data"; §6: otherwise a write
- * fails with -ENOSPC, holding nothing, and the chunk keeps its old data. Either way the
- * volume stays consistent and every chunk reads back as its last successful write. */
+ * The design (docs/DESIGN.md, on-disk format): the extra chunk maps and io units exist
+ * so that in-flight writes always find room even when the volume is full of
+ * incompressible data; its error contract: otherwise a write fails with -ENOSPC,
+ * holding nothing, and the chunk keeps its old data. Either way the volume stays
+ * consistent and every chunk reads back as its last successful write. */
 TEST(errors_volume_full)
 {
 	enum { N = 200 };
@@ -735,7 +736,7 @@ out:
  * and 128 whole-chunk incompressible overwrites submitted at once (DEFERRED: every
  * compress completes, and allocates, before any backing write completes). The 128
  * extra chunk maps exist "so that in-flight writes always find room even when the
- * volume is full of incompressible data" (docs/DESIGN.md §1; MAX_ACTIVE = 128 in
+ * volume is full of incompressible data" (docs/DESIGN.md; MAX_ACTIVE = 128 in
  * src/vol/request.rs says the same). But the 2 io units under the 8 KiB of metadata are
  * never allocated, so only 128*4 - 2 extra io units exist, and before commit f646174
  * the 128th write failed with -ENOSPC (found by this test; now writes that find no

@@ -3,12 +3,11 @@
 
 use std::fs;
 
-use reduce::testing::*;
-use reduce::{Mode, format};
+use reduce::testkit::*;
 
 fn load_seed(writes: u64) -> Vec<u8> {
-    let rig = Rig::new(512, small_blockcnt(16), Mode::Immediate);
-    let vol = rig.init(small_params()).expect("init");
+    let rig = Rig::new(Geo::small(16), Mode::Immediate, CodecKind::Zstd);
+    let vol = rig.init();
     for k in 0..writes {
         rig.write(&vol, (k % 16) * 8, &data(k, 4096))
             .expect("write");

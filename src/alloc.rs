@@ -25,10 +25,6 @@ impl FreeMap {
         self.used.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
-    }
-
     pub fn in_use(&self) -> usize {
         self.in_use
     }

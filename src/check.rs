@@ -9,40 +9,21 @@
 //! overwrite). Stored data is checked by [`crate::Volume::check`], which reads every
 //! chunk back through the read path (checksum, then decompression).
 //!
-//! Load runs the same [`scan`] and refuses a volume with any problem (`EILSEQ`), so
-//! what load accepts and what the checker calls clean cannot drift apart.
+//! The structural part is the maps' own scan ([`MapView::scan`]), which load runs too
+//! and refuses a volume with any problem (`EILSEQ`), so what load accepts and what the
+//! checker calls clean cannot drift apart.
 
 use std::fmt;
 
-use fixedbitset::FixedBitSet;
-
 use crate::alloc::FreeMap;
 use crate::error::Errno;
-use crate::maps::Metadata;
+use crate::maps::{MapProblem, MapView, Scan};
 
 /// One thing wrong with a volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
-    /// A logical map entry names a chunk map the pm file has no room for.
-    EntryOutOfRange {
-        chunk: u64,
-        index: u64,
-    },
-    /// A chunk map named by a second chunk.
-    ChunkMapShared {
-        chunk: u64,
-        index: u64,
-    },
-    /// A chunk map with an invalid size, or an io unit outside the data area.
-    BadChunkMap {
-        chunk: u64,
-        index: u64,
-    },
-    /// An io unit that a second chunk map also holds.
-    IoUnitShared {
-        chunk: u64,
-        unit: u64,
-    },
+    /// Something wrong with what the logical map references (see [`MapProblem`]).
+    Map(MapProblem),
     /// Marked in use but referenced by no chunk: lost space.
     LeakedChunkMap {
         index: u64,
@@ -68,22 +49,7 @@ pub enum Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::EntryOutOfRange { chunk, index } => write!(
-                f,
-                "chunk {chunk}: logical map names chunk map {index}, beyond the pm file"
-            ),
-            Problem::ChunkMapShared { chunk, index } => write!(
-                f,
-                "chunk {chunk}: chunk map {index} is already named by another chunk"
-            ),
-            Problem::BadChunkMap { chunk, index } => write!(
-                f,
-                "chunk {chunk}: chunk map {index} has an invalid size or io unit"
-            ),
-            Problem::IoUnitShared { chunk, unit } => write!(
-                f,
-                "chunk {chunk}: io unit {unit} also belongs to another chunk"
-            ),
+            Problem::Map(problem) => problem.fmt(f),
             Problem::LeakedChunkMap { index } => {
                 write!(f, "chunk map {index} is marked in use but unreferenced")
             }
@@ -150,56 +116,37 @@ impl fmt::Display for Report {
     }
 }
 
-/// What the logical map references, and what is wrong with it.
-pub(crate) struct Scan {
-    pub chunk_maps: FixedBitSet,
-    pub io_units: FixedBitSet,
-    /// Chunks whose entry and chunk map are valid, in order.
-    pub chunks: Vec<u64>,
-    pub problems: Vec<Problem>,
-}
-
-/// Walks the logical map of `meta`'s pm region; the free maps are not consulted.
-pub(crate) fn scan(meta: &Metadata) -> Scan {
-    let geo = &meta.geo;
-    let mut s = Scan {
-        chunk_maps: FixedBitSet::with_capacity(meta.chunk_maps_usable() as usize),
-        io_units: FixedBitSet::with_capacity(geo.total_io_units as usize),
-        chunks: Vec::new(),
-        problems: Vec::new(),
+/// Audits the maps of a loaded volume with nothing in flight against its free maps
+/// (`chunk_maps` and `io_units`, which mark what is in use). Returns the report and
+/// the chunks whose data can be read back.
+pub(crate) fn audit(
+    view: MapView<'_>,
+    chunk_maps: &FreeMap,
+    io_units: &FreeMap,
+) -> (Report, Vec<u64>) {
+    let mut scan = view.scan();
+    let mut problems: Vec<Problem> = std::mem::take(&mut scan.problems)
+        .into_iter()
+        .map(Problem::Map)
+        .collect();
+    compare(
+        &scan,
+        chunk_maps,
+        io_units,
+        view.geo.reserved_io_units,
+        &mut problems,
+    );
+    let report = Report {
+        chunks_in_use: scan.chunk_maps.count_ones(..) as u64,
+        io_units_referenced: scan.io_units.count_ones(..) as u64,
+        chunks_read: 0,
+        problems,
     };
-    for chunk in 0..geo.chunks {
-        let Some(index) = meta.logical_entry(chunk) else {
-            continue;
-        };
-        if index >= s.chunk_maps.len() as u64 {
-            s.problems.push(Problem::EntryOutOfRange { chunk, index });
-            continue;
-        }
-        if s.chunk_maps.put(index as usize) {
-            s.problems.push(Problem::ChunkMapShared { chunk, index });
-            continue;
-        }
-        let Some(map) = meta.read_chunk_map(index) else {
-            s.problems.push(Problem::BadChunkMap { chunk, index });
-            continue;
-        };
-        let mut ok = true;
-        for &unit in &map.io_units {
-            if s.io_units.put(unit as usize) {
-                s.problems.push(Problem::IoUnitShared { chunk, unit });
-                ok = false;
-            }
-        }
-        if ok {
-            s.chunks.push(chunk);
-        }
-    }
-    s
+    (report, scan.chunks)
 }
 
 /// Compares a scan with the free maps of a loaded volume (reserved io units aside).
-pub(crate) fn compare(
+fn compare(
     scan: &Scan,
     chunk_maps: &FreeMap,
     io_units: &FreeMap,

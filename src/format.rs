@@ -22,7 +22,7 @@
 //!
 //! All integers are little-endian (the original wrote native x86-64 structs).
 
-use crate::error::{Errno, Result};
+use crate::error::{Errno, Error, Result};
 
 /// `"SPDKREDU"`, the first 8 bytes of both superblock copies.
 pub const SIGNATURE: &[u8; 8] = b"SPDKREDU";
@@ -108,7 +108,8 @@ pub struct Geometry {
 
 impl Geometry {
     /// Validates params against a backing device of `blocklen`-byte blocks. Errors are
-    /// `EINVAL`; load maps them to `EILSEQ` since there they come from the disk.
+    /// `EINVAL`, saying which param is wrong and why; load makes them `EILSEQ` since
+    /// there they come from the disk.
     pub fn new(params: Params, blocklen: u32) -> Result<Geometry> {
         let Params {
             backing_io_unit_size: io_unit,
@@ -117,45 +118,75 @@ impl Geometry {
             vol_size,
             ..
         } = params;
-        let bad = Err(Errno::EINVAL);
+        let bad = |why: String| Err(Error::new(Errno::EINVAL, why));
         // Metadata is written in whole blocks, so a block must divide the superblock.
         if blocklen == 0 || SUPERBLOCK_SIZE as u32 % blocklen != 0 {
-            return bad;
+            return bad(format!(
+                "backing block length {blocklen} does not divide the {SUPERBLOCK_SIZE}-byte superblock"
+            ));
         }
-        if io_unit == 0 || lbs == 0 || chunk == 0 || chunk > MAX_CHUNK_SIZE {
-            return bad;
+        for (name, value) in [
+            ("backing_io_unit_size", io_unit),
+            ("logical_block_size", lbs),
+            ("chunk_size", chunk),
+        ] {
+            if value == 0 {
+                return bad(format!("{name} is 0"));
+            }
         }
-        if chunk % io_unit != 0 || chunk % lbs != 0 || io_unit % blocklen != 0 {
-            return bad;
+        if chunk > MAX_CHUNK_SIZE {
+            return bad(format!(
+                "chunk_size {chunk} is larger than the largest supported, {MAX_CHUNK_SIZE}"
+            ));
+        }
+        if chunk % io_unit != 0 {
+            return bad(format!(
+                "chunk_size {chunk} is not a multiple of backing_io_unit_size {io_unit}"
+            ));
+        }
+        if chunk % lbs != 0 {
+            return bad(format!(
+                "chunk_size {chunk} is not a multiple of logical_block_size {lbs}"
+            ));
+        }
+        if io_unit % blocklen != 0 {
+            return bad(format!(
+                "backing_io_unit_size {io_unit} is not a multiple of the backing block length {blocklen}"
+            ));
         }
         if vol_size == 0 || vol_size % u64::from(chunk) != 0 {
-            return bad;
+            return bad(format!(
+                "vol_size {vol_size} is not a positive multiple of chunk_size {chunk}"
+            ));
         }
+        let too_large = || Error::new(Errno::EINVAL, format!("vol_size {vol_size} is too large"));
         let io_units_per_chunk = chunk / io_unit;
         let chunks = vol_size / u64::from(chunk);
-        let total_chunk_maps = chunks.checked_add(EXTRA_CHUNKS).ok_or(Errno::EINVAL)?;
+        let total_chunk_maps = chunks.checked_add(EXTRA_CHUNKS).ok_or_else(too_large)?;
         let total_io_units = total_chunk_maps
             .checked_mul(u64::from(io_units_per_chunk))
-            .ok_or(Errno::EINVAL)?;
+            .ok_or_else(too_large)?;
         let slots_bytes = u64::from(io_units_per_chunk) * 8;
         let chunk_map_stride = CHUNK_MAP_HEADER + slots_bytes;
         let logical_map_size = chunks
             .checked_mul(8)
             .and_then(|s| round_up(s, PM_ALIGNMENT))
-            .ok_or(Errno::EINVAL)?;
+            .ok_or_else(too_large)?;
         let chunk_maps_offset = LOGICAL_MAP_OFFSET + logical_map_size;
         let region = |stride: u64| {
             total_chunk_maps
                 .checked_mul(stride)
                 .and_then(|s| round_up(s, PM_ALIGNMENT))
                 .and_then(|s| s.checked_add(chunk_maps_offset))
-                .ok_or(Errno::EINVAL)
+                .ok_or_else(too_large)
         };
         let pm_size = region(chunk_map_stride)?;
         let pm_size_original = region(slots_bytes)?;
         // The pm file is mapped whole.
         if pm_size > MAX_PM_SIZE {
-            return Err(Errno::EINVAL);
+            return bad(format!(
+                "vol_size {vol_size} needs a pm file of {pm_size} bytes, more than the largest supported, {MAX_PM_SIZE}"
+            ));
         }
         Ok(Geometry {
             params,
@@ -254,8 +285,17 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 /// Decodes a superblock. `EILSEQ` when it is short or lacks the signature; the params
 /// are not validated here (see [`Geometry::new`]).
 pub fn decode_superblock(sb: &[u8]) -> Result<Params> {
-    if sb.len() < SUPERBLOCK_SIZE || &sb[..PARAMS_OFFSET] != SIGNATURE {
-        return Err(Errno::EILSEQ);
+    if sb.len() < SUPERBLOCK_SIZE {
+        return Err(Error::new(
+            Errno::EILSEQ,
+            format!("superblock of {} bytes, not {SUPERBLOCK_SIZE}", sb.len()),
+        ));
+    }
+    if &sb[..PARAMS_OFFSET] != SIGNATURE {
+        return Err(Error::new(
+            Errno::EILSEQ,
+            "no volume signature (\"SPDKREDU\") in the superblock",
+        ));
     }
     let p = &sb[PARAMS_OFFSET..PARAMS_OFFSET + PARAMS_SIZE];
     Ok(Params {
@@ -271,7 +311,14 @@ pub fn decode_superblock(sb: &[u8]) -> Result<Params> {
 /// path (with its NUL) does not fit or holds a NUL itself.
 pub fn encode_path(path: &str) -> Result<Vec<u8>> {
     if path.is_empty() || path.len() >= REDUCE_PATH_MAX || path.contains('\0') {
-        return Err(Errno::EINVAL);
+        return Err(Error::new(
+            Errno::EINVAL,
+            format!(
+                "pm file path of {} bytes: it must be 1 to {} bytes without a NUL",
+                path.len(),
+                REDUCE_PATH_MAX - 1
+            ),
+        ));
     }
     let mut region = vec![0u8; REDUCE_PATH_MAX];
     region[..path.len()].copy_from_slice(path.as_bytes());
@@ -282,23 +329,34 @@ pub fn encode_path(path: &str) -> Result<Vec<u8>> {
 /// within the region, and UTF-8.
 pub fn decode_path(region: &[u8]) -> Result<String> {
     let region = &region[..region.len().min(REDUCE_PATH_MAX)];
-    let end = region.iter().position(|&b| b == 0).ok_or(Errno::EILSEQ)?;
+    let bad = |why: &str| Error::new(Errno::EILSEQ, format!("pm file path region: {why}"));
+    let end = region
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| bad("no NUL terminator"))?;
     if end == 0 {
-        return Err(Errno::EILSEQ);
+        return Err(bad("empty path"));
     }
-    String::from_utf8(region[..end].to_vec()).map_err(|_| Errno::EILSEQ)
+    String::from_utf8(region[..end].to_vec()).map_err(|_| bad("path is not UTF-8"))
 }
 
 /// The pm file path for a volume: `dir/uuid`, without doubling a trailing `/`.
 /// `EINVAL` for an empty directory or one too long to leave room for the name.
 pub fn pm_path(dir: &str, uuid: &[u8; 16]) -> Result<String> {
     if dir.is_empty() {
-        return Err(Errno::EINVAL);
+        return Err(Error::new(Errno::EINVAL, "pm_file_dir is empty"));
     }
     let dir = dir.strip_suffix('/').unwrap_or(dir);
     // dir + '/' + uuid + NUL must fit the path region.
-    if dir.len() + 1 + UUID_STRING_LEN + 1 > REDUCE_PATH_MAX {
-        return Err(Errno::EINVAL);
+    let longest = REDUCE_PATH_MAX - UUID_STRING_LEN - 2;
+    if dir.len() > longest {
+        return Err(Error::new(
+            Errno::EINVAL,
+            format!(
+                "pm_file_dir is {} bytes long, more than the {longest} that leave room for the file name",
+                dir.len()
+            ),
+        ));
     }
     let name = uuid::Uuid::from_bytes(*uuid).hyphenated().to_string();
     Ok(format!("{dir}/{name}"))
@@ -370,8 +428,10 @@ mod tests {
     fn superblock_without_signature_is_eilseq() {
         let mut sb = encode_superblock(&params(4096, 512, 16384, 1 << 20));
         sb[3] ^= 1;
-        assert_eq!(decode_superblock(&sb), Err(Errno::EILSEQ));
-        assert_eq!(decode_superblock(&sb[..100]), Err(Errno::EILSEQ));
+        let err = decode_superblock(&sb).unwrap_err();
+        assert_eq!(err, Errno::EILSEQ);
+        assert!(err.detail().contains("signature"), "{err}");
+        assert_eq!(decode_superblock(&sb[..100]), Err(Errno::EILSEQ.into()));
     }
 
     #[test]
@@ -393,11 +453,9 @@ mod tests {
             (params(4096, 512, MAX_CHUNK_SIZE * 2, 1 << 30), 512),
             (params(4096, 512, 16384, u64::MAX / 16384 * 16384), 512),
         ] {
-            assert_eq!(
-                Geometry::new(p, bl),
-                Err(Errno::EINVAL),
-                "{p:?} blocklen {bl}"
-            );
+            let err = Geometry::new(p, bl).unwrap_err();
+            assert_eq!(err, Errno::EINVAL, "{p:?} blocklen {bl}");
+            assert!(!err.detail().is_empty(), "{p:?} blocklen {bl}: no detail");
         }
     }
 
@@ -414,9 +472,9 @@ mod tests {
         let r = encode_path("/tmp/x").unwrap();
         assert_eq!(r.len(), 4096);
         assert_eq!(decode_path(&r).unwrap(), "/tmp/x");
-        assert_eq!(decode_path(&[b'a'; 4096]), Err(Errno::EILSEQ));
-        assert_eq!(decode_path(&[0; 4096]), Err(Errno::EILSEQ));
-        assert_eq!(encode_path(&"a".repeat(4096)), Err(Errno::EINVAL));
+        assert_eq!(decode_path(&[b'a'; 4096]), Err(Errno::EILSEQ.into()));
+        assert_eq!(decode_path(&[0; 4096]), Err(Errno::EILSEQ.into()));
+        assert_eq!(encode_path(&"a".repeat(4096)), Err(Errno::EINVAL.into()));
     }
 
     #[test]
@@ -437,7 +495,7 @@ mod tests {
             "/5ed07f1c-0000-4000-8000-000000000001"
         );
         assert!(pm_path(&"d".repeat(4058), &u).is_ok());
-        assert_eq!(pm_path(&"d".repeat(4059), &u), Err(Errno::EINVAL));
-        assert_eq!(pm_path("", &u), Err(Errno::EINVAL));
+        assert_eq!(pm_path(&"d".repeat(4059), &u), Err(Errno::EINVAL.into()));
+        assert_eq!(pm_path("", &u), Err(Errno::EINVAL.into()));
     }
 }

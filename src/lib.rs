@@ -2,34 +2,36 @@
 //! and on-disk format.
 //!
 //! A [`Volume`] presents logical blocks and stores them, compressed chunk by chunk, on
-//! a [`BackingDevice`] the caller supplies; metadata lives in a memory-mapped pm file.
-//! Everything completes through callbacks, inside the call or later.
+//! a [`BackingDevice`] the caller supplies; metadata lives in a memory-mapped pm file
+//! ([`FileStore`]). Everything completes through callbacks, inside the call or later.
 //!
-//! Layers (one concern each): [`format`] (layout, no I/O), [`pm`] (the mapped pm
-//! file), [`maps`] and [`alloc`] (logical map, chunk maps, free maps), [`backing`] and
-//! [`codec`] (what the caller supplies), [`vol`] (the request state machine), and
-//! `ffi` (the C ABI).
+//! A volume is made with [`Volume::init`] from an [`InitPlan`] (validated [`Params`]),
+//! or opened with [`Volume::load`], over a [`Backend`]: the device, a [`Codec`]
+//! ([`ZstdCodec`], or the caller's own, most simply through [`SyncCodec`]) and the pm
+//! store. [`Volume::check`] audits it into a [`Report`]. Failures are errno values
+//! ([`Errno`]), as in the original. The layers inside are described in
+//! `docs/DESIGN.md`.
 
-pub mod alloc;
-pub mod backing;
-pub mod check;
-pub mod codec;
-pub mod error;
-pub mod format;
-pub mod journal;
-pub mod log;
-pub mod maps;
-pub mod pm;
-pub mod testing;
-pub mod vol;
-
+mod alloc;
+mod backing;
+mod check;
+mod codec;
+mod completion;
+mod error;
 mod ffi;
+mod format;
+pub mod log;
+mod maps;
+mod pm;
+mod vol;
 
-pub use backing::{BackingDevice, BackingIo, Extent, FaultFn, IoDone, MemBacking, Mode};
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use backing::{BackingDevice, BackingIo, Extent, IoDone};
 pub use check::{Problem, Report};
-pub use codec::{Codec, CodecDone, CodecIo, RleCodec, SyncCodec, TestCodec, ZstdCodec};
-pub use error::{Errno, Result};
+pub use codec::{Codec, CodecDone, CodecIo, SyncCodec, ZstdCodec};
+pub use error::{Errno, Error, Result};
 pub use format::Params;
-pub use journal::{Crash, Entry, Images, Journal};
-pub use pm::{FileStore, MemStore, PmRegion, PmStore};
+pub use pm::{FileStore, PmRegion, PmStore};
 pub use vol::{Backend, Info, InitPlan, Op, UserIo, Volume};

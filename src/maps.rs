@@ -1,12 +1,16 @@
 //! The logical map and the chunk maps, read and written in the pm region, and the
-//! free maps that go with them. Load validates every referenced entry here before the
-//! volume trusts any of it.
+//! free maps that go with them. [`MapView`] reads the maps; its [`MapView::scan`] walks
+//! everything the logical map references and says what is wrong with it. Load refuses
+//! a volume whose scan finds anything, before the volume trusts any of it; the checker
+//! (`crate::check`) builds its report on the same scan.
 
+use std::fmt;
+
+use fixedbitset::FixedBitSet;
 use smallvec::SmallVec;
 
 use crate::alloc::FreeMap;
-use crate::check::{self, Report};
-use crate::error::{Errno, Result};
+use crate::error::{Errno, Error, Result};
 use crate::format::{EMPTY_ENTRY, Geometry, NO_CHECKSUM, SUPERBLOCK_SIZE};
 use crate::pm::PmRegion;
 
@@ -29,80 +33,61 @@ impl ChunkMap {
     }
 }
 
-/// The metadata of a loaded volume: the pm region and the free maps.
-pub struct Metadata {
-    pub geo: Geometry,
-    pm: Box<dyn PmRegion>,
-    chunk_maps: FreeMap,
-    io_units: FreeMap,
+/// Something wrong with what the logical map references, found from the pm file alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapProblem {
+    /// A logical map entry names a chunk map the pm file has no room for.
+    EntryOutOfRange { chunk: u64, index: u64 },
+    /// A chunk map named by a second chunk.
+    ChunkMapShared { chunk: u64, index: u64 },
+    /// A chunk map with an invalid size, or an io unit outside the data area.
+    BadChunkMap { chunk: u64, index: u64 },
+    /// An io unit that a second chunk map also holds.
+    IoUnitShared { chunk: u64, unit: u64 },
 }
 
-impl Metadata {
-    /// Writes a fresh pm image (superblock, then every map entry empty) and persists
-    /// it whole.
-    pub fn format(geo: Geometry, mut pm: Box<dyn PmRegion>, superblock: &[u8]) -> Result<Metadata> {
-        pm.write(0, superblock);
-        let rest = vec![0xFF; pm.len() - SUPERBLOCK_SIZE];
-        pm.write(SUPERBLOCK_SIZE, &rest);
-        let len = pm.len();
-        pm.persist(0, len)?;
-        Self::rebuild(geo, pm)
-    }
-
-    /// Rebuilds the free maps from the logical map, refusing (`EILSEQ`) a volume the
-    /// checker finds anything wrong with: an entry beyond the file, a chunk map named
-    /// twice, an invalid size, io units out of range or shared.
-    pub fn rebuild(geo: Geometry, pm: Box<dyn PmRegion>) -> Result<Metadata> {
-        let usable = geo
-            .chunk_maps_in_file(pm.len() as u64)
-            .ok_or(Errno::EILSEQ)?;
-        let mut meta = Metadata {
-            geo,
-            chunk_maps: FreeMap::new(usable as usize),
-            io_units: FreeMap::new(geo.total_io_units as usize),
-            pm,
-        };
-        let scan = check::scan(&meta);
-        if !scan.problems.is_empty() {
-            return Err(Errno::EILSEQ);
+impl fmt::Display for MapProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapProblem::EntryOutOfRange { chunk, index } => write!(
+                f,
+                "chunk {chunk}: logical map names chunk map {index}, beyond the pm file"
+            ),
+            MapProblem::ChunkMapShared { chunk, index } => write!(
+                f,
+                "chunk {chunk}: chunk map {index} is already named by another chunk"
+            ),
+            MapProblem::BadChunkMap { chunk, index } => write!(
+                f,
+                "chunk {chunk}: chunk map {index} has an invalid size or io unit"
+            ),
+            MapProblem::IoUnitShared { chunk, unit } => write!(
+                f,
+                "chunk {chunk}: io unit {unit} also belongs to another chunk"
+            ),
         }
-        for unit in 0..geo.reserved_io_units.min(geo.total_io_units) {
-            meta.io_units.claim(unit as usize);
-        }
-        for index in scan.chunk_maps.ones() {
-            meta.chunk_maps.claim(index);
-        }
-        for unit in scan.io_units.ones() {
-            meta.io_units.claim(unit);
-        }
-        Ok(meta)
     }
+}
 
-    /// Checks the metadata and the free maps against each other (nothing may be in
-    /// flight). Returns the report and the chunks whose data can be read back.
-    pub fn audit(&self) -> (Report, Vec<u64>) {
-        let mut scan = check::scan(self);
-        let mut problems = std::mem::take(&mut scan.problems);
-        check::compare(
-            &scan,
-            &self.chunk_maps,
-            &self.io_units,
-            self.geo.reserved_io_units,
-            &mut problems,
-        );
-        let report = Report {
-            chunks_in_use: scan.chunk_maps.count_ones(..) as u64,
-            io_units_referenced: scan.io_units.count_ones(..) as u64,
-            chunks_read: 0,
-            problems,
-        };
-        (report, scan.chunks)
-    }
+/// What the logical map references, and what is wrong with it.
+pub struct Scan {
+    pub chunk_maps: FixedBitSet,
+    pub io_units: FixedBitSet,
+    /// Chunks whose entry and chunk map are valid, in order.
+    pub chunks: Vec<u64>,
+    pub problems: Vec<MapProblem>,
+}
 
-    pub fn pm(&self) -> &dyn PmRegion {
-        self.pm.as_ref()
-    }
+/// The maps of a pm region, read only.
+#[derive(Clone, Copy)]
+pub struct MapView<'a> {
+    pub geo: &'a Geometry,
+    pm: &'a dyn PmRegion,
+    /// Chunk maps the file has room for (fewer in the original's undersized files).
+    chunk_maps: u64,
+}
 
+impl MapView<'_> {
     /// The chunk map index chunk `chunk` points at, if it was ever written.
     pub fn logical_entry(&self, chunk: u64) -> Option<u64> {
         match self.pm.read_u64(self.geo.logical_entry_offset(chunk)) {
@@ -111,9 +96,13 @@ impl Metadata {
         }
     }
 
-    /// Reads chunk map `index`; `None` when its size or io units are out of range.
+    /// Reads chunk map `index`; `None` when it lies beyond the file or its size or io
+    /// units are out of range.
     pub fn read_chunk_map(&self, index: u64) -> Option<ChunkMap> {
-        let geo = &self.geo;
+        let geo = self.geo;
+        if index >= self.chunk_maps {
+            return None;
+        }
         let base = geo.chunk_map_offset(index);
         let compressed_size = self.pm.read_u32(base);
         if compressed_size == 0 || compressed_size > geo.params.chunk_size {
@@ -134,10 +123,155 @@ impl Metadata {
         })
     }
 
-    /// The chunk currently stored for logical chunk `chunk`.
-    pub fn lookup(&self, chunk: u64) -> Option<ChunkMap> {
-        self.logical_entry(chunk)
-            .and_then(|index| self.read_chunk_map(index))
+    /// Walks the logical map: what it references and what is wrong with it. The free
+    /// maps are not consulted.
+    pub fn scan(&self) -> Scan {
+        let mut s = Scan {
+            chunk_maps: FixedBitSet::with_capacity(self.chunk_maps as usize),
+            io_units: FixedBitSet::with_capacity(self.geo.total_io_units as usize),
+            chunks: Vec::new(),
+            problems: Vec::new(),
+        };
+        for chunk in 0..self.geo.chunks {
+            let Some(index) = self.logical_entry(chunk) else {
+                continue;
+            };
+            if index >= self.chunk_maps {
+                s.problems
+                    .push(MapProblem::EntryOutOfRange { chunk, index });
+                continue;
+            }
+            if s.chunk_maps.put(index as usize) {
+                s.problems.push(MapProblem::ChunkMapShared { chunk, index });
+                continue;
+            }
+            let Some(map) = self.read_chunk_map(index) else {
+                s.problems.push(MapProblem::BadChunkMap { chunk, index });
+                continue;
+            };
+            let mut ok = true;
+            for &unit in &map.io_units {
+                if s.io_units.put(unit as usize) {
+                    s.problems.push(MapProblem::IoUnitShared { chunk, unit });
+                    ok = false;
+                }
+            }
+            if ok {
+                s.chunks.push(chunk);
+            }
+        }
+        s
+    }
+}
+
+/// The metadata of a loaded volume: the pm region and the free maps.
+pub struct Metadata {
+    pub geo: Geometry,
+    pm: Box<dyn PmRegion>,
+    chunk_maps: FreeMap,
+    io_units: FreeMap,
+}
+
+impl Metadata {
+    /// Writes a fresh pm image (superblock, then every map entry empty) and persists
+    /// it whole.
+    pub fn format(geo: Geometry, mut pm: Box<dyn PmRegion>, superblock: &[u8]) -> Result<Metadata> {
+        pm.write(0, superblock);
+        let rest = vec![0xFF; pm.len() - SUPERBLOCK_SIZE];
+        pm.write(SUPERBLOCK_SIZE, &rest);
+        let len = pm.len();
+        pm.persist(0, len)
+            .map_err(|e| e.context("persisting the new maps"))?;
+        Self::rebuild(geo, pm)
+    }
+
+    /// Rebuilds the free maps from the logical map, refusing (`EILSEQ`) a volume whose
+    /// scan finds anything wrong: an entry beyond the file, a chunk map named twice, an
+    /// invalid size, io units out of range or shared.
+    pub fn rebuild(geo: Geometry, pm: Box<dyn PmRegion>) -> Result<Metadata> {
+        let len = pm.len() as u64;
+        let usable = geo.chunk_maps_in_file(len).ok_or_else(|| {
+            Error::new(
+                Errno::EILSEQ,
+                format!("a pm file of {len} bytes does not fit the volume's geometry"),
+            )
+        })?;
+        let view = MapView {
+            geo: &geo,
+            pm: pm.as_ref(),
+            chunk_maps: usable,
+        };
+        let scan = view.scan();
+        if let Some(first) = scan.problems.first() {
+            return Err(Error::new(
+                Errno::EILSEQ,
+                format!(
+                    "the maps have {} problem(s), the first: {first}",
+                    scan.problems.len()
+                ),
+            ));
+        }
+        let mut meta = Metadata {
+            geo,
+            chunk_maps: FreeMap::new(usable as usize),
+            io_units: FreeMap::new(geo.total_io_units as usize),
+            pm,
+        };
+        for unit in 0..geo.reserved_io_units.min(geo.total_io_units) {
+            meta.io_units.claim(unit as usize);
+        }
+        for index in scan.chunk_maps.ones() {
+            meta.chunk_maps.claim(index);
+        }
+        for unit in scan.io_units.ones() {
+            meta.io_units.claim(unit);
+        }
+        Ok(meta)
+    }
+
+    /// The maps, read only.
+    pub fn view(&self) -> MapView<'_> {
+        MapView {
+            geo: &self.geo,
+            pm: self.pm.as_ref(),
+            chunk_maps: self.chunk_maps.len() as u64,
+        }
+    }
+
+    /// Which chunk maps are in use.
+    pub fn chunk_map_usage(&self) -> &FreeMap {
+        &self.chunk_maps
+    }
+
+    /// Which io units are in use (the metadata area's included).
+    pub fn io_unit_usage(&self) -> &FreeMap {
+        &self.io_units
+    }
+
+    pub fn pm(&self) -> &dyn PmRegion {
+        self.pm.as_ref()
+    }
+
+    /// The chunk map index chunk `chunk` points at, if it was ever written.
+    pub fn logical_entry(&self, chunk: u64) -> Option<u64> {
+        self.view().logical_entry(chunk)
+    }
+
+    /// The chunk currently stored for logical chunk `chunk`: `None` if it was never
+    /// written, `EIO` if its entry names an invalid chunk map.
+    pub fn lookup(&self, chunk: u64) -> Result<Option<ChunkMap>> {
+        let view = self.view();
+        let Some(index) = view.logical_entry(chunk) else {
+            return Ok(None);
+        };
+        view.read_chunk_map(index).map(Some).ok_or_else(|| {
+            Error::new(
+                Errno::EIO,
+                format!(
+                    "chunk {chunk}: its logical map entry names chunk map {index}, which is invalid"
+                ),
+            )
+        })
     }
 
     /// Reserves a chunk map and `io_unit_count` io units, all or nothing (`ENOSPC`).
@@ -149,7 +283,7 @@ impl Metadata {
                 Some(unit) => units.push(unit as u64),
                 None => {
                     self.release(index as u64, &units);
-                    return Err(Errno::ENOSPC);
+                    return Err(Errno::ENOSPC.into());
                 }
             }
         }
@@ -172,7 +306,8 @@ impl Metadata {
     pub fn commit(&mut self, chunk: u64, index: u64, map: &ChunkMap) -> Result<()> {
         let geo = self.geo;
         let base = geo.chunk_map_offset(index);
-        let mut entry = Vec::with_capacity(geo.chunk_map_stride as usize);
+        // Inline for chunks of up to 7 io units: no allocation per write.
+        let mut entry: SmallVec<[u8; 64]> = SmallVec::with_capacity(geo.chunk_map_stride as usize);
         entry.extend_from_slice(&map.compressed_size.to_le_bytes());
         entry.extend_from_slice(&map.checksum.to_le_bytes());
         for k in 0..geo.io_units_per_chunk as usize {
@@ -180,17 +315,24 @@ impl Metadata {
             entry.extend_from_slice(&unit.to_le_bytes());
         }
         self.pm.write(base, &entry);
-        self.pm.persist(base, entry.len())?;
+        self.pm.persist(base, entry.len()).map_err(|e| {
+            e.context(format_args!(
+                "chunk {chunk}: persisting its new chunk map {index}"
+            ))
+        })?;
 
         let old = self.logical_entry(chunk);
         let at = geo.logical_entry_offset(chunk);
         self.pm.store_u64(at, index);
         if let Err(e) = self.pm.persist(at, 8) {
             self.pm.store_u64(at, old.unwrap_or(EMPTY_ENTRY));
-            return Err(e);
+            return Err(e.context(format_args!(
+                "chunk {chunk}: persisting its logical map entry"
+            )));
         }
         if let Some(old_index) = old {
             let old_units = self
+                .view()
                 .read_chunk_map(old_index)
                 .map(|m| m.io_units)
                 .unwrap_or_default();

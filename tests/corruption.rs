@@ -4,7 +4,7 @@
 //! file) or succeeds; then every chunk reads back exactly or fails with EIO — never
 //! wrong data, never a crash — and the checker is clean only if every read succeeded.
 
-use reduce::testing::*;
+use reduce::testkit::*;
 use reduce::*;
 
 const CHUNKS: u64 = 16;
@@ -17,8 +17,8 @@ struct Base {
 }
 
 fn base() -> Base {
-    let rig = Rig::new(512, small_blockcnt(CHUNKS), Mode::Immediate);
-    let vol = rig.init(small_params()).unwrap();
+    let rig = Rig::new(Geo::small(CHUNKS), Mode::Immediate, CodecKind::Zstd);
+    let vol = rig.init();
     let mut model = vec![vec![0u8; 4096]; CHUNKS as usize];
     for c in 0..CHUNKS - 2 {
         let bytes = data(100 + c, 4096);
@@ -56,7 +56,7 @@ struct Outcome {
 
 /// Loads `images` and checks the contract; `what` names the damage for messages.
 fn try_damaged(base: &Base, images: &Images, what: &str, out: &mut Outcome) {
-    let rig = Rig::from_images(512, images, Mode::Immediate);
+    let rig = Rig::from_images(Geo::small(CHUNKS), images, Mode::Immediate, CodecKind::Zstd);
     let vol = match rig.load() {
         Ok(vol) => vol,
         Err(e) => {
@@ -109,7 +109,7 @@ fn damage(base: &Base, seed: u64, out: &mut Outcome) {
         _ => (&mut images.backing, "data", 8192..base.data_end),
     };
     let at = range.start + rng.below(range.len() as u64) as usize;
-    if rng.chance(700) {
+    if rng.chance(70) {
         target[at] ^= 1 << rng.below(8);
     } else {
         let n = (1 + rng.below(64) as usize).min(target.len() - at);

@@ -14,12 +14,11 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::rc::Rc;
 
-use reduce::testing::*;
+use reduce::testkit::*;
 use reduce::*;
 
 const INIT_DONE: u64 = u64::MAX;
 const UNLOAD_DONE: u64 = u64::MAX - 1;
-const BLOCKLEN: u32 = 512;
 
 /// A write: offset in logical blocks, and its data.
 type Write = (u64, Vec<u8>);
@@ -63,7 +62,8 @@ fn random_chunk(chunk: u64, seed: u64) -> Write {
 }
 
 fn record(script: &Script) -> Recording {
-    let rig = Rig::new(BLOCKLEN, small_blockcnt(script.chunks), Mode::Deferred);
+    let geo = Geo::small(script.chunks);
+    let rig = Rig::new(geo, Mode::Deferred, CodecKind::test(Mode::Deferred));
     let journal = Journal::new();
     rig.backing.set_journal(Some(journal.clone()));
     rig.store.set_journal(Some(journal.clone()));
@@ -71,7 +71,7 @@ fn record(script: &Script) -> Recording {
         backing: rig.backing.image(),
         pm: Default::default(),
     };
-    let vol = rig.init(small_params()).expect("init");
+    let vol = rig.init();
     journal.mark(INIT_DONE);
     assert_eq!(vol.params().vol_size, script.chunks * CHUNK as u64);
 
@@ -128,7 +128,8 @@ fn survive(rec: &Recording, script: &Script, upto: usize, crash: Crash, tally: &
         })
         .collect();
     let images = rec.journal.replay(&rec.start, upto, crash);
-    let rig = Rig::from_images(BLOCKLEN, &images, Mode::Immediate);
+    let geo = Geo::small(script.chunks);
+    let rig = Rig::from_images(geo, &images, Mode::Immediate, CodecKind::Zstd);
     let at = format!("{} at {upto}/{} ({crash:?})", script.name, entries.len());
     let vol = match rig.load() {
         Ok(vol) => vol,

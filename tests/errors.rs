@@ -1,6 +1,6 @@
-//! docs/DESIGN.md §6, row by row, from the Rust API: every failure reaches the callback with
-//! the right errno, leaves nothing behind (no pm file, no leaked io unit or chunk map,
-//! no changed data), and the next request works.
+//! The error contract (docs/DESIGN.md), row by row, from the Rust API: every failure
+//! reaches the callback with the right errno, leaves nothing behind (no pm file, no
+//! leaked io unit or chunk map, no changed data), and the next request works.
 
 mod common;
 
@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use common::*;
-use reduce::vol::MAX_ACTIVE;
-use reduce::{Backend, Errno, FileStore, InitPlan, MemBacking, MemStore, Mode, Params, Volume};
+use reduce::testkit::*;
+use reduce::{Backend, Errno, FileStore, InitPlan, Params, Volume};
 
 const GEO: Geo = Geo::new(512, 4096, 16384, 512, 16);
 const MODES: [Mode; 2] = [Mode::Immediate, Mode::Deferred];
@@ -95,7 +95,7 @@ fn init_plan_einval_rows() {
     for (what, p, blocklen, blockcnt, dir) in cases {
         assert_eq!(
             InitPlan::new(p, blocklen, blockcnt, &dir).map(|_| ()),
-            Err(Errno::EINVAL),
+            Err(Errno::EINVAL.into()),
             "{what}"
         );
     }
@@ -303,7 +303,7 @@ fn load_zeroed_or_tiny_backing_is_eilseq() {
             codec: CodecKind::Zstd,
         };
         assert_eq!(errno_of(rig.load()), Errno::EILSEQ);
-        assert_eq!(rig.destroy(), Err(Errno::EILSEQ));
+        assert_eq!(rig.destroy(), Err(Errno::EILSEQ.into()));
         assert_eq!(rig.backing.op_counts().1, 0, "a failed load wrote");
     }
     // Smaller than the metadata itself.
@@ -402,7 +402,7 @@ fn load_rejects_bad_pm_files_with_eilseq() {
         let mut bad = pm.clone();
         mutate(&mut bad);
         let (rig, r) = load_images(image.clone(), &path, Some(bad.clone()));
-        assert_eq!(r.map(|_| ()), Err(Errno::EILSEQ), "{what}");
+        assert_eq!(r.map(|_| ()), Err(Errno::EILSEQ.into()), "{what}");
         assert_eq!(rig.backing.op_counts().1, 0, "{what}: a failed load wrote");
         assert_eq!(rig.store.current(&path).unwrap(), bad, "{what}: pm changed");
         // The file is not left mapped: putting the good bytes back, it loads.
@@ -447,7 +447,7 @@ fn load_rejects_bad_backing_with_eilseq() {
             bad_pm[..4096].copy_from_slice(&bad[..4096]);
         }
         let (rig, r) = load_images(bad, &path, Some(bad_pm));
-        assert_eq!(r.map(|_| ()), Err(Errno::EILSEQ), "{what}");
+        assert_eq!(r.map(|_| ()), Err(Errno::EILSEQ.into()), "{what}");
         assert_eq!(rig.backing.op_counts().1, 0);
     }
     // A larger device is fine.
@@ -493,11 +493,11 @@ fn io_validation_rows() {
             let s = slot();
             let f = filler(&s);
             vol.readv(offset, length, vec![vec![0; bytes]], move |r, _| f(r));
-            assert_eq!(rig.wait(&s), Err(Errno::EINVAL), "read: {what}");
+            assert_eq!(rig.wait(&s), Err(Errno::EINVAL.into()), "read: {what}");
             let s = slot();
             let f = filler(&s);
             vol.writev(offset, length, vec![vec![1; bytes]], move |r, _| f(r));
-            assert_eq!(rig.wait(&s), Err(Errno::EINVAL), "write: {what}");
+            assert_eq!(rig.wait(&s), Err(Errno::EINVAL.into()), "write: {what}");
         }
         assert_eq!(vol.info(), info);
         assert_eq!(
@@ -513,9 +513,9 @@ fn io_validation_rows() {
 
 // ---------------------------------------------------------------- ENOSPC
 
-/// A volume whose pm file has the original's size (docs/DESIGN.md §4): fewer chunk maps
-/// than chunks. Writing fills them; then writes fail with ENOSPC, change nothing, and
-/// the file never grows.
+/// A volume whose pm file has the original's size (see the format's note on it): fewer
+/// chunk maps than chunks. Writing fills them; then writes fail with ENOSPC, change
+/// nothing, and the file never grows.
 #[test]
 fn enospc_when_chunk_maps_run_out() {
     let geo = Geo::new(512, 512, 2048, 512, 1024);
@@ -556,7 +556,7 @@ fn enospc_when_chunk_maps_run_out() {
             let data = vec![0xC3; len as usize * 512];
             assert_eq!(
                 rig.write(&vol, offset, &data),
-                Err(Errno::ENOSPC),
+                Err(Errno::ENOSPC.into()),
                 "{mode:?} write at {offset}"
             );
             assert_eq!(vol.info(), info, "counters changed by a failed write");
@@ -580,8 +580,9 @@ fn enospc_when_chunk_maps_run_out() {
     }
 }
 
-/// docs/DESIGN.md §1: "The 128 extra chunk maps and their io units exist so that in-flight
-/// writes always find room even when the volume is full of incompressible data."
+/// The format (docs/DESIGN.md): "The 128 extra chunk maps and their io units exist so
+/// that in-flight writes always find room even when the volume is full of incompressible
+/// data."
 /// A volume full of incompressible data, then one raw overwrite of every chunk in
 /// flight at once: every one succeeds, nothing leaks, the new data reads back.
 #[test]
@@ -645,14 +646,14 @@ fn backing_read_fault_is_reported_and_leaves_nothing() {
         for chunk in [2, 3, 4] {
             assert_eq!(
                 rig.read(&vol, chunk * 32 + 1, 3),
-                Err(FAULT),
+                Err(FAULT.into()),
                 "read {chunk}"
             );
             let (_, writes) = rig.backing.op_counts();
             // A partial write must read the old chunk first: it fails, writes nothing.
             assert_eq!(
                 rig.write(&vol, chunk * 32 + 1, &[0x11; 1024]),
-                Err(FAULT),
+                Err(FAULT.into()),
                 "rmw {chunk}"
             );
             assert_eq!(
@@ -691,7 +692,7 @@ fn backing_write_fault_is_reported_and_leaves_nothing() {
         ] {
             assert_eq!(
                 rig.write(&vol, offset, &data),
-                Err(FAULT),
+                Err(FAULT.into()),
                 "write at {offset}"
             );
             assert_eq!(vol.info(), info, "counters changed (leak)");
@@ -748,7 +749,7 @@ fn failed_write_does_not_poison_the_chunk_queue() {
     assert_eq!(
         *log.borrow(),
         vec![
-            format!("w1 Err({FAULT:?})"),
+            format!("w1 {:?}", Err::<(), reduce::Error>(FAULT.into())),
             "r Ok(())".into(),
             "w2 Ok(())".into()
         ]
@@ -767,8 +768,14 @@ fn pm_persist_failure_on_write_leaves_nothing() {
         let mut shadow = populated(&rig, &vol);
         let info = vol.info();
         rig.store.set_fail_persist(true);
-        assert_eq!(rig.write(&vol, 2 * 32, &vec![1; 16384]), Err(Errno::EIO));
-        assert_eq!(rig.write(&vol, 7 * 32, &vec![1; 16384]), Err(Errno::EIO));
+        assert_eq!(
+            rig.write(&vol, 2 * 32, &vec![1; 16384]),
+            Err(Errno::EIO.into())
+        );
+        assert_eq!(
+            rig.write(&vol, 7 * 32, &vec![1; 16384]),
+            Err(Errno::EIO.into())
+        );
         assert_eq!(vol.info(), info);
         rig.store.set_fail_persist(false);
         shadow.verify(&rig, &vol);
@@ -799,14 +806,17 @@ fn corrupted_stored_data_reads_as_eio_never_wrong_data() {
             let garbage = Rng::new(chunk).bytes(64);
             rig.backing.poke(at, &garbage);
             assert!(
-                rig.read_chunk(&vol, chunk) == Err(Errno::EIO),
+                rig.read_chunk(&vol, chunk) == Err(Errno::EIO.into()),
                 "chunk {chunk}"
             );
-            assert!(rig.read(&vol, chunk * 32 + 31, 1) == Err(Errno::EIO));
+            assert!(rig.read(&vol, chunk * 32 + 31, 1) == Err(Errno::EIO.into()));
             // A partial write cannot merge into it.
-            assert_eq!(rig.write(&vol, chunk * 32, &[5; 512]), Err(Errno::EIO));
+            assert_eq!(
+                rig.write(&vol, chunk * 32, &[5; 512]),
+                Err(Errno::EIO.into())
+            );
             assert_eq!(vol.info(), info);
-            assert!(rig.read_chunk(&vol, chunk) == Err(Errno::EIO));
+            assert!(rig.read_chunk(&vol, chunk) == Err(Errno::EIO.into()));
         }
         // Other chunks are fine; a whole-chunk overwrite replaces a corrupt chunk.
         assert_eq!(rig.read_chunk(&vol, 5).unwrap(), shadow.expect(5 * 32, 32));
@@ -873,11 +883,11 @@ fn decompress_failures_without_checksum_are_eio() {
         if frame.is_none() {
             assert_eq!(got.unwrap(), shadow.expect(0, 32), "{what}");
         } else {
-            assert!(got == Err(Errno::EIO), "{what}: not EIO");
+            assert!(got == Err(Errno::EIO.into()), "{what}: not EIO");
             let info = vol.info();
             assert_eq!(
                 rig.write(&vol, 1, &[3; 512]),
-                Err(Errno::EIO),
+                Err(Errno::EIO.into()),
                 "{what}: rmw"
             );
             assert_eq!(vol.info(), info);
@@ -906,10 +916,10 @@ fn unload_with_outstanding_io_is_ebusy() {
     let s = slot();
     vol.unload(filler(&s));
     // Reported at once, without waiting for the I/O.
-    assert_eq!(s.borrow_mut().take(), Some(Err(Errno::EBUSY)));
+    assert_eq!(s.borrow_mut().take(), Some(Err(Errno::EBUSY.into())));
     // The volume still works.
     assert!(rig.backing.poll_one());
-    assert_eq!(rig.unload(&vol), Err(Errno::EBUSY));
+    assert_eq!(rig.unload(&vol), Err(Errno::EBUSY.into()));
     rig.drain();
     assert_eq!(*done.borrow(), 4);
     assert_eq!(vol.info().outstanding, 0);
@@ -994,12 +1004,12 @@ fn sync_read(
     wait_on(backing, &s)
 }
 
-/// docs/DESIGN.md §6: "compress fails or saves nothing → store uncompressed".
+/// The error contract: "compress fails or saves nothing → store uncompressed".
 #[test]
 fn compress_failure_or_no_saving_stores_raw() {
     type Bend = Rc<dyn Fn(reduce::Result<usize>) -> reduce::Result<usize>>;
     let cases: Vec<(&str, Bend)> = vec![
-        ("error", Rc::new(|_| Err(Errno::ENOSPC))),
+        ("error", Rc::new(|_| Err(Errno::ENOSPC.into()))),
         ("zero bytes", Rc::new(|_| Ok(0))),
         ("more than the buffer", Rc::new(|_| Ok(16385))),
         ("exactly chunk_size", Rc::new(|_| Ok(16384))),
@@ -1035,12 +1045,12 @@ fn compress_failure_or_no_saving_stores_raw() {
     }
 }
 
-/// docs/DESIGN.md §6: "decompress fails or returns a size other than chunk_size → EIO".
+/// The error contract: "decompress fails or returns a size other than chunk_size → EIO".
 #[test]
 fn decompress_failure_or_short_result_is_eio() {
     type Bend = Rc<dyn Fn(reduce::Result<usize>) -> reduce::Result<usize>>;
     let cases: Vec<(&str, Bend)> = vec![
-        ("error", Rc::new(|_| Err(Errno::EINVAL))),
+        ("error", Rc::new(|_| Err(Errno::EINVAL.into()))),
         ("one byte short", Rc::new(|r| r.map(|n| n - 1))),
         ("zero", Rc::new(|_| Ok(0))),
         ("one byte long", Rc::new(|r| r.map(|n| n + 1))),
@@ -1057,17 +1067,17 @@ fn decompress_failure_or_short_result_is_eio() {
         let info = vol.info();
         assert_eq!(
             sync_read(&backing, &vol, 0, 32).map(|_| ()),
-            Err(Errno::EIO),
+            Err(Errno::EIO.into()),
             "{what}"
         );
         assert_eq!(
             sync_read(&backing, &vol, 4, 1).map(|_| ()),
-            Err(Errno::EIO),
+            Err(Errno::EIO.into()),
             "{what}"
         );
         assert_eq!(
             sync_write(&backing, &vol, 4, &[9; 512]),
-            Err(Errno::EIO),
+            Err(Errno::EIO.into()),
             "{what}: rmw"
         );
         assert_eq!(vol.info(), info, "{what}");

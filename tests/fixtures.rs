@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use common::*;
-use reduce::{Errno, MemBacking, MemStore, Mode, Volume};
+use reduce::testkit::*;
+use reduce::{Errno, Volume};
 
 const FIXTURES: [&str; 3] = [
     "g1-bl512-io4k-c16k-lb512",
@@ -346,7 +347,7 @@ fn write_then_fill(name: &'static str, mode: Mode) {
         let data = vec![0x3C; (length * u64::from(geo.lbs)) as usize];
         assert_eq!(
             rig.write(&vol, offset, &data),
-            Err(Errno::ENOSPC),
+            Err(Errno::ENOSPC.into()),
             "{name}: write at {offset}"
         );
         assert_eq!(vol.info(), info, "{name}: counters changed");

@@ -1,11 +1,12 @@
 //! The bytes init and writes leave on the backing device and in the pm file, checked
-//! against docs/DESIGN.md §4 offset by offset (expectations computed here, not by the library's
-//! encoder).
+//! against the on-disk format (docs/DESIGN.md) offset by offset (expectations computed
+//! here, not by the library's encoder).
 
 mod common;
 
 use common::*;
-use reduce::{InitPlan, Mode, Params, Volume};
+use reduce::testkit::*;
+use reduce::{InitPlan, Params, Volume};
 
 const UUID: [u8; 16] = [
     0x5e, 0xd0, 0x7f, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x80, 0x00, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45,
@@ -83,7 +84,7 @@ fn init_layout_backing_and_pm() {
 
 #[test]
 fn pm_sizes_for_several_geometries() {
-    // (geometry, expected pm size written out by hand from docs/DESIGN.md §4)
+    // (geometry, expected pm size written out by hand from the format)
     let cases = [
         // 64 chunks: 4096 + 512 + 192*40=7680
         (Geo::new(512, 4096, 16384, 512, 64), 4096 + 512 + 7680),
@@ -358,13 +359,13 @@ impl reduce::SyncCodec for Recorder {
     }
 }
 
-/// docs/DESIGN.md §4: compress gets a whole chunk into a chunk_size buffer; decompress gets
+/// The format: compress gets a whole chunk into a chunk_size buffer; decompress gets
 /// exactly compressed_size bytes (not the padded io units) into chunk_size bytes.
 #[test]
 fn codec_calls_get_exactly_the_bytes_they_need() {
     let rec = Recorder::default();
-    let backing = reduce::MemBacking::new(512, GEO.blockcnt(), Mode::Immediate);
-    let store = reduce::MemStore::new();
+    let backing = MemBacking::new(512, GEO.blockcnt(), Mode::Immediate);
+    let store = MemStore::new();
     let s = slot();
     Volume::init(
         InitPlan::new(GEO.params(), 512, GEO.blockcnt(), "/pm").unwrap(),

@@ -5,18 +5,19 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use reduce::testing::*;
+use reduce::testkit::*;
 use reduce::*;
 
 const CHUNKS: u64 = 4;
 
 fn rig(mode: Mode) -> Rig {
-    Rig::with_codec(512, small_blockcnt(CHUNKS), mode, RleCodec)
+    let codec = CodecKind::Test(TestCodec::new(RleCodec, mode));
+    Rig::new(Geo::small(CHUNKS), mode, codec)
 }
 
 fn round_trip(mode: Mode) {
     let rig = rig(mode);
-    let vol = rig.init(small_params()).unwrap();
+    let vol = rig.init();
     let mut model = vec![0u8; CHUNKS as usize * 4096];
     // A compressible chunk, an incompressible (raw) one, partial writes over both.
     let writes: [(u64, Vec<u8>); 4] = [
@@ -46,7 +47,7 @@ fn round_trip(mode: Mode) {
         *s.borrow_mut() = Some(segs.concat());
     });
     model[16 * 512..17 * 512].fill(4);
-    rig.poll_all();
+    rig.drain();
     assert_eq!(seen.borrow().as_deref(), Some(&model[16 * 512..18 * 512]));
     assert!(rig.check(&vol).unwrap().is_clean());
     rig.unload(&vol).unwrap();
@@ -73,7 +74,7 @@ fn round_trip_deferred() {
 fn reentrant_chain() {
     for mode in [Mode::Immediate, Mode::Deferred] {
         let rig = rig(mode);
-        let vol = rig.init(small_params()).unwrap();
+        let vol = rig.init();
         let done = Rc::new(Cell::new(0u32));
         fn step(vol: Volume, n: u32, done: Rc<Cell<u32>>) {
             if n == 0 {
@@ -92,7 +93,7 @@ fn reentrant_chain() {
             );
         }
         step(vol.clone(), 40, done.clone());
-        rig.poll_all();
+        rig.drain();
         assert_eq!(done.get(), 40);
         rig.unload(&vol).unwrap();
     }
@@ -101,12 +102,12 @@ fn reentrant_chain() {
 #[test]
 fn backing_fault_releases_everything() {
     let rig = rig(Mode::Deferred);
-    let vol = rig.init(small_params()).unwrap();
+    let vol = rig.init();
     rig.write(&vol, 0, &[5; 4096]).unwrap();
     let before = vol.info();
     rig.backing
         .set_fault(Some(Box::new(|write, _| write.then_some(Errno::EIO))));
-    assert_eq!(rig.write(&vol, 8, &[6; 4096]), Err(Errno::EIO));
+    assert_eq!(rig.write(&vol, 8, &[6; 4096]), Err(Errno::EIO.into()));
     assert_eq!(vol.info(), before);
     rig.backing.set_fault(None);
     assert_eq!(rig.read(&vol, 0, 8).unwrap(), vec![5; 4096]);

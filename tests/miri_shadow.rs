@@ -10,7 +10,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use common::*;
-use reduce::{Errno, Mode, Volume};
+use reduce::testkit::*;
+use reduce::{Errno, Volume};
 
 /// 512-byte blocks and io units, 2 KiB chunks (4 io units), 4 chunks.
 const GEO: Geo = Geo::new(512, 512, 2048, 512, 4);
@@ -133,12 +134,12 @@ fn miri_backing_fault() {
         let fault = Errno(libc::ENXIO);
         rig.backing
             .set_fault(Some(Box::new(move |w, _| w.then_some(fault))));
-        assert_eq!(rig.write(&vol, 0, &[6; 512]), Err(fault));
-        assert_eq!(rig.write(&vol, 8, &[6; 2048]), Err(fault));
+        assert_eq!(rig.write(&vol, 0, &[6; 512]), Err(fault.into()));
+        assert_eq!(rig.write(&vol, 8, &[6; 2048]), Err(fault.into()));
         assert_eq!(vol.info(), info);
         rig.backing
             .set_fault(Some(Box::new(move |w, _| (!w).then_some(fault))));
-        assert_eq!(rig.read(&vol, 1, 1), Err(fault));
+        assert_eq!(rig.read(&vol, 1, 1), Err(fault.into()));
         assert_eq!(vol.info(), info);
         rig.backing.set_fault(None);
         assert_eq!(rig.read_chunk(&vol, 0).unwrap(), vec![5; 2048]);

@@ -8,7 +8,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use common::*;
-use reduce::{Errno, Mode, Volume};
+use reduce::testkit::*;
+use reduce::{Errno, Volume};
 
 const GEO: Geo = Geo::new(512, 4096, 16384, 512, 16);
 const SMALL_STACK: usize = 256 * 1024;
@@ -197,7 +198,10 @@ fn unload_from_completion_with_io_outstanding() {
         vol.writev(chunk * 32, 32, vec![text(chunk, 16384)], move |r, _| {
             r.unwrap();
             let l2 = l.clone();
-            v.unload(move |r| l2.borrow_mut().push(format!("{chunk}: {r:?}")));
+            v.unload(move |r| {
+                l2.borrow_mut()
+                    .push(format!("{chunk}: {:?}", r.map_err(|e| e.errno())))
+            });
         });
     }
     rig.drain();

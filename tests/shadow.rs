@@ -2,7 +2,7 @@
 //! modes and several geometries: partial chunks, multi-segment buffers, many requests
 //! to the same chunk submitted together, more than MAX_ACTIVE in flight, overwrites,
 //! unload + reload in the middle and at the end. After every batch the pm file is
-//! parsed independently (docs/DESIGN.md §4) and checked against `info()`; at the end every
+//! parsed independently (on-disk format) and checked against `info()`; at the end every
 //! stored chunk's bytes on the device are decoded and compared with the shadow.
 
 mod common;
@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use common::*;
-use reduce::vol::MAX_ACTIVE;
-use reduce::{Mode, Volume};
+use reduce::Volume;
+use reduce::testkit::*;
 
 /// What the batch's callbacks report.
 #[derive(Default)]
@@ -371,7 +371,7 @@ fn same_chunk_queue_in_submission_order() {
 }
 
 /// A codec that completes later too, completions delivered in random codec/device
-/// order between submissions, and one compress in five failing (docs/DESIGN.md §6: stored
+/// order between submissions, and one compress in five failing (error contract: stored
 /// uncompressed, never an error to the caller).
 #[test]
 fn shadow_deferred_codec_interleaved_with_compress_faults() {
@@ -385,8 +385,8 @@ fn shadow_deferred_codec_interleaved_with_compress_faults() {
     })));
     let rig = Rig {
         geo,
-        backing: reduce::MemBacking::new(geo.blocklen, geo.blockcnt(), Mode::Deferred),
-        store: reduce::MemStore::new(),
+        backing: MemBacking::new(geo.blocklen, geo.blockcnt(), Mode::Deferred),
+        store: MemStore::new(),
         codec,
     };
     let mut run = Run::with_rig(rig, 77);
@@ -422,8 +422,8 @@ fn shadow_random_faults_completion_model() {
         };
         let rig = Rig {
             geo,
-            backing: reduce::MemBacking::new(geo.blocklen, geo.blockcnt(), mode),
-            store: reduce::MemStore::new(),
+            backing: MemBacking::new(geo.blocklen, geo.blockcnt(), mode),
+            store: MemStore::new(),
             codec: codec.clone(),
         };
         let vol = rig.init();

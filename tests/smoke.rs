@@ -1,6 +1,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use reduce::testkit::{MemBacking, MemStore, Mode};
 use reduce::*;
 
 #[test]

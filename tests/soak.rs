@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use reduce::testing::*;
+use reduce::testkit::*;
 use reduce::*;
 
 const CHUNKS: u64 = 64;
@@ -48,14 +48,14 @@ fn ops_per_mode() -> u64 {
 fn inject(rig: &Rig, seed: u64, faults: &Rc<Cell<u64>>) {
     let (f, mut rng) = (faults.clone(), Rng::new(seed));
     rig.backing.set_fault(Some(Box::new(move |write, _| {
-        rng.chance(10).then(|| {
+        rng.chance(1).then(|| {
             f.set(f.get() + 1);
             if write { WRITE_FAULT } else { READ_FAULT }
         })
     })));
     let (f, mut rng) = (faults.clone(), Rng::new(seed ^ 0xC0DEC));
-    rig.codec.set_fault(Some(Box::new(move |_, _| {
-        rng.chance(10).then(|| {
+    rig.codec.double().set_fault(Some(Box::new(move |_, _| {
+        rng.chance(1).then(|| {
             f.set(f.get() + 1);
             Errno::EIO
         })
@@ -64,8 +64,8 @@ fn inject(rig: &Rig, seed: u64, faults: &Rc<Cell<u64>>) {
 
 fn soak(mode: Mode, seed: u64) {
     let ops = ops_per_mode();
-    let rig = Rig::new(512, small_blockcnt(CHUNKS), mode);
-    let mut vol = rig.init(small_params()).expect("init");
+    let rig = Rig::new(Geo::small(CHUNKS), mode, CodecKind::test(mode));
+    let mut vol = rig.init();
     let faults = Rc::new(Cell::new(0u64));
     inject(&rig, seed, &faults);
     let model = Rc::new(RefCell::new(Model {
@@ -88,7 +88,7 @@ fn soak(mode: Mode, seed: u64) {
             panic!("requests in flight and nothing pending");
         }
         if submitted % CYCLE == 0 || submitted == ops {
-            rig.poll_all();
+            rig.drain();
             assert_eq!(in_flight.get(), 0, "requests lost");
             audit(&rig, &vol, &model, &faults);
             checks += 1;
@@ -98,7 +98,7 @@ fn soak(mode: Mode, seed: u64) {
         }
     }
     rig.backing.set_fault(None);
-    rig.codec.set_fault(None);
+    rig.codec.double().set_fault(None);
     let m = model.borrow();
     for chunk in 0..CHUNKS {
         let want = &m.bytes[(chunk * BLOCKS_PER_CHUNK) as usize * LBS..][..4096];
@@ -143,7 +143,7 @@ fn submit(
 ) {
     let chunk = rng.below(CHUNKS);
     let first = rng.below(BLOCKS_PER_CHUNK);
-    let blocks = if rng.chance(400) {
+    let blocks = if rng.chance(40) {
         BLOCKS_PER_CHUNK - first
     } else {
         1 + rng.below(BLOCKS_PER_CHUNK - first)
@@ -157,7 +157,7 @@ fn submit(
     let cuts = [0, cut1, cut2, len];
     in_flight.set(in_flight.get() + 1);
     let (model, in_flight) = (model.clone(), in_flight.clone());
-    if rng.chance(550) {
+    if rng.chance(55) {
         let bytes = data(seq, len);
         let segs = cuts
             .windows(2)
@@ -168,7 +168,7 @@ fn submit(
             m.counts.writes += 1;
             match r {
                 Ok(()) => m.bytes[range].copy_from_slice(&bytes),
-                Err(e) => expect_injected(&mut m, e, true),
+                Err(e) => expect_injected(&mut m, e.errno(), true),
             }
             in_flight.set(in_flight.get() - 1);
         });
@@ -182,7 +182,7 @@ fn submit(
                     segs.concat() == m.bytes[range.clone()],
                     "read of blocks {range:?} returned wrong data"
                 ),
-                Err(e) => expect_injected(&mut m, e, false),
+                Err(e) => expect_injected(&mut m, e.errno(), false),
             }
             in_flight.set(in_flight.get() - 1);
         });
@@ -207,12 +207,12 @@ fn audit(rig: &Rig, vol: &Volume, model: &Rc<RefCell<Model>>, faults: &Rc<Cell<u
     );
     drop(m);
     // The checker reads every chunk: without faults, so a failure is real.
-    let (backing_fault, codec_fault) = (rig.backing.take_fault(), rig.codec.take_fault());
+    let (backing_fault, codec_fault) = (rig.backing.take_fault(), rig.codec.double().take_fault());
     let report = rig.check(vol).expect("check runs");
     assert!(report.is_clean(), "{report}");
     assert_eq!(vol.info().allocated_io_units, report.io_units_referenced);
     rig.backing.set_fault(backing_fault);
-    rig.codec.set_fault(codec_fault);
+    rig.codec.double().set_fault(codec_fault);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use reduce::testing::*;
+use reduce::testkit::*;
 use reduce::*;
 
 const THREADS: u64 = 6;
@@ -18,13 +18,14 @@ fn one_volume(dir: &str, seed: u64) -> u64 {
     } else {
         Mode::Deferred
     };
-    let rig = Rig::new(512, small_blockcnt(CHUNKS), mode);
+    let geo = Geo::small(CHUNKS);
+    let rig = Rig::new(geo, mode, CodecKind::Zstd);
     let backend = || Backend {
         backing: Box::new(rig.backing.clone()),
         codec: Box::new(ZstdCodec),
         store: Box::new(FileStore),
     };
-    let plan = InitPlan::new(small_params(), 512, small_blockcnt(CHUNKS), dir).unwrap();
+    let plan = InitPlan::new(geo.params(), geo.blocklen, geo.blockcnt(), dir).unwrap();
     let path = plan.pm_path().to_string();
     let slot = Rc::new(RefCell::new(None));
     Volume::init(plan, backend(), filler(&slot));
@@ -37,7 +38,7 @@ fn one_volume(dir: &str, seed: u64) -> u64 {
         let blocks = 1 + rng.below(8 - first);
         let offset = chunk * 8 + first;
         let range = offset as usize * 512..(offset + blocks) as usize * 512;
-        if rng.chance(500) {
+        if rng.chance(50) {
             let bytes = data(seed * 10_000 + op, range.len());
             rig.write(&vol, offset, &bytes).unwrap();
             model[range].copy_from_slice(&bytes);

@@ -5,16 +5,16 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reduce::testing::*;
-use reduce::{Errno, Images, Mode, format};
+use reduce::Errno;
+use reduce::testkit::*;
 
-const CHUNKS: u64 = 16;
+const GEO: Geo = Geo::small(16);
 
 fuzz_target!(|input: &[u8]| {
     let header_len = format::METADATA_SIZE as usize;
     let (header, pm) = input.split_at(input.len().min(header_len));
     let mut images = Images {
-        backing: vec![0; small_blockcnt(CHUNKS) as usize * 512],
+        backing: vec![0; (GEO.blockcnt() * u64::from(GEO.blocklen)) as usize],
         ..Default::default()
     };
     images.backing[..header.len()].copy_from_slice(header);
@@ -27,7 +27,7 @@ fuzz_target!(|input: &[u8]| {
     } else {
         Mode::Deferred
     };
-    let rig = Rig::from_images(512, &images, mode);
+    let rig = Rig::from_images(GEO, &images, mode, CodecKind::test(mode));
     let Ok(vol) = rig.load() else { return };
     let p = vol.params();
     let blocks = u64::from(p.chunk_size / p.logical_block_size);

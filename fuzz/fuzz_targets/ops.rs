@@ -7,15 +7,19 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use libfuzzer_sys::fuzz_target;
-use reduce::testing::*;
-use reduce::{Mode, Volume};
+use reduce::Volume;
+use reduce::testkit::*;
 
 const CHUNKS: u64 = 8;
 const BPC: u64 = 8;
 
 fuzz_target!(|input: &[u8]| {
-    let rig = Rig::new(512, small_blockcnt(CHUNKS), Mode::Deferred);
-    let mut vol = rig.init(small_params()).expect("init");
+    let rig = Rig::new(
+        Geo::small(CHUNKS),
+        Mode::Deferred,
+        CodecKind::test(Mode::Deferred),
+    );
+    let mut vol = rig.init();
     let model = Rc::new(RefCell::new(vec![0u8; (CHUNKS * BPC) as usize * 512]));
     for (step, op) in input.chunks_exact(4).enumerate().take(2000) {
         let chunk = u64::from(op[1]) % CHUNKS;
@@ -46,7 +50,7 @@ fuzz_target!(|input: &[u8]| {
                 }
             }
             _ => {
-                rig.poll_all();
+                rig.drain();
                 vol = reload(&rig, &vol);
                 let mode = if op[1] % 2 == 0 {
                     Mode::Immediate
@@ -57,7 +61,7 @@ fuzz_target!(|input: &[u8]| {
             }
         }
     }
-    rig.poll_all();
+    rig.drain();
     assert!(rig.check(&vol).expect("check").is_clean());
     let want = model.borrow().clone();
     for chunk in 0..CHUNKS {

@@ -3,15 +3,12 @@
 //! back with the completion, so the device owns them while the operation runs and no
 //! borrow spans the wait.
 
-mod mem;
-
-pub use mem::{FaultFn, MemBacking, Mode};
-
 use smallvec::SmallVec;
 
-use crate::error::Result;
-use crate::vol::{Event, Shared, Token};
 use std::rc::Rc;
+
+use crate::completion::{Receiver, Token};
+use crate::error::Result;
 
 /// One contiguous run of blocks, and where its bytes sit in the operation's buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,18 +29,14 @@ pub struct BackingIo {
 /// Completion of one [`BackingIo`]. Call [`IoDone::complete`] exactly once, from inside
 /// the call that received it or later, on the volume's thread.
 pub struct IoDone {
-    pub(crate) shared: Rc<Shared>,
+    pub(crate) receiver: Rc<dyn Receiver<BackingIo, ()>>,
     pub(crate) token: Token,
 }
 
 impl IoDone {
     /// Hands the operation back: `Ok` when every run succeeded, else the first error.
     pub fn complete(self, io: BackingIo, result: Result<()>) {
-        self.shared.post(Event::BackingDone {
-            token: self.token,
-            io,
-            result,
-        });
+        self.receiver.receive(self.token, io, result);
     }
 }
 

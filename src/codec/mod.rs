@@ -2,17 +2,14 @@
 //! gets them back with the result through a [`CodecDone`]. Built-in codecs complete
 //! inside the call; a caller's codec (hardware, say) may complete later.
 
-mod double;
-mod rle;
 mod zstd;
 
-pub use double::TestCodec;
-pub use rle::RleCodec;
 pub use zstd::{ZstdCodec, zstd_compress, zstd_decompress};
 
-use crate::error::Result;
-use crate::vol::{Event, Shared, Token};
 use std::rc::Rc;
+
+use crate::completion::{Receiver, Token};
+use crate::error::Result;
 
 /// One compress or decompress: read `src[..src_len]`, write into `dst` (its whole
 /// length is the room there is).
@@ -31,17 +28,14 @@ impl CodecIo {
 
 /// Completion of one [`CodecIo`]: the bytes written to `dst`, or an error.
 pub struct CodecDone {
-    pub(crate) shared: Rc<Shared>,
+    pub(crate) receiver: Rc<dyn Receiver<CodecIo, usize>>,
     pub(crate) token: Token,
 }
 
 impl CodecDone {
+    /// Hands the operation back with the bytes written to `dst`, or the error.
     pub fn complete(self, io: CodecIo, result: Result<usize>) {
-        self.shared.post(Event::CodecDone {
-            token: self.token,
-            io,
-            result,
-        });
+        self.receiver.receive(self.token, io, result);
     }
 }
 

@@ -26,7 +26,8 @@ pub fn zstd_compress(src: &[u8], dst: &mut [u8]) -> Result<usize> {
             Some(c) => c,
             None => slot.insert(Compressor::new(DEFAULT_LEVEL).map_err(Errno::from)?),
         };
-        c.compress_to_buffer(src, dst).map_err(|_| Errno::ENOSPC)
+        c.compress_to_buffer(src, dst)
+            .map_err(|_| Errno::ENOSPC.into())
     })
 }
 
@@ -38,7 +39,8 @@ pub fn zstd_decompress(src: &[u8], dst: &mut [u8]) -> Result<usize> {
             Some(d) => d,
             None => slot.insert(Decompressor::new().map_err(Errno::from)?),
         };
-        d.decompress_to_buffer(src, dst).map_err(|_| Errno::EIO)
+        d.decompress_to_buffer(src, dst)
+            .map_err(|_| Errno::EIO.into())
     })
 }
 
@@ -90,6 +92,6 @@ mod tests {
             })
             .collect();
         let mut dst = vec![0u8; 16384];
-        assert_eq!(zstd_compress(&src, &mut dst), Err(Errno::ENOSPC));
+        assert_eq!(zstd_compress(&src, &mut dst), Err(Errno::ENOSPC.into()));
     }
 }

@@ -2,8 +2,9 @@
 
 use std::ffi::{c_char, c_void};
 
+use super::boundary::{callback, errno, guard};
 use super::types::{reduce_vol_check_complete, reduce_vol_check_report};
-use super::{boundary::guard, spdk_reduce_vol, volume};
+use super::{spdk_reduce_vol, volume};
 use crate::check::Report;
 use crate::error::{Errno, Result};
 
@@ -27,34 +28,36 @@ impl From<&Report> for reduce_vol_check_report {
     }
 }
 
-/// Check a loaded volume's invariants: map entries in range, each io unit and chunk
-/// map referenced once, the free maps consistent with the maps, and every chunk in use
-/// reading back with a valid checksum. Nothing may be in flight (`-EBUSY`).
-///
-/// # Safety
-/// `vol` is NULL or a live handle.
+/// Check a loaded volume: map entries in range, each io unit and chunk map referenced
+/// once, the free maps consistent with the maps, and every chunk in use reading back
+/// with a valid checksum. Nothing may be in flight. `cb_fn` gets the result and a
+/// report (see `reduce_vol_check_complete`). With `cb_fn` NULL the call does nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn reduce_vol_check(
     vol: *mut spdk_reduce_vol,
     cb_fn: reduce_vol_check_complete,
     cb_arg: *mut c_void,
 ) {
-    guard("reduce_vol_check", (), || {
-        let Some(cb_fn) = cb_fn else { return };
+    // Safety (Rust): `vol` is NULL or a live handle.
+    const WHAT: &str = "reduce_vol_check";
+    guard(WHAT, (), || {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
+            return;
+        };
         let done = move |result: Result<Report>| {
-            let (errno, report) = match result {
+            let (status, report) = match result {
                 Ok(report) => (report.errno().map_or(0, Errno::negated), report),
-                Err(e) => (e.negated(), Report::default()),
+                Err(e) => (errno(e), Report::default()),
             };
             let c_report = reduce_vol_check_report::from(&report);
             // SAFETY: the caller's callback with its own argument; the report lives
             // for the call.
-            unsafe { cb_fn(cb_arg, errno, &c_report) }
+            unsafe { cb_fn(cb_arg, status, &c_report) }
         };
         // SAFETY: NULL or live, per the caller.
-        match unsafe { volume(vol) } {
-            Some(volume) => volume.check(done),
-            None => done(Err(Errno::EINVAL)),
+        match unsafe { volume(WHAT, vol) } {
+            Ok(volume) => volume.check(done),
+            Err(e) => done(Err(e)),
         }
     })
 }

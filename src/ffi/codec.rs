@@ -6,11 +6,11 @@ use std::ffi::c_int;
 
 use libc::iovec;
 
-use super::boundary::guard;
+use super::boundary::{callback, codec_status, guard, refuse};
 use super::iov::checked;
 use super::types::{spdk_reduce_backing_dev, spdk_reduce_vol_cb_args};
 use crate::codec::{zstd_compress, zstd_decompress};
-use crate::error::{Errno, Result};
+use crate::error::Result;
 
 type SliceCodec = fn(&[u8], &mut [u8]) -> Result<usize>;
 
@@ -28,40 +28,38 @@ unsafe fn run(
     dst_iovcnt: c_int,
     args: *mut spdk_reduce_vol_cb_args,
 ) {
-    guard(what, (), || {
-        // SAFETY: NULL or valid, per the contract. Copy out what the callback needs:
-        // `args` may be freed by the callback itself.
-        let Some(&spdk_reduce_vol_cb_args {
-            cb_fn: Some(cb_fn),
-            cb_arg,
-        }) = (unsafe { args.as_ref() })
-        else {
-            return;
-        };
-        // SAFETY: forwarded from the caller.
-        let result = unsafe { apply(codec, src_iov, src_iovcnt, dst_iov, dst_iovcnt) };
-        let status = match result.and_then(|n| c_int::try_from(n).map_err(|_| Errno::EINVAL)) {
-            Ok(n) => n,
-            Err(e) => e.negated(),
-        };
-        // SAFETY: the caller's completion with its own argument.
-        unsafe { cb_fn(cb_arg, status) };
-    })
+    // SAFETY: NULL or valid, per the contract. Copy out what the callback needs:
+    // `args` may be freed by the callback itself.
+    let (cb_fn, cb_arg) = match unsafe { args.as_ref() } {
+        Some(&spdk_reduce_vol_cb_args { cb_fn, cb_arg }) => {
+            (callback(what, "args->cb_fn", cb_fn), cb_arg)
+        }
+        None => (callback(what, "args", None), std::ptr::null_mut()),
+    };
+    let Some(cb_fn) = cb_fn else {
+        return;
+    };
+    // SAFETY: forwarded from the caller.
+    let result = unsafe { apply(what, codec, src_iov, src_iovcnt, dst_iov, dst_iovcnt) };
+    // SAFETY: the caller's completion with its own argument.
+    unsafe { cb_fn(cb_arg, codec_status(result)) };
 }
 
 /// # Safety
 /// As [`run`].
 unsafe fn apply(
+    what: &str,
     codec: SliceCodec,
     src_iov: *const iovec,
     src_iovcnt: c_int,
     dst_iov: *const iovec,
     dst_iovcnt: c_int,
 ) -> Result<usize> {
+    let bad = |side: &str, why: &str| refuse(what, &format!("{side}: {why}"));
     // SAFETY: forwarded from the caller.
-    let (src, src_len) = unsafe { checked(src_iov, src_iovcnt)? };
+    let (src, src_len) = unsafe { checked(src_iov, src_iovcnt) }.map_err(|why| bad("src", why))?;
     // SAFETY: as above.
-    let (dst, dst_len) = unsafe { checked(dst_iov, dst_iovcnt)? };
+    let (dst, dst_len) = unsafe { checked(dst_iov, dst_iovcnt) }.map_err(|why| bad("dst", why))?;
     let bytes = |v: &iovec| {
         // SAFETY: checked: a non-empty iovec has a non-NULL base, valid per contract.
         (v.iov_len > 0)
@@ -89,10 +87,12 @@ unsafe fn apply(
     Ok(n)
 }
 
-/// zstd (level 1, one frame per call) with the signature of the `compress` member.
-///
-/// # Safety
-/// As for any `compress` member: valid iovecs and `args`.
+/// zstd (level 1, one frame per call) with the type of the `compress` member
+/// (`reduce_backing_codec_fn`): assign it to use the built-in compressor. Completes
+/// inside the call: with the compressed size, -ENOSPC when the frame does not fit in
+/// `dst_iov` (the volume then stores the chunk uncompressed), or -EINVAL for a bad
+/// iovec array. The device is not used. With `args` or `args->cb_fn` NULL it does
+/// nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn reduce_zstd_compress(
     _dev: *mut spdk_reduce_backing_dev,
@@ -102,24 +102,29 @@ pub unsafe extern "C" fn reduce_zstd_compress(
     dst_iovcnt: c_int,
     args: *mut spdk_reduce_vol_cb_args,
 ) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        run(
-            "reduce_zstd_compress",
-            zstd_compress,
-            src_iov,
-            src_iovcnt,
-            dst_iov,
-            dst_iovcnt,
-            args,
-        )
-    }
+    // Safety (Rust): as for any `compress` member, the iovecs describe valid buffers and
+    // `args` is NULL or valid until its callback.
+    guard("reduce_zstd_compress", (), || {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            run(
+                "reduce_zstd_compress",
+                zstd_compress,
+                src_iov,
+                src_iovcnt,
+                dst_iov,
+                dst_iovcnt,
+                args,
+            )
+        }
+    })
 }
 
-/// zstd with the signature of the `decompress` member: exactly one frame in the source.
-///
-/// # Safety
-/// As for any `decompress` member: valid iovecs and `args`.
+/// zstd with the type of the `decompress` member (`reduce_backing_codec_fn`): exactly
+/// one frame in `src_iov`. Completes inside the call: with the decompressed size, -EIO
+/// for anything malformed or too large for `dst_iov`, or -EINVAL for a bad iovec
+/// array. The device is not used. With `args` or `args->cb_fn` NULL it does
+/// nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn reduce_zstd_decompress(
     _dev: *mut spdk_reduce_backing_dev,
@@ -129,16 +134,19 @@ pub unsafe extern "C" fn reduce_zstd_decompress(
     dst_iovcnt: c_int,
     args: *mut spdk_reduce_vol_cb_args,
 ) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        run(
-            "reduce_zstd_decompress",
-            zstd_decompress,
-            src_iov,
-            src_iovcnt,
-            dst_iov,
-            dst_iovcnt,
-            args,
-        )
-    }
+    // Safety (Rust): as for any `decompress` member.
+    guard("reduce_zstd_decompress", (), || {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            run(
+                "reduce_zstd_decompress",
+                zstd_decompress,
+                src_iov,
+                src_iovcnt,
+                dst_iov,
+                dst_iovcnt,
+                args,
+            )
+        }
+    })
 }

@@ -8,28 +8,18 @@ use std::ffi::{c_int, c_void};
 use libc::iovec;
 use smallvec::SmallVec;
 
-use super::boundary::guard;
-use super::types::{spdk_reduce_backing_dev, spdk_reduce_vol_cb_args};
+use super::boundary::{codec_result, guard, io_result, refuse};
+use super::types::{
+    FnOf, reduce_backing_codec_fn, reduce_backing_io_fn, spdk_reduce_backing_dev,
+    spdk_reduce_vol_cb_args,
+};
 use crate::backing::{BackingDevice, BackingIo, IoDone};
 use crate::codec::{Codec, CodecDone, CodecIo};
-use crate::error::{Errno, Result};
+use crate::error::Result;
+use crate::log::{Level, emit};
 
-type BlockFn = unsafe extern "C" fn(
-    *mut spdk_reduce_backing_dev,
-    *mut iovec,
-    c_int,
-    u64,
-    u32,
-    *mut spdk_reduce_vol_cb_args,
-);
-type CodecFn = unsafe extern "C" fn(
-    *mut spdk_reduce_backing_dev,
-    *mut iovec,
-    c_int,
-    *mut iovec,
-    c_int,
-    *mut spdk_reduce_vol_cb_args,
-);
+type BlockFn = FnOf<reduce_backing_io_fn>;
+type CodecFn = FnOf<reduce_backing_codec_fn>;
 
 /// The C device: its pointer (passed back to every call, so the caller's
 /// `container_of` works) and the five functions, checked non-NULL once.
@@ -45,26 +35,27 @@ pub(crate) struct CDevice {
 }
 
 impl CDevice {
-    /// `EINVAL` for a NULL device or any NULL function (unmap included, as the
-    /// original required).
+    /// The device `what` was given, refused (`EINVAL`, logged) when it is NULL or any
+    /// of its functions is (unmap included, as the original required).
     ///
     /// # Safety
     /// `dev` is NULL or points to a backing device that outlives the volume.
-    pub(crate) unsafe fn new(dev: *mut spdk_reduce_backing_dev) -> Result<CDevice> {
+    pub(crate) unsafe fn new(what: &str, dev: *mut spdk_reduce_backing_dev) -> Result<CDevice> {
         // SAFETY: NULL or valid, per the caller.
-        let d = unsafe { dev.as_ref() }.ok_or(Errno::EINVAL)?;
-        match (d.readv, d.writev, d.unmap, d.compress, d.decompress) {
-            (Some(readv), Some(writev), Some(_), Some(compress), Some(decompress)) => Ok(CDevice {
-                dev,
-                readv,
-                writev,
-                compress,
-                decompress,
-                blocklen: d.blocklen,
-                blockcnt: d.blockcnt,
-            }),
-            _ => Err(Errno::EINVAL),
+        let d = unsafe { dev.as_ref() }.ok_or_else(|| refuse(what, "backing_dev is NULL"))?;
+        let missing = |member| refuse(what, &format!("backing_dev->{member} is NULL"));
+        if d.unmap.is_none() {
+            return Err(missing("unmap"));
         }
+        Ok(CDevice {
+            dev,
+            readv: d.readv.ok_or_else(|| missing("readv"))?,
+            writev: d.writev.ok_or_else(|| missing("writev"))?,
+            compress: d.compress.ok_or_else(|| missing("compress"))?,
+            decompress: d.decompress.ok_or_else(|| missing("decompress"))?,
+            blocklen: d.blocklen,
+            blockcnt: d.blockcnt,
+        })
     }
 
     fn block_io(&self, f: BlockFn, mut io: BackingIo, done: IoDone) {
@@ -168,8 +159,9 @@ struct BlockOp {
 unsafe fn block_op_put(op: *mut BlockOp, status: c_int) {
     // SAFETY: per the contract, `op` is live; once `refs` is 0 nothing else holds it.
     unsafe {
-        if let Err(e) = Errno::from_status(status) {
-            (*op).result = (*op).result.and(Err(e));
+        // The first failing run's error is the operation's.
+        if let (Err(e), Ok(())) = (io_result(status), &(*op).result) {
+            (*op).result = Err(e);
         }
         (*op).refs -= 1;
         if (*op).refs == 0 {
@@ -184,10 +176,24 @@ unsafe fn block_op_put(op: *mut BlockOp, status: c_int) {
     }
 }
 
+/// A completion with a NULL `cb_arg` cannot be ours: logged and ignored.
+fn foreign(what: &str, cb_arg: *mut c_void) -> bool {
+    if cb_arg.is_null() {
+        emit(
+            Level::Warn,
+            format_args!("{what} with a NULL cb_arg ignored"),
+        );
+    }
+    cb_arg.is_null()
+}
+
 unsafe extern "C" fn block_op_done(cb_arg: *mut c_void, reduce_errno: c_int) {
-    // SAFETY: C hands back the `cb_arg` we gave it with this trampoline.
-    guard("backing completion", (), || unsafe {
-        block_op_put(cb_arg.cast(), reduce_errno)
+    guard("backing completion", (), || {
+        if foreign("backing completion", cb_arg) {
+            return;
+        }
+        // SAFETY: C hands back the `cb_arg` we gave it with this trampoline.
+        unsafe { block_op_put(cb_arg.cast(), reduce_errno) }
     })
 }
 
@@ -201,13 +207,12 @@ struct CodecOp {
 
 unsafe extern "C" fn codec_op_done(cb_arg: *mut c_void, reduce_errno: c_int) {
     guard("codec completion", (), || {
+        if foreign("codec completion", cb_arg) {
+            return;
+        }
         // SAFETY: C hands back the `cb_arg` we gave it, once.
         let op = unsafe { Box::from_raw(cb_arg.cast::<CodecOp>()) };
-        let result = match reduce_errno {
-            n if n >= 0 => Ok(n as usize),
-            n => Errno::from_status(n).map(|()| 0),
-        };
-        op.done.complete(op.io, result);
+        op.done.complete(op.io, codec_result(reduce_errno));
     })
 }
 

@@ -6,31 +6,37 @@ use std::ffi::{c_int, c_void};
 use libc::iovec;
 
 use super::boundary::status;
-use super::types::spdk_reduce_vol_op_complete;
-use crate::error::{Errno, Result};
+use super::types::{FnOf, spdk_reduce_vol_op_complete};
+use crate::error::Result;
 use crate::vol::{UserIo, segment_pieces};
 
-/// Checks an iovec array: `EINVAL` for a negative count, a NULL array with entries, a
-/// NULL base with a length, or lengths that overflow. Returns the array and its total.
+/// Checks an iovec array: refused for a negative count, a NULL array with entries, a
+/// NULL base with a length, or lengths that overflow, with the reason in C terms.
+/// Returns the array and its total.
 ///
 /// # Safety
 /// `iov` must point to `iovcnt` readable iovecs when it is not NULL.
-pub(crate) unsafe fn checked<'a>(iov: *const iovec, iovcnt: c_int) -> Result<(&'a [iovec], usize)> {
-    let count = usize::try_from(iovcnt).map_err(|_| Errno::EINVAL)?;
+pub(crate) unsafe fn checked<'a>(
+    iov: *const iovec,
+    iovcnt: c_int,
+) -> std::result::Result<(&'a [iovec], usize), &'static str> {
+    let count = usize::try_from(iovcnt).map_err(|_| "the iovec count is negative")?;
     if count == 0 {
         return Ok((&[], 0));
     }
     if iov.is_null() {
-        return Err(Errno::EINVAL);
+        return Err("the iovec array is NULL");
     }
     // SAFETY: non-NULL, and the caller promises `iovcnt` entries.
     let list = unsafe { std::slice::from_raw_parts(iov, count) };
     let mut total = 0usize;
     for v in list {
         if v.iov_base.is_null() && v.iov_len != 0 {
-            return Err(Errno::EINVAL);
+            return Err("an iovec has a NULL iov_base and a nonzero iov_len");
         }
-        total = total.checked_add(v.iov_len).ok_or(Errno::EINVAL)?;
+        total = total
+            .checked_add(v.iov_len)
+            .ok_or("the iovec lengths overflow")?;
     }
     Ok((list, total))
 }
@@ -40,22 +46,22 @@ pub(crate) struct CUserIo {
     iov: *const iovec,
     iovcnt: usize,
     len: usize,
-    cb_fn: unsafe extern "C" fn(*mut c_void, c_int),
+    cb_fn: FnOf<spdk_reduce_vol_op_complete>,
     cb_arg: *mut c_void,
 }
 
 impl CUserIo {
     /// The request, or `Err` carrying one with no buffers (to fail through the volume)
-    /// when the iovecs are bad.
+    /// and the reason, when the iovecs are bad.
     ///
     /// # Safety
     /// As [`checked`]; the buffers must stay valid until the callback runs.
     pub(crate) unsafe fn new(
         iov: *const iovec,
         iovcnt: c_int,
-        cb_fn: unsafe extern "C" fn(*mut c_void, c_int),
+        cb_fn: FnOf<spdk_reduce_vol_op_complete>,
         cb_arg: *mut c_void,
-    ) -> std::result::Result<CUserIo, (CUserIo, Errno)> {
+    ) -> std::result::Result<CUserIo, (CUserIo, &'static str)> {
         let empty = CUserIo {
             iov: std::ptr::null(),
             iovcnt: 0,
@@ -71,7 +77,7 @@ impl CUserIo {
                 len,
                 ..empty
             }),
-            Err(e) => Err((empty, e)),
+            Err(why) => Err((empty, why)),
         }
     }
 
@@ -120,14 +126,4 @@ impl UserIo for CUserIo {
         // SAFETY: the caller's completion, with the argument it gave.
         unsafe { (self.cb_fn)(self.cb_arg, status(result)) }
     }
-}
-
-/// The callback, or `None` when the caller gave none (then nothing can be reported).
-pub(crate) fn callback(
-    cb: spdk_reduce_vol_op_complete,
-) -> Option<unsafe extern "C" fn(*mut c_void, c_int)> {
-    if cb.is_none() {
-        eprintln!("reduce: request without a completion callback ignored");
-    }
-    cb
 }

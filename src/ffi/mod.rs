@@ -1,9 +1,13 @@
 //! The C ABI of `spdk/reduce.h`: the only place with `extern "C"`.
 //!
-//! Handles are opaque boxes. Every function checks its pointers, converts callbacks
-//! once into the core's traits, runs inside the panic [`boundary`], and reports errors
-//! as `-errno` through the caller's callback. A callback that is NULL cannot be told
-//! anything, so such a call does nothing.
+//! Handles are opaque boxes. Every function runs inside the panic [`boundary`], checks
+//! its pointers (a refusal is logged and reported as `-EINVAL` through the caller's
+//! callback), converts callbacks once into the core's traits, and reports errors as
+//! `-errno`. A call whose callback is NULL cannot be told anything, so it does nothing
+//! (and says so in the log).
+//!
+//! The `///` comments here become `include/reduce.h` (`make header`), so they speak C;
+//! notes for Rust readers are plain `//` comments.
 
 #![allow(non_camel_case_types)]
 
@@ -12,7 +16,8 @@ mod check;
 mod codec;
 mod device;
 mod iov;
-pub mod types;
+mod logging;
+mod types;
 
 use std::cell::Cell;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
@@ -20,16 +25,17 @@ use std::ptr;
 
 use libc::iovec;
 
-use boundary::{guard, status};
+use boundary::{callback, errno, guard, refuse, status};
 use device::CDevice;
-use iov::{CUserIo, callback};
+use iov::CUserIo;
 use types::*;
 
-use crate::error::{Errno, Result};
+use crate::error::Result;
 use crate::pm::FileStore;
 use crate::vol::{Backend, InitPlan, Op, Volume};
 
-/// An open volume, as C holds it.
+/// A loaded volume. Opaque: the init and load callbacks hand out pointers to it, valid
+/// until a successful unload completes.
 pub struct spdk_reduce_vol {
     vol: Volume,
     params: spdk_reduce_vol_params,
@@ -59,47 +65,62 @@ fn backend(dev: CDevice) -> Backend {
 }
 
 /// The volume behind a handle, cloned so no reference to the handle outlives this
-/// line: an unload run from inside the call may free it.
+/// line: an unload run from inside the call may free it. A NULL handle is refused.
 ///
 /// # Safety
 /// `vol` is NULL or a live handle.
-unsafe fn volume(vol: *const spdk_reduce_vol) -> Option<Volume> {
+unsafe fn volume(what: &str, vol: *const spdk_reduce_vol) -> Result<Volume> {
     // SAFETY: NULL or live, per the caller.
-    unsafe { vol.as_ref() }.map(|h| h.vol.clone())
+    unsafe { vol.as_ref() }
+        .map(|h| h.vol.clone())
+        .ok_or_else(|| refuse(what, "vol is NULL"))
 }
 
 /// A completion for init and load: hands C a new handle, or NULL and the error.
 fn opened(
-    cb_fn: unsafe extern "C" fn(*mut c_void, *mut spdk_reduce_vol, c_int),
+    cb_fn: FnOf<spdk_reduce_vol_op_with_handle_complete>,
     cb_arg: *mut c_void,
 ) -> impl FnOnce(Result<Volume>) {
     move |result| {
-        let (handle, errno) = match result {
+        let (handle, code) = match result {
             Ok(vol) => (spdk_reduce_vol::boxed(vol), 0),
-            Err(e) => (ptr::null_mut(), e.negated()),
+            Err(e) => (ptr::null_mut(), errno(e)),
         };
         // SAFETY: the caller's callback with its own argument.
-        unsafe { cb_fn(cb_arg, handle, errno) }
+        unsafe { cb_fn(cb_arg, handle, code) }
     }
 }
 
-/// Get the UUID of a loaded or initialized volume (NULL for a NULL volume).
-///
-/// # Safety
-/// `vol` is NULL or a live handle.
+/// The uuid of a volume, or NULL for a NULL `vol`. Valid until the volume is unloaded.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_uuid(vol: *mut spdk_reduce_vol) -> *const spdk_uuid {
-    // SAFETY: NULL or live, per the caller.
-    unsafe { vol.as_ref() }.map_or(ptr::null(), |h| &h.params.uuid)
+    // Safety (Rust): `vol` is NULL or a live handle.
+    guard("spdk_reduce_vol_get_uuid", ptr::null(), || {
+        // SAFETY: NULL or live, per the caller.
+        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| &h.params.uuid)
+    })
 }
 
-/// Initialize a new compressed volume on `backing_dev`, with its pm file in
-/// `pm_file_dir`. `params->vol_size` must be 0; on return it holds the computed size,
-/// and a zero uuid is replaced by a random one. Completes with the new volume, or NULL
-/// and a negative errno (nothing is left behind).
+/// Initialize a new compressed volume on `backing_dev`, with its pm file in the
+/// directory `pm_file_dir` (a file named after the volume's uuid, created with mode
+/// 0600).
 ///
-/// # Safety
-/// Pointers are NULL or valid; `backing_dev` outlives the volume.
+/// `params` and `pm_file_dir` are read during the call only. When they are valid, the
+/// call sets `params->vol_size` (which must be 0 on entry) to the size computed from
+/// the backing device, and replaces a zero uuid with a random one, before it returns.
+/// `backing_dev` must stay valid until the volume is unloaded.
+///
+/// `cb_fn` gets the new volume and 0, or NULL and:
+/// - -EINVAL: `params`, `backing_dev`, one of its functions or `pm_file_dir` is NULL;
+///   `vol_size` is not 0; a size is 0, or the chunk size is not a multiple of the io
+///   unit and logical block sizes, or the io unit not a multiple of the device's
+///   `blocklen`; `pm_file_dir` is empty or too long; the device holds 128 chunks or
+///   fewer;
+/// - the OS error creating the pm file: -EEXIST, -ENOENT, -EACCES, -ENOSPC, ...;
+/// - the error the device's writev completed with.
+///
+/// A failed init leaves nothing behind: no pm file, no volume signature on the device.
+/// With `cb_fn` NULL the call does nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_init(
     params: *mut spdk_reduce_vol_params,
@@ -108,8 +129,12 @@ pub unsafe extern "C" fn spdk_reduce_vol_init(
     cb_fn: spdk_reduce_vol_op_with_handle_complete,
     cb_arg: *mut c_void,
 ) {
-    guard("spdk_reduce_vol_init", (), || {
-        let Some(cb_fn) = cb_fn else { return };
+    // Safety (Rust): pointers are NULL or valid; `backing_dev` outlives the volume.
+    const WHAT: &str = "spdk_reduce_vol_init";
+    guard(WHAT, (), || {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
+            return;
+        };
         let done = opened(cb_fn, cb_arg);
         // SAFETY: NULL or valid, per the caller.
         let prepared = unsafe { prepare_init(params, backing_dev, pm_file_dir) };
@@ -132,60 +157,81 @@ unsafe fn prepare_init(
     backing_dev: *mut spdk_reduce_backing_dev,
     pm_file_dir: *const c_char,
 ) -> Result<(InitPlan, CDevice)> {
+    const WHAT: &str = "spdk_reduce_vol_init";
     // SAFETY: NULL or valid, per the caller.
-    let params = unsafe { params.as_ref() }.ok_or(Errno::EINVAL)?;
+    let params = unsafe { params.as_ref() }.ok_or_else(|| refuse(WHAT, "params is NULL"))?;
     // SAFETY: as above.
-    let dev = unsafe { CDevice::new(backing_dev) }?;
+    let dev = unsafe { CDevice::new(WHAT, backing_dev) }?;
     if pm_file_dir.is_null() {
-        return Err(Errno::EINVAL);
+        return Err(refuse(WHAT, "pm_file_dir is NULL"));
     }
     // SAFETY: non-NULL and NUL-terminated, per the caller.
     let dir = unsafe { CStr::from_ptr(pm_file_dir) }
         .to_str()
-        .map_err(|_| Errno::EINVAL)?;
+        .map_err(|_| refuse(WHAT, "pm_file_dir is not valid UTF-8"))?;
     use crate::backing::BackingDevice;
     let plan = InitPlan::new(params.into(), dev.blocklen(), dev.blockcnt(), dir)?;
     Ok((plan, dev))
 }
 
-/// Load the compressed volume on `backing_dev`.
+/// Load the compressed volume on `backing_dev`: read its superblock, then open and map
+/// its pm file (at the path recorded on the device). `backing_dev` must stay valid
+/// until the volume is unloaded.
 ///
-/// # Safety
-/// `backing_dev` is NULL or valid and outlives the volume.
+/// `cb_fn` gets the volume and 0, or NULL and:
+/// - -EINVAL: `backing_dev` or one of its functions is NULL, or its `blocklen` does
+///   not divide 4096;
+/// - -EILSEQ: no valid volume: no signature, a device smaller than the stored size
+///   needs, a pm file that does not match the device (superblock, size) or with map
+///   entries out of range;
+/// - the OS error opening the pm file: -ENOENT, -EACCES, ...;
+/// - the error the device's readv completed with.
+///
+/// With `cb_fn` NULL the call does nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_load(
     backing_dev: *mut spdk_reduce_backing_dev,
     cb_fn: spdk_reduce_vol_op_with_handle_complete,
     cb_arg: *mut c_void,
 ) {
-    guard("spdk_reduce_vol_load", (), || {
-        let Some(cb_fn) = cb_fn else { return };
+    // Safety (Rust): `backing_dev` is NULL or valid and outlives the volume.
+    const WHAT: &str = "spdk_reduce_vol_load";
+    guard(WHAT, (), || {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
+            return;
+        };
         let done = opened(cb_fn, cb_arg);
         // SAFETY: NULL or valid, per the caller.
-        match unsafe { CDevice::new(backing_dev) } {
+        match unsafe { CDevice::new(WHAT, backing_dev) } {
             Ok(dev) => Volume::load(backend(dev), done),
             Err(e) => done(Err(e)),
         }
     })
 }
 
-/// Unload a volume. `-EBUSY` while I/O is outstanding (the volume stays loaded);
-/// on success the handle is freed before `cb_fn` runs.
+/// Unload a volume; it stays on its device and pm file for a later load. `cb_fn` gets:
+/// - 0: the volume is closed, and `vol` freed before `cb_fn` runs;
+/// - -EBUSY: reads or writes are outstanding; the volume stays loaded;
+/// - -EINVAL: `vol` is NULL.
 ///
-/// # Safety
-/// `vol` is NULL or a live handle.
+/// With `cb_fn` NULL the call does nothing (the volume stays loaded).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_unload(
     vol: *mut spdk_reduce_vol,
     cb_fn: spdk_reduce_vol_op_complete,
     cb_arg: *mut c_void,
 ) {
-    guard("spdk_reduce_vol_unload", (), || {
-        let Some(cb_fn) = cb_fn else { return };
+    // Safety (Rust): `vol` is NULL or a live handle.
+    const WHAT: &str = "spdk_reduce_vol_unload";
+    guard(WHAT, (), || {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
+            return;
+        };
         // SAFETY: NULL or live, per the caller.
-        let Some(volume) = (unsafe { volume(vol) }) else {
+        let volume = match unsafe { volume(WHAT, vol) } {
+            Ok(volume) => volume,
             // SAFETY: the caller's callback with its own argument.
-            return unsafe { cb_fn(cb_arg, -libc::EINVAL) };
+            Err(e) => return unsafe { cb_fn(cb_arg, errno(e)) },
         };
         volume.unload(move |result| {
             if result.is_ok() {
@@ -199,29 +245,39 @@ pub unsafe extern "C" fn spdk_reduce_vol_unload(
     })
 }
 
-/// Destroy the volume on `backing_dev`: load it, clear its signature, remove its pm
-/// file. A device without a volume gets `-EILSEQ` and is left untouched.
+/// Destroy the volume on `backing_dev`: load it, clear its signature on the device and
+/// remove its pm file. All or nothing: when it fails, the volume stays intact and
+/// loadable. `backing_dev` must stay valid until `cb_fn` runs.
 ///
-/// # Safety
-/// `backing_dev` is NULL or valid for the duration.
+/// `cb_fn` gets 0, or every error of `spdk_reduce_vol_load` (-EILSEQ for a device
+/// without a volume, which is left untouched), the error of the device's writev, or
+/// the OS error removing the pm file.
+///
+/// With `cb_fn` NULL the call does nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_destroy(
     backing_dev: *mut spdk_reduce_backing_dev,
     cb_fn: spdk_reduce_vol_op_complete,
     cb_arg: *mut c_void,
 ) {
-    guard("spdk_reduce_vol_destroy", (), || {
-        let Some(cb_fn) = cb_fn else { return };
+    // Safety (Rust): `backing_dev` is NULL or valid for the duration.
+    const WHAT: &str = "spdk_reduce_vol_destroy";
+    guard(WHAT, (), || {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
+            return;
+        };
         // SAFETY: the caller's callback with its own argument.
         let done = move |result| unsafe { cb_fn(cb_arg, status(result)) };
         // SAFETY: NULL or valid, per the caller.
-        match unsafe { CDevice::new(backing_dev) } {
+        match unsafe { CDevice::new(WHAT, backing_dev) } {
             Ok(dev) => Volume::destroy(backend(dev), done),
             Err(e) => done(Err(e)),
         }
     })
 }
 
+/// A read or write, after its export's guard.
+///
 /// # Safety
 /// `vol` NULL or live; the iovecs valid until completion.
 #[allow(clippy::too_many_arguments)]
@@ -236,28 +292,37 @@ unsafe fn submit(
     cb_fn: spdk_reduce_vol_op_complete,
     cb_arg: *mut c_void,
 ) {
-    guard(what, (), || {
-        let Some(cb_fn) = callback(cb_fn) else { return };
-        // SAFETY: NULL or live, per the caller.
-        let Some(volume) = (unsafe { volume(vol) }) else {
-            // SAFETY: the caller's callback with its own argument.
-            return unsafe { cb_fn(cb_arg, -libc::EINVAL) };
-        };
-        // SAFETY: the iovecs are valid until completion, per the caller.
-        match unsafe { CUserIo::new(iov, iovcnt, cb_fn, cb_arg) } {
-            Ok(io) => volume.submit(op, offset, length, Box::new(io)),
-            // An empty request succeeds whatever its iovecs, as in the original.
-            Err((io, _)) if length == 0 => volume.submit(op, offset, 0, Box::new(io)),
-            Err((io, e)) => volume.reject(Box::new(io), e),
-        }
-    })
+    let Some(cb_fn) = callback(what, "cb_fn", cb_fn) else {
+        return;
+    };
+    // SAFETY: NULL or live, per the caller.
+    let volume = match unsafe { volume(what, vol) } {
+        Ok(volume) => volume,
+        // SAFETY: the caller's callback with its own argument.
+        Err(e) => return unsafe { cb_fn(cb_arg, errno(e)) },
+    };
+    // SAFETY: the iovecs are valid until completion, per the caller.
+    match unsafe { CUserIo::new(iov, iovcnt, cb_fn, cb_arg) } {
+        Ok(io) => volume.submit(op, offset, length, Box::new(io)),
+        // An empty request succeeds whatever its iovecs, as in the original.
+        Err((io, _)) if length == 0 => volume.submit(op, offset, 0, Box::new(io)),
+        Err((io, why)) => volume.reject(Box::new(io), refuse(what, why)),
+    }
 }
 
-/// Read `length` logical blocks at `offset` (in logical blocks) into `iov`. The range
-/// must lie within one chunk and `iov` must hold exactly `length` blocks.
+/// Read `length` logical blocks, starting at logical block `offset`, into the `iovcnt`
+/// buffers of `iov`, which must hold exactly `length * logical_block_size` bytes. The
+/// range must lie within one chunk. The `iov` array is read during the call only; the
+/// buffers stay the caller's, and the library writes them until `cb_fn` runs.
 ///
-/// # Safety
-/// `vol` NULL or live; the iovecs valid until completion.
+/// `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
+/// - -EINVAL: `vol` is NULL; a bad iovec array (negative `iovcnt`, `iov` NULL, an
+///   `iov_base` NULL with a length); buffers that do not hold exactly `length` blocks;
+///   a range past the end of the volume or across a chunk boundary;
+/// - -EIO: stored data that fails its checksum or does not decompress to a chunk;
+/// - the error the device's readv completed with.
+///
+/// With `cb_fn` NULL the call does nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_readv(
     vol: *mut spdk_reduce_vol,
@@ -268,26 +333,42 @@ pub unsafe extern "C" fn spdk_reduce_vol_readv(
     cb_fn: spdk_reduce_vol_op_complete,
     cb_arg: *mut c_void,
 ) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        submit(
-            "spdk_reduce_vol_readv",
-            Op::Read,
-            vol,
-            iov,
-            iovcnt,
-            offset,
-            length,
-            cb_fn,
-            cb_arg,
-        )
-    }
+    // Safety (Rust): `vol` NULL or live; the iovecs valid until completion.
+    const WHAT: &str = "spdk_reduce_vol_readv";
+    guard(WHAT, (), || {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            submit(
+                WHAT,
+                Op::Read,
+                vol,
+                iov,
+                iovcnt,
+                offset,
+                length,
+                cb_fn,
+                cb_arg,
+            )
+        }
+    })
 }
 
-/// Write `length` logical blocks at `offset` from `iov`; same rules as readv.
+/// Write `length` logical blocks, starting at logical block `offset`, from the `iovcnt`
+/// buffers of `iov`, which must hold exactly `length * logical_block_size` bytes. The
+/// range must lie within one chunk. The `iov` array is read during the call only; the
+/// buffers stay the caller's, and must not change until `cb_fn` runs. When `cb_fn`
+/// gets 0 the data is persisted; a crash before that leaves each chunk old or new,
+/// never mixed.
 ///
-/// # Safety
-/// `vol` NULL or live; the iovecs valid until completion.
+/// `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
+/// - -EINVAL: as for `spdk_reduce_vol_readv`;
+/// - -ENOSPC: no free io unit or chunk map;
+/// - -EIO: a partial-chunk write whose old data fails its checksum or does not
+///   decompress;
+/// - the error the device's readv or writev completed with, or the OS error
+///   persisting the pm file.
+///
+/// With `cb_fn` NULL the call does nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_writev(
     vol: *mut spdk_reduce_vol,
@@ -298,53 +379,57 @@ pub unsafe extern "C" fn spdk_reduce_vol_writev(
     cb_fn: spdk_reduce_vol_op_complete,
     cb_arg: *mut c_void,
 ) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        submit(
-            "spdk_reduce_vol_writev",
-            Op::Write,
-            vol,
-            iov,
-            iovcnt,
-            offset,
-            length,
-            cb_fn,
-            cb_arg,
-        )
-    }
+    // Safety (Rust): `vol` NULL or live; the iovecs valid until completion.
+    const WHAT: &str = "spdk_reduce_vol_writev";
+    guard(WHAT, (), || {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            submit(
+                WHAT,
+                Op::Write,
+                vol,
+                iov,
+                iovcnt,
+                offset,
+                length,
+                cb_fn,
+                cb_arg,
+            )
+        }
+    })
 }
 
-/// The volume's parameters (NULL for a NULL volume).
-///
-/// # Safety
-/// `vol` is NULL or a live handle.
+/// The parameters of a volume, or NULL for a NULL `vol`. Valid until the volume is
+/// unloaded.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_params(
     vol: *mut spdk_reduce_vol,
 ) -> *const spdk_reduce_vol_params {
-    // SAFETY: NULL or live, per the caller.
-    unsafe { vol.as_ref() }.map_or(ptr::null(), |h| &h.params)
+    // Safety (Rust): `vol` is NULL or a live handle.
+    guard("spdk_reduce_vol_get_params", ptr::null(), || {
+        // SAFETY: NULL or live, per the caller.
+        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| &h.params)
+    })
 }
 
-/// The path of the volume's pm file (NULL for a NULL volume).
-///
-/// # Safety
-/// `vol` is NULL or a live handle.
+/// The path of the volume's pm file, NUL-terminated, or NULL for a NULL `vol`. Valid
+/// until the volume is unloaded.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_pm_path(vol: *const spdk_reduce_vol) -> *const c_char {
-    // SAFETY: NULL or live, per the caller.
-    unsafe { vol.as_ref() }.map_or(ptr::null(), |h| h.pm_path.as_ptr())
+    // Safety (Rust): `vol` is NULL or a live handle.
+    guard("spdk_reduce_vol_get_pm_path", ptr::null(), || {
+        // SAFETY: NULL or live, per the caller.
+        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| h.pm_path.as_ptr())
+    })
 }
 
-/// Current statistics of the volume (NULL for a NULL volume); valid until the next
-/// call or unload.
-///
-/// # Safety
-/// `vol` is NULL or a live handle.
+/// Current statistics of the volume, or NULL for a NULL `vol`. Valid until the next
+/// call of this function on the volume, or until it is unloaded.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     vol: *const spdk_reduce_vol,
 ) -> *const spdk_reduce_vol_info {
+    // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_get_info", ptr::null(), || {
         // SAFETY: NULL or live, per the caller.
         let Some(h) = (unsafe { vol.as_ref() }) else {
@@ -357,12 +442,10 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     })
 }
 
-/// Print the volume's geometry and pm layout to stderr.
-///
-/// # Safety
-/// `vol` is NULL or a live handle.
+/// Print the volume's geometry and pm layout to stderr (nothing for a NULL `vol`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_print_info(vol: *mut spdk_reduce_vol) {
+    // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_print_info", (), || {
         // SAFETY: NULL or live, per the caller.
         let Some(h) = (unsafe { vol.as_ref() }) else {

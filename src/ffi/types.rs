@@ -1,4 +1,6 @@
-//! The C types of `spdk/reduce.h`, laid out exactly as the original's.
+//! The C types of `spdk/reduce.h`, laid out exactly as the original's. Each callback
+//! signature is spelled once, here, as a nullable function pointer type; the rest of
+//! `ffi` names it, through [`FnOf`] once checked non-NULL.
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -14,13 +16,17 @@ pub struct spdk_uuid {
     pub raw: [u8; 16],
 }
 
-/// Describes the parameters of an `spdk_reduce_vol`.
+/// The parameters of a volume: given to init, stored on the backing device, returned by
+/// `spdk_reduce_vol_get_params`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct spdk_reduce_vol_params {
+    /// The volume's identity; its pm file is named after it. All zeros at init: the
+    /// library picks a random (version 4) uuid.
     pub uuid: spdk_uuid,
     /// Size in bytes of the IO unit for the backing device: the unit of allocation
-    /// and of backing I/O. Must be greater than 0 and a multiple of `blocklen`.
+    /// and of backing I/O. Must be greater than 0 and a multiple of the backing
+    /// device's `blocklen`.
     pub backing_io_unit_size: u32,
     /// Size in bytes of a logical block, the unit of reads and writes. Must be greater
     /// than 0.
@@ -80,9 +86,10 @@ pub struct reduce_vol_check_report {
     pub first_problem: [c_char; 256],
 }
 
-/// Completion of `reduce_vol_check`: 0 when clean, `-EILSEQ` for metadata problems,
-/// `-EIO` when only data failed to read back, or the error that kept the check from
-/// running (`-EBUSY` with I/O outstanding). `report` is valid during the call only.
+/// Completion of `reduce_vol_check`: `ctx` is the caller's `cb_arg`; `reduce_errno` is
+/// 0 when the volume is clean, -EILSEQ for metadata problems, -EIO when only data
+/// failed to read back, or the error that kept the check from running (-EINVAL for a
+/// NULL volume, -EBUSY with I/O outstanding). `report` is valid during the call only.
 pub type reduce_vol_check_complete = Option<
     unsafe extern "C" fn(
         ctx: *mut c_void,
@@ -91,82 +98,157 @@ pub type reduce_vol_check_complete = Option<
     ),
 >;
 
+/// Completion of unload, destroy, readv and writev: `ctx` is the caller's `cb_arg`;
+/// `reduce_errno` is 0 or a negative errno (each function lists its values). Called
+/// exactly once per call, possibly before the call returns.
 pub type spdk_reduce_vol_op_complete =
     Option<unsafe extern "C" fn(ctx: *mut c_void, reduce_errno: c_int)>;
 
+/// Completion of init and load: `ctx` is the caller's `cb_arg`. On success
+/// `reduce_errno` is 0 and `vol` is the volume: keep it, it is the handle every later
+/// call on this volume takes, and the library hands it out nowhere else. It stays valid
+/// until a successful unload completes. On failure `vol` is NULL and `reduce_errno` a
+/// negative errno. Called exactly once per call, possibly before the call returns.
 pub type spdk_reduce_vol_op_with_handle_complete = Option<
     unsafe extern "C" fn(ctx: *mut c_void, vol: *mut super::spdk_reduce_vol, reduce_errno: c_int),
 >;
 
-/// Completion of a backing device operation: 0 or a negative errno for
-/// readv/writev/unmap; for compress/decompress, the positive number of bytes written
-/// to the destination, or a negative errno.
+/// Completion of a backing device operation, called as `args->cb_fn(args->cb_arg,
+/// reduce_errno)`: for readv, writev and unmap, 0 or a negative errno; for compress and
+/// decompress, the positive number of bytes written to the destination, or a negative
+/// errno.
 pub type spdk_reduce_dev_cpl =
     Option<unsafe extern "C" fn(cb_arg: *mut c_void, reduce_errno: c_int)>;
 
+/// How a backing device operation reports back: call `cb_fn(cb_arg, status)` exactly
+/// once, inside the operation's call or later on the volume's thread. The structure
+/// belongs to the library and stays valid until that call, which may free it: read
+/// both members before calling, and do not touch the structure after.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct spdk_reduce_vol_cb_args {
+    /// The library's completion function (never NULL).
     pub cb_fn: spdk_reduce_dev_cpl,
+    /// Its argument, to pass back unchanged.
     pub cb_arg: *mut c_void,
 }
 
-/// The backing device: block I/O and compression, each completing through `args`
-/// inside the call or later, on the volume's thread.
+/// The type of the `readv` and `writev` members of `struct spdk_reduce_backing_dev`:
+/// transfer `lba_count` blocks of `dev->blocklen` bytes starting at block `lba`,
+/// to (readv) or from (writev) the `iovcnt` buffers of `iov`, which hold exactly
+/// `lba_count * blocklen` bytes in all. The array and the buffers belong to the library
+/// and stay valid until the completion. Complete through `args` with 0 or a negative
+/// errno; the library passes an error on to the request that needed the transfer.
+pub type reduce_backing_io_fn = Option<
+    unsafe extern "C" fn(
+        dev: *mut spdk_reduce_backing_dev,
+        iov: *mut iovec,
+        iovcnt: c_int,
+        lba: u64,
+        lba_count: u32,
+        args: *mut spdk_reduce_vol_cb_args,
+    ),
+>;
+
+/// The type of the `unmap` member of `struct spdk_reduce_backing_dev`: discard
+/// `lba_count` blocks of `dev->blocklen` bytes starting at block `lba`, and complete
+/// through `args` with 0 or a negative errno.
+pub type reduce_backing_unmap_fn = Option<
+    unsafe extern "C" fn(
+        dev: *mut spdk_reduce_backing_dev,
+        lba: u64,
+        lba_count: u32,
+        args: *mut spdk_reduce_vol_cb_args,
+    ),
+>;
+
+/// The type of the `compress` and `decompress` members of
+/// `struct spdk_reduce_backing_dev`: read the `src_iovcnt` buffers of `src_iov`, write
+/// the result into the `dst_iovcnt` buffers of `dst_iov`, and complete through `args`
+/// with the positive number of bytes written, or a negative errno. The arrays and the
+/// buffers belong to the library and stay valid until the completion.
+///
+/// compress receives one whole chunk (`chunk_size` bytes) and a destination of
+/// `chunk_size` bytes. When the compressed output does not fit (or compression fails),
+/// complete with a negative errno such as -ENOSPC: the library then stores the chunk
+/// uncompressed. Output that saves no io unit is stored uncompressed as well.
+///
+/// decompress receives exactly the bytes an earlier compress produced and a
+/// destination of `chunk_size` bytes, and must complete with `chunk_size`. A negative
+/// errno or any other count fails the read with -EIO.
+///
+/// `reduce_zstd_compress` and `reduce_zstd_decompress` have this type.
+pub type reduce_backing_codec_fn = Option<
+    unsafe extern "C" fn(
+        dev: *mut spdk_reduce_backing_dev,
+        src_iov: *mut iovec,
+        src_iovcnt: c_int,
+        dst_iov: *mut iovec,
+        dst_iovcnt: c_int,
+        args: *mut spdk_reduce_vol_cb_args,
+    ),
+>;
+
+/// The backing device a volume is stored on, supplied by the caller: block I/O on
+/// `blockcnt` blocks of `blocklen` bytes, and the compressor. Every `lba` and
+/// `lba_count` counts blocks of `blocklen` bytes.
+///
+/// The library passes this pointer unchanged to every function, so a caller may embed
+/// the structure in its own and recover that with container_of. The structure must
+/// stay valid and unchanged from the init, load or destroy call until the volume is
+/// unloaded (or the init, load or destroy has failed or completed).
+///
+/// Each function completes through its `args` (see `struct spdk_reduce_vol_cb_args`),
+/// inside the call or later, on the volume's thread. All five must be set: init, load
+/// and destroy refuse a device with a NULL member (-EINVAL). The library supplies
+/// `reduce_zstd_compress` and `reduce_zstd_decompress` for the codec members.
 #[repr(C)]
 #[derive(Debug)]
 pub struct spdk_reduce_backing_dev {
-    pub readv: Option<
-        unsafe extern "C" fn(
-            dev: *mut spdk_reduce_backing_dev,
-            iov: *mut iovec,
-            iovcnt: c_int,
-            lba: u64,
-            lba_count: u32,
-            args: *mut spdk_reduce_vol_cb_args,
-        ),
-    >,
-    pub writev: Option<
-        unsafe extern "C" fn(
-            dev: *mut spdk_reduce_backing_dev,
-            iov: *mut iovec,
-            iovcnt: c_int,
-            lba: u64,
-            lba_count: u32,
-            args: *mut spdk_reduce_vol_cb_args,
-        ),
-    >,
-    pub unmap: Option<
-        unsafe extern "C" fn(
-            dev: *mut spdk_reduce_backing_dev,
-            lba: u64,
-            lba_count: u32,
-            args: *mut spdk_reduce_vol_cb_args,
-        ),
-    >,
-    pub compress: Option<
-        unsafe extern "C" fn(
-            dev: *mut spdk_reduce_backing_dev,
-            src_iov: *mut iovec,
-            src_iovcnt: c_int,
-            dst_iov: *mut iovec,
-            dst_iovcnt: c_int,
-            args: *mut spdk_reduce_vol_cb_args,
-        ),
-    >,
-    pub decompress: Option<
-        unsafe extern "C" fn(
-            dev: *mut spdk_reduce_backing_dev,
-            src_iov: *mut iovec,
-            src_iovcnt: c_int,
-            dst_iov: *mut iovec,
-            dst_iovcnt: c_int,
-            args: *mut spdk_reduce_vol_cb_args,
-        ),
-    >,
+    /// Read blocks into the library's buffers.
+    pub readv: reduce_backing_io_fn,
+    /// Write blocks from the library's buffers.
+    pub writev: reduce_backing_io_fn,
+    /// Discard blocks. Must be set, as the original library required.
+    pub unmap: reduce_backing_unmap_fn,
+    /// Compress one chunk.
+    pub compress: reduce_backing_codec_fn,
+    /// Decompress one chunk.
+    pub decompress: reduce_backing_codec_fn,
+    /// Size of the device in blocks.
     pub blockcnt: u64,
+    /// Size of a block in bytes: the unit of `lba` and `lba_count`. A divisor of 4096
+    /// (the metadata at the start of the device is read and written in whole blocks)
+    /// and of the volume's `backing_io_unit_size`.
     pub blocklen: u32,
 }
+
+/// Receives the library's messages (see `reduce_set_log_fn`): `ctx` is the caller's
+/// `ctx`, `level` is `REDUCE_LOG_ERROR` or `REDUCE_LOG_WARN`, and `msg` is one line of
+/// text without a newline, NUL-terminated and valid only during the call.
+pub type reduce_log_fn =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, level: c_int, msg: *const c_char)>;
+
+/// A message about a failure: an init or load refused and why, an -EIO, a call
+/// refused because of its arguments.
+pub const REDUCE_LOG_ERROR: c_int = 1;
+
+/// A message about something the library ignored, such as a completion delivered
+/// twice.
+pub const REDUCE_LOG_WARN: c_int = 2;
+
+// What the rest of `ffi` stores once a nullable C function pointer is checked: the
+// function type inside the `Option`, named from the one spelling above.
+pub(crate) trait Nullable {
+    type Fn: Copy;
+}
+
+impl<F: Copy> Nullable for Option<F> {
+    type Fn = F;
+}
+
+/// The non-NULL function of a nullable C function pointer type.
+pub(crate) type FnOf<T> = <T as Nullable>::Fn;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::MmapMut;
 
 use super::{PmRegion, PmStore};
-use crate::error::{Errno, Result};
+use crate::error::{Errno, Error, Result};
 
 /// The pm store of a real application: files in a directory the caller names.
 #[derive(Clone, Copy, Debug, Default)]
@@ -17,22 +17,28 @@ struct FileRegion {
     map: MmapMut,
 }
 
+/// An OS error while doing `what` to the pm file.
+fn os_error(what: &str, err: &std::io::Error) -> Error {
+    Error::new(Errno::from_io(err), what)
+}
+
 fn map(file: &File) -> Result<MmapMut> {
     // SAFETY: the file is a regular file this volume created or was pointed at, and the
     // mapping is private to one volume: libreduce's contract is that nothing else
     // truncates or rewrites the pm file while the volume is loaded.
-    unsafe { MmapMut::map_mut(file) }.map_err(Errno::from)
+    unsafe { MmapMut::map_mut(file) }.map_err(|e| os_error("mapping", &e))
 }
 
 /// Gives the file `len` bytes with their blocks allocated, so a full file system is an
 /// `ENOSPC` now rather than a SIGBUS on the first store into a sparse mapping.
 fn reserve(file: &File, len: u64) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).map_err(|_| Errno::EINVAL)?;
+    let bytes = libc::off_t::try_from(len)
+        .map_err(|_| Error::new(Errno::EINVAL, format!("{len} bytes is too large a file")))?;
     // SAFETY: a plain syscall on a file descriptor we own for the duration.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes) } {
         0 => Ok(()),
-        err => Err(Errno(err)),
+        err => Err(Error::new(Errno(err), format!("allocating {len} bytes"))),
     }
 }
 
@@ -43,7 +49,8 @@ impl PmStore for FileStore {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path)?;
+            .open(path)
+            .map_err(|e| os_error("creating", &e))?;
         let mapped = reserve(&file, len).and_then(|()| map(&file));
         match mapped {
             Ok(map) => Ok(Box::new(FileRegion { map })),
@@ -56,17 +63,24 @@ impl PmStore for FileStore {
         }
     }
 
-    fn open(&self, path: &str, accept_len: &dyn Fn(u64) -> bool) -> Result<Box<dyn PmRegion>> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() || !accept_len(meta.len()) {
-            return Err(Errno::EILSEQ);
+    fn open(&self, path: &str, check_len: &dyn Fn(u64) -> Result<()>) -> Result<Box<dyn PmRegion>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| os_error("opening", &e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| os_error("reading the size", &e))?;
+        if !meta.is_file() {
+            return Err(Error::new(Errno::EILSEQ, "not a regular file"));
         }
+        check_len(meta.len())?;
         Ok(Box::new(FileRegion { map: map(&file)? }))
     }
 
     fn remove(&self, path: &str) -> Result<()> {
-        std::fs::remove_file(path).map_err(Errno::from)
+        std::fs::remove_file(path).map_err(|e| os_error("removing", &e))
     }
 }
 
@@ -90,6 +104,8 @@ impl PmRegion for FileRegion {
     }
 
     fn persist(&mut self, offset: usize, len: usize) -> Result<()> {
-        self.map.flush_range(offset, len).map_err(Errno::from)
+        self.map
+            .flush_range(offset, len)
+            .map_err(|e| os_error("persisting", &e))
     }
 }

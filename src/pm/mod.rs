@@ -2,15 +2,13 @@
 //!
 //! [`PmRegion`] is one mapped file: read it as bytes, write it, and `persist` a range
 //! (msync for a file). [`PmStore`] creates, opens and removes them by path. Two stores:
-//! [`FileStore`] (real files, memmap2) and [`MemStore`] (memory, for tests and miri),
-//! which keeps apart what was written from what was persisted so a test can cut the
-//! power.
+//! [`FileStore`] (real files, memmap2) and the test kit's `MemStore` (memory, for tests
+//! and miri), which keeps apart what was written from what was persisted so a test can
+//! cut the power.
 
 mod file;
-mod mem;
 
 pub use file::FileStore;
-pub use mem::MemStore;
 
 use crate::error::Result;
 
@@ -54,8 +52,9 @@ pub trait PmStore {
     /// Creates `path` exclusively (mode 0600), `len` bytes of zeros, and maps it. On
     /// failure nothing is left behind. The OS errno (`EEXIST`, `ENOENT`, `EACCES`...).
     fn create(&self, path: &str, len: u64) -> Result<Box<dyn PmRegion>>;
-    /// Opens and maps an existing file, but only a regular file whose length
-    /// `accept_len` accepts (`EILSEQ` otherwise): a file that fails is never mapped.
-    fn open(&self, path: &str, accept_len: &dyn Fn(u64) -> bool) -> Result<Box<dyn PmRegion>>;
+    /// Opens and maps an existing file, but only a regular file (`EILSEQ` otherwise)
+    /// whose length `check_len` accepts (else its error): a file that fails is never
+    /// mapped.
+    fn open(&self, path: &str, check_len: &dyn Fn(u64) -> Result<()>) -> Result<Box<dyn PmRegion>>;
     fn remove(&self, path: &str) -> Result<()>;
 }

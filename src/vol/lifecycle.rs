@@ -8,16 +8,20 @@
 //! ```
 //!
 //! Init writes the superblock last, so an image is loadable only once complete; any
-//! failure removes the pm file it made.
+//! failure removes the pm file it made. Every refusal says which check failed, in the
+//! error and in the log.
 
 use super::request::Engine;
-use super::{Action, DoneCallback, Event, Info, OpenCallback, Token};
+use super::{Action, DoneCallback, Event, Info, OpenCallback};
 use crate::backing::{BackingDevice, BackingIo, Extent};
-use crate::check::Report;
-use crate::error::{Errno, Result};
+use crate::check::{self, Report};
+use crate::completion::Token;
+use crate::error::{Errno, Error, Result};
 use crate::format::{
-    self, Geometry, METADATA_SIZE, PATH_OFFSET, Params, REDUCE_PATH_MAX, SUPERBLOCK_SIZE,
+    self, EXTRA_CHUNKS, Geometry, METADATA_SIZE, PATH_OFFSET, Params, REDUCE_PATH_MAX,
+    SUPERBLOCK_SIZE,
 };
+use crate::log::{self, Level};
 use crate::maps::Metadata;
 use crate::pm::PmStore;
 
@@ -32,17 +36,35 @@ pub struct InitPlan {
 
 impl InitPlan {
     /// Checks `params` (whose `vol_size` must be 0) against a backing device of
-    /// `blockcnt` blocks of `blocklen`; a zero uuid becomes a random one. `EINVAL`.
-    pub fn new(mut params: Params, blocklen: u32, blockcnt: u64, pm_dir: &str) -> Result<InitPlan> {
-        if params.vol_size != 0 || params.chunk_size == 0 {
-            return Err(Errno::EINVAL);
+    /// `blockcnt` blocks of `blocklen`; a zero uuid becomes a random one. `EINVAL`,
+    /// saying which check failed.
+    pub fn new(params: Params, blocklen: u32, blockcnt: u64, pm_dir: &str) -> Result<InitPlan> {
+        Self::check(params, blocklen, blockcnt, pm_dir).map_err(|e| e.context("init").logged())
+    }
+
+    fn check(mut params: Params, blocklen: u32, blockcnt: u64, pm_dir: &str) -> Result<InitPlan> {
+        let invalid = |why: String| Err(Error::new(Errno::EINVAL, why));
+        if params.vol_size != 0 {
+            return invalid(format!(
+                "vol_size is {}; it must be 0, init computes it",
+                params.vol_size
+            ));
         }
-        let backing_bytes = blockcnt
-            .checked_mul(u64::from(blocklen))
-            .ok_or(Errno::EINVAL)?;
+        if params.chunk_size == 0 {
+            return invalid("chunk_size is 0".into());
+        }
+        let Some(backing_bytes) = blockcnt.checked_mul(u64::from(blocklen)) else {
+            return invalid(format!(
+                "backing device of {blockcnt} blocks of {blocklen} bytes is too large"
+            ));
+        };
         params.vol_size = format::vol_size_for(params.chunk_size, backing_bytes);
         if params.vol_size == 0 {
-            return Err(Errno::EINVAL);
+            return invalid(format!(
+                "backing device too small: {backing_bytes} bytes hold {} chunks of {} bytes, and a volume needs more than {EXTRA_CHUNKS}",
+                backing_bytes / u64::from(params.chunk_size),
+                params.chunk_size
+            ));
         }
         if params.uuid == [0; 16] {
             params.uuid = *uuid::Uuid::new_v4().as_bytes();
@@ -167,9 +189,16 @@ impl Core {
     /// The checker's audit of a loaded volume with nothing in flight.
     pub(crate) fn audit(&self) -> Result<(Report, Vec<u64>)> {
         match &self.phase {
-            Phase::Ready(engine) if engine.outstanding() > 0 => Err(Errno::EBUSY),
-            Phase::Ready(engine) => Ok(engine.meta.audit()),
-            _ => Err(Errno::ENODEV),
+            Phase::Ready(engine) if engine.outstanding() > 0 => Err(busy(engine.outstanding())),
+            Phase::Ready(engine) => {
+                let meta = &engine.meta;
+                Ok(check::audit(
+                    meta.view(),
+                    meta.chunk_map_usage(),
+                    meta.io_unit_usage(),
+                ))
+            }
+            _ => Err(not_loaded()),
         }
     }
 
@@ -216,7 +245,7 @@ impl Core {
                 io,
             } => match &mut self.phase {
                 Phase::Ready(engine) => engine.submit(op, offset, length, io, out),
-                _ => out.push(Action::Finish(io, Err(Errno::ENODEV))),
+                _ => out.push(Action::Finish(io, Err(not_loaded()))),
             },
             Event::Reject { io, err } => out.push(Action::Finish(io, Err(err))),
             Event::Unload(cb) => out.push(Action::Done(cb, self.unload())),
@@ -224,20 +253,18 @@ impl Core {
                 token: Token::Request(id),
                 io,
                 result,
-            } => {
-                if let Phase::Ready(engine) = &mut self.phase {
-                    engine.backing_done(id, io, result, out);
-                }
-            }
+            } => match &mut self.phase {
+                Phase::Ready(engine) => engine.backing_done(id, io, result, out),
+                _ => stray("backing", Token::Request(id)),
+            },
             Event::CodecDone {
                 token: Token::Request(id),
                 io,
                 result,
-            } => {
-                if let Phase::Ready(engine) = &mut self.phase {
-                    engine.codec_done(id, io, result, out);
-                }
-            }
+            } => match &mut self.phase {
+                Phase::Ready(engine) => engine.codec_done(id, io, result, out),
+                _ => stray("codec", Token::Request(id)),
+            },
             Event::BackingDone {
                 token: Token::Lifecycle,
                 io,
@@ -246,18 +273,18 @@ impl Core {
             Event::CodecDone {
                 token: Token::Lifecycle,
                 ..
-            } => debug_assert!(false, "no lifecycle codec op"),
+            } => stray("codec", Token::Lifecycle),
         }
     }
 
     fn unload(&mut self) -> Result<()> {
         match &self.phase {
-            Phase::Ready(engine) if engine.outstanding() > 0 => Err(Errno::EBUSY),
+            Phase::Ready(engine) if engine.outstanding() > 0 => Err(busy(engine.outstanding())),
             Phase::Ready(_) => {
                 self.phase = Phase::Closed;
                 Ok(())
             }
-            _ => Err(Errno::ENODEV),
+            _ => Err(not_loaded()),
         }
     }
 
@@ -277,26 +304,36 @@ impl Core {
 
     fn begin(&mut self, out: &mut Vec<Action>) {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
-            Phase::InitStart(plan, cb) => match self.create_pm(&plan) {
-                Ok(meta) => {
-                    let path = plan.path;
-                    let region = format::encode_path(&path).expect("path validated by the plan");
-                    out.push(Action::Write(
-                        self.metadata_io(region, PATH_OFFSET),
-                        Token::Lifecycle,
-                    ));
-                    self.phase = Phase::InitWritingPath { meta, path, cb };
+            Phase::InitStart(plan, cb) => {
+                let created = format::encode_path(&plan.path)
+                    .and_then(|region| Ok((self.create_pm(&plan)?, region)));
+                match created {
+                    Ok((meta, region)) => {
+                        out.push(Action::Write(
+                            self.metadata_io(region, PATH_OFFSET),
+                            Token::Lifecycle,
+                        ));
+                        let path = plan.path;
+                        self.phase = Phase::InitWritingPath { meta, path, cb };
+                    }
+                    Err(e) => out.push(Action::Opened(cb, Err(e.context("init").logged()))),
                 }
-                Err(e) => out.push(Action::Opened(cb, Err(e))),
-            },
+            }
             Phase::LoadStart(then) => {
                 // Metadata is addressed in whole blocks; a device too small for it
                 // cannot hold a volume.
-                if self.blocklen == 0 || SUPERBLOCK_SIZE as u32 % self.blocklen != 0 {
-                    return self.fail_load(then, Errno::EINVAL, out);
+                let (blocklen, bytes) = (self.blocklen, self.backing_bytes());
+                if blocklen == 0 || SUPERBLOCK_SIZE as u32 % blocklen != 0 {
+                    let why = format!(
+                        "backing block length {blocklen} does not divide the {SUPERBLOCK_SIZE}-byte superblock"
+                    );
+                    return self.fail_load(then, Error::new(Errno::EINVAL, why), out);
                 }
-                if self.blockcnt.saturating_mul(u64::from(self.blocklen)) < METADATA_SIZE {
-                    return self.fail_load(then, Errno::EILSEQ, out);
+                if bytes < METADATA_SIZE {
+                    let why = format!(
+                        "backing device of {bytes} bytes is smaller than the {METADATA_SIZE}-byte volume header"
+                    );
+                    return self.fail_load(then, Error::new(Errno::EILSEQ, why), out);
                 }
                 let header = vec![0u8; METADATA_SIZE as usize];
                 out.push(Action::Read(self.metadata_io(header, 0), Token::Lifecycle));
@@ -306,19 +343,29 @@ impl Core {
         }
     }
 
+    fn backing_bytes(&self) -> u64 {
+        self.blockcnt.saturating_mul(u64::from(self.blocklen))
+    }
+
     fn create_pm(&self, plan: &InitPlan) -> Result<Metadata> {
-        let pm = self.store.create(&plan.path, plan.geo.pm_size)?;
+        let in_file = |e: Error| e.context(format_args!("pm file {}", plan.path));
+        let pm = self
+            .store
+            .create(&plan.path, plan.geo.pm_size)
+            .map_err(in_file)?;
         let superblock = format::encode_superblock(&plan.params);
-        Metadata::format(plan.geo, pm, &superblock).inspect_err(|_| {
+        Metadata::format(plan.geo, pm, &superblock).map_err(|e| {
             let _ = self.store.remove(&plan.path);
+            in_file(e)
         })
     }
 
-    fn fail_load(&mut self, then: AfterLoad, err: Errno, out: &mut Vec<Action>) {
+    /// Reports a refused load or destroy (which begins with a load).
+    fn fail_load(&mut self, then: AfterLoad, err: Error, out: &mut Vec<Action>) {
         self.phase = Phase::Closed;
         out.push(match then {
-            AfterLoad::Open(cb) => Action::Opened(cb, Err(err)),
-            AfterLoad::Destroy(cb) => Action::Done(cb, Err(err)),
+            AfterLoad::Open(cb) => Action::Opened(cb, Err(err.context("load").logged())),
+            AfterLoad::Destroy(cb) => Action::Done(cb, Err(err.context("destroy").logged())),
         });
     }
 
@@ -333,16 +380,25 @@ impl Core {
                     ));
                     self.phase = Phase::InitWritingSuper { meta, path, cb };
                 }
-                Err(e) => self.abandon_init(meta, &path, cb, e, out),
+                Err(e) => {
+                    let e = e.context("writing the pm file path to the backing device");
+                    self.abandon_init(meta, &path, cb, e, out)
+                }
             },
             Phase::InitWritingSuper { meta, path, cb } => match result {
                 Ok(()) => {
                     self.phase = Phase::Ready(Engine::new(meta));
                     out.push(Action::Opened(cb, Ok(())));
                 }
-                Err(e) => self.abandon_init(meta, &path, cb, e, out),
+                Err(e) => {
+                    let e = e.context("writing the superblock");
+                    self.abandon_init(meta, &path, cb, e, out)
+                }
             },
-            Phase::LoadReadingHeader(then) => match result.and_then(|()| self.open_pm(&io.buf)) {
+            Phase::LoadReadingHeader(then) => match result
+                .map_err(|e| e.context("reading the volume header"))
+                .and_then(|()| self.open_pm(&io.buf))
+            {
                 Ok((meta, path)) => {
                     self.params = meta.geo.params;
                     self.path = path.clone();
@@ -362,13 +418,19 @@ impl Core {
                 Err(e) => self.fail_load(then, e, out),
             },
             Phase::DestroyClearingSuper { path, cb } => {
+                let removed = result
+                    .map_err(|e| e.context("clearing the superblock"))
+                    .and_then(|()| {
+                        let in_file = |e: Error| e.context(format_args!("pm file {path}"));
+                        self.store.remove(&path).map_err(in_file)
+                    });
                 out.push(Action::Done(
                     cb,
-                    result.and_then(|()| self.store.remove(&path)),
+                    removed.map_err(|e| e.context("destroy").logged()),
                 ));
             }
             other => {
-                debug_assert!(false, "lifecycle completion with nothing in flight");
+                stray("backing", Token::Lifecycle);
                 self.phase = other;
             }
         }
@@ -379,12 +441,12 @@ impl Core {
         meta: Metadata,
         path: &str,
         cb: OpenCallback,
-        err: Errno,
+        err: Error,
         out: &mut Vec<Action>,
     ) {
         drop(meta);
         let _ = self.store.remove(path);
-        out.push(Action::Opened(cb, Err(err)));
+        out.push(Action::Opened(cb, Err(err.context("init").logged())));
     }
 
     /// Checks a superblock + path region read from the device and opens the pm file it
@@ -394,18 +456,63 @@ impl Core {
     fn open_pm(&self, header: &[u8]) -> Result<(Metadata, String)> {
         let superblock = &header[..SUPERBLOCK_SIZE];
         let params = format::decode_superblock(superblock)?;
-        let geo = Geometry::new(params, self.blocklen).map_err(|_| Errno::EILSEQ)?;
-        if self.blockcnt.saturating_mul(u64::from(self.blocklen)) < geo.backing_bytes_needed() {
-            return Err(Errno::EILSEQ);
+        let geo = Geometry::new(params, self.blocklen).map_err(|e| {
+            Error::new(
+                Errno::EILSEQ,
+                format!("invalid params in the superblock: {}", e.detail()),
+            )
+        })?;
+        let (have, need) = (self.backing_bytes(), geo.backing_bytes_needed());
+        if have < need {
+            return Err(Error::new(
+                Errno::EILSEQ,
+                format!(
+                    "backing device too small: {have} bytes, the superblock's params need {need}"
+                ),
+            ));
         }
         let path =
             format::decode_path(&header[SUPERBLOCK_SIZE..SUPERBLOCK_SIZE + REDUCE_PATH_MAX])?;
-        let pm = self
-            .store
-            .open(&path, &|len| geo.chunk_maps_in_file(len).is_some())?;
+        let in_file = |e: Error| e.context(format_args!("pm file {path}"));
+        let check_len = |len: u64| match geo.chunk_maps_in_file(len) {
+            Some(_) => Ok(()),
+            None => Err(Error::new(
+                Errno::EILSEQ,
+                format!(
+                    "{len} bytes, not the {} of this volume's params (or {} as the original sized it)",
+                    geo.pm_size, geo.pm_size_original
+                ),
+            )),
+        };
+        let pm = self.store.open(&path, &check_len).map_err(in_file)?;
         if &pm.bytes()[..SUPERBLOCK_SIZE] != superblock {
-            return Err(Errno::EILSEQ);
+            return Err(in_file(Error::new(
+                Errno::EILSEQ,
+                "its superblock differs from the backing device's",
+            )));
         }
-        Ok((Metadata::rebuild(geo, pm)?, path))
+        let meta = Metadata::rebuild(geo, pm).map_err(in_file)?;
+        Ok((meta, path))
     }
+}
+
+/// `EBUSY` while `outstanding` requests are in flight.
+fn busy(outstanding: usize) -> Error {
+    Error::new(
+        Errno::EBUSY,
+        format!("{outstanding} request(s) outstanding"),
+    )
+}
+
+fn not_loaded() -> Error {
+    Error::new(Errno::ENODEV, "the volume is not loaded")
+}
+
+/// A completion for an operation not in flight: a caller's device or codec completed
+/// something twice, or for another volume. Ignored, never trusted.
+fn stray(kind: &str, token: Token) {
+    log::emit(
+        Level::Warn,
+        format_args!("ignored a {kind} completion for {token:?}, which is not in flight"),
+    );
 }

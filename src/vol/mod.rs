@@ -2,7 +2,7 @@
 //!
 //! Re-entrancy is handled by never calling out while holding state. Every entry point
 //! (a caller's request, a backing or codec completion) only *posts an event* and then
-//! drains. Draining pops one event, lets the state machine ([`Core::handle`]) turn it
+//! drains. Draining pops one event, lets the state machine (`Core::handle`) turn it
 //! into actions while it holds the state, then releases the state and performs the
 //! actions: backing I/O, codec calls, caller callbacks. Anything those call back into
 //! (a completion inside the call, a new request from a callback, an unload) posts an
@@ -16,7 +16,9 @@ mod user;
 mod verify;
 
 pub use lifecycle::InitPlan;
-pub use request::{MAX_ACTIVE, Op};
+pub use request::Op;
+#[cfg(feature = "testkit")]
+pub use request::MAX_ACTIVE;
 pub use user::{Segments, UserIo, segment_pieces};
 
 pub(crate) use lifecycle::Core;
@@ -27,7 +29,8 @@ use std::rc::Rc;
 
 use crate::backing::{BackingDevice, BackingIo, IoDone};
 use crate::codec::{Codec, CodecDone, CodecIo};
-use crate::error::{Errno, Result};
+use crate::completion::{Receiver, Token};
+use crate::error::{Error, Result};
 use crate::format::Params;
 use crate::pm::PmStore;
 
@@ -43,15 +46,6 @@ pub struct Backend {
     pub store: Box<dyn PmStore>,
 }
 
-/// Which outstanding operation a completion belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Token {
-    /// A read or write request (its slot in the request table).
-    Request(usize),
-    /// The one init, load or destroy step in flight.
-    Lifecycle,
-}
-
 /// Something that happened, waiting to be handled by the drain loop.
 pub(crate) enum Event {
     Begin,
@@ -63,7 +57,7 @@ pub(crate) enum Event {
     },
     Reject {
         io: Box<dyn UserIo>,
-        err: Errno,
+        err: Error,
     },
     Unload(DoneCallback),
     BackingDone {
@@ -109,7 +103,7 @@ impl Drop for DrainGuard<'_> {
 
 impl Shared {
     /// Queues `event` and drains, unless a drain further up the stack will see it.
-    pub(crate) fn post(self: &Rc<Self>, event: Event) {
+    fn post(self: &Rc<Self>, event: Event) {
         self.events.borrow_mut().push_back(event);
         if !self.draining.get() {
             self.drain();
@@ -132,11 +126,11 @@ impl Shared {
 
     fn perform(self: &Rc<Self>, action: Action) {
         let io_done = |token| IoDone {
-            shared: Rc::clone(self),
+            receiver: self.clone(),
             token,
         };
         let codec_done = |token| CodecDone {
-            shared: Rc::clone(self),
+            receiver: self.clone(),
             token,
         };
         match action {
@@ -161,6 +155,18 @@ impl Shared {
             codec,
         });
         shared.post(Event::Begin);
+    }
+}
+
+impl Receiver<BackingIo, ()> for Shared {
+    fn receive(self: Rc<Self>, token: Token, io: BackingIo, result: Result<()>) {
+        self.post(Event::BackingDone { token, io, result });
+    }
+}
+
+impl Receiver<CodecIo, usize> for Shared {
+    fn receive(self: Rc<Self>, token: Token, io: CodecIo, result: Result<usize>) {
+        self.post(Event::CodecDone { token, io, result });
     }
 }
 
@@ -217,8 +223,11 @@ impl Volume {
 
     /// Completes `io` with `err` in order with the volume's other completions (for
     /// requests refused before they reach the volume, such as a bad iovec).
-    pub fn reject(&self, io: Box<dyn UserIo>, err: Errno) {
-        self.shared.post(Event::Reject { io, err });
+    pub fn reject(&self, io: Box<dyn UserIo>, err: impl Into<Error>) {
+        self.shared.post(Event::Reject {
+            io,
+            err: err.into(),
+        });
     }
 
     /// Reads into `segs` (whose lengths add up to `length` blocks); they come back in `cb`.

@@ -6,9 +6,16 @@
 //!                                  └─ compressed ─► decompress_done ─┘
 //! write:  admit ─ partial, chunk written ─► read_chunk ─► ... ─► chunk_ready
 //!           └─ whole chunk, or never written ─────────────────► chunk_ready
-//!         chunk_ready (merge caller's data) ─► compress_done (allocate) ─► write_chunk_done
-//!           ─► commit (persist chunk map, switch logical map entry, free old) ─► finish
+//!         chunk_ready (merge caller's data) ─► compress_done ─► write_chunk (allocate)
+//!           ─► write_chunk_done ─► commit (persist chunk map, switch logical map
+//!           entry, free old) ─► finish
+//!         write_chunk, no space while other writes hold some ─► (waits) ─► write_chunk
 //! ```
+//!
+//! Between steps a request is parked in its slot with its [`Stage`], which holds
+//! exactly what the request owns there; a step takes the request out, moves what it
+//! owns along, and parks it again or finishes it. A buffer lent to the device or the
+//! codec travels in the operation and comes back with its completion.
 //!
 //! Requests to the same chunk run one at a time in submission order (a per-chunk
 //! queue). At most [`MAX_ACTIVE`] requests hold chunk buffers at once; the rest wait
@@ -19,11 +26,13 @@ use std::collections::{HashMap, VecDeque};
 
 use smallvec::SmallVec;
 
-use super::{Action, Token, UserIo};
+use super::{Action, UserIo};
 use crate::backing::{BackingIo, Extent};
 use crate::codec::CodecIo;
-use crate::error::{Errno, Result};
+use crate::completion::Token;
+use crate::error::{Errno, Error, Result};
 use crate::format::chunk_checksum;
+use crate::log::{self, Level};
 use crate::maps::{ChunkMap, Metadata, checksum_ok};
 
 /// Requests holding chunk buffers at once. It matches the extra chunk maps, so writes in
@@ -36,20 +45,7 @@ pub enum Op {
     Write,
 }
 
-/// Where a request is. The completion that arrives next is named after what finished.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stage {
-    /// Behind an earlier request to the same chunk, or waiting for buffers.
-    Waiting,
-    /// Reading the stored chunk: for a read, or the old data of a partial write.
-    ReadingChunk,
-    DecompressingChunk,
-    CompressingChunk,
-    /// Compressed, waiting for writes in flight to free space.
-    WaitingForSpace,
-    WritingChunk,
-}
-
+/// What a caller asked for, resolved to one chunk.
 struct Request {
     op: Op,
     chunk: u64,
@@ -57,25 +53,115 @@ struct Request {
     start: usize,
     len: usize,
     user: Box<dyn UserIo>,
+}
+
+/// The two chunk-sized buffers of an active request: `plain` for the chunk's data,
+/// `packed` for its compressed form.
+struct Buffers {
+    plain: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+impl Buffers {
+    /// Lends the buffer that holds the stored form of a chunk (`plain` for a chunk
+    /// stored raw, else `packed`) and keeps the other.
+    fn lend(self, raw: bool) -> (Vec<u8>, Kept) {
+        if raw {
+            (
+                self.plain,
+                Kept {
+                    buf: self.packed,
+                    raw,
+                },
+            )
+        } else {
+            (
+                self.packed,
+                Kept {
+                    buf: self.plain,
+                    raw,
+                },
+            )
+        }
+    }
+}
+
+/// The buffer a request keeps while the other is lent to the device.
+struct Kept {
+    buf: Vec<u8>,
+    /// Whether the lent one is `plain`.
+    raw: bool,
+}
+
+impl Kept {
+    /// Both buffers again, with the lent one back.
+    fn rejoin(self, lent: Vec<u8>) -> Buffers {
+        if self.raw {
+            Buffers {
+                plain: lent,
+                packed: self.buf,
+            }
+        } else {
+            Buffers {
+                plain: self.buf,
+                packed: lent,
+            }
+        }
+    }
+}
+
+/// Where a parked request is, and what it owns there. The completion that arrives next
+/// is named after what finished.
+enum Stage {
+    /// Behind an earlier request to the same chunk, or waiting for buffers. Holds none.
+    Waiting,
+    /// Reading `stored` from the device (for a read, or the old data of a partial
+    /// write); the buffer for its stored form is lent to the device.
+    ReadingChunk {
+        stored: ChunkMap,
+        kept: Kept,
+    },
+    /// Both buffers lent to the codec.
+    DecompressingChunk,
+    CompressingChunk,
+    /// Compressed to `size` bytes; waiting for writes in flight to free space.
+    WaitingForSpace {
+        buffers: Buffers,
+        size: usize,
+    },
+    /// Writing the new chunk, to commit once its data is on the device; the buffer
+    /// with its stored form is lent to the device.
+    WritingChunk {
+        new: NewChunk,
+        kept: Kept,
+    },
+}
+
+/// A chunk map allocated for a write, with its io units: `map` goes in at `index`.
+struct NewChunk {
+    index: u64,
+    map: ChunkMap,
+}
+
+/// A request between steps.
+struct Parked {
+    request: Request,
     stage: Stage,
-    /// The next request to the same chunk, started when this one finishes.
+}
+
+/// One entry of the request table.
+#[derive(Default)]
+struct Slot {
+    /// The request, unless the slot is free or its request is in hand (being advanced).
+    parked: Option<Parked>,
+    /// The next request to the same chunk, admitted when this one finishes.
     next: Option<usize>,
-    /// Chunk buffers, present while active and not lent to an operation.
-    plain: Option<Vec<u8>>,
-    packed: Option<Vec<u8>>,
-    active: bool,
-    /// The stored chunk being read.
-    old: Option<ChunkMap>,
-    /// The chunk map (index, contents) allocated for the write in flight.
-    new: Option<(u64, ChunkMap)>,
-    /// Bytes to store: the compressed size, or `chunk_size` for a raw chunk.
-    stored_size: usize,
 }
 
 /// The I/O side of a loaded volume.
 pub(crate) struct Engine {
     pub(crate) meta: Metadata,
-    requests: Vec<Option<Request>>,
+    slots: Vec<Slot>,
     free_slots: Vec<usize>,
     outstanding: usize,
     /// The last request queued on each busy chunk.
@@ -84,6 +170,7 @@ pub(crate) struct Engine {
     to_admit: VecDeque<usize>,
     /// Admitted requests waiting for buffers.
     waiting: VecDeque<usize>,
+    /// Requests holding buffers.
     active: usize,
     spare_buffers: Vec<Vec<u8>>,
     /// Requests writing their chunk, holding a new chunk map and io units.
@@ -96,7 +183,7 @@ impl Engine {
     pub(crate) fn new(meta: Metadata) -> Engine {
         Engine {
             meta,
-            requests: Vec::new(),
+            slots: Vec::new(),
             free_slots: Vec::new(),
             outstanding: 0,
             chunk_tails: HashMap::new(),
@@ -133,28 +220,15 @@ impl Engine {
             start,
             len,
             user,
-            stage: Stage::Waiting,
-            next: None,
-            plain: None,
-            packed: None,
-            active: false,
-            old: None,
-            new: None,
-            stored_size: 0,
         };
-        let id = match self.free_slots.pop() {
-            Some(id) => {
-                self.requests[id] = Some(request);
-                id
-            }
-            None => {
-                self.requests.push(Some(request));
-                self.requests.len() - 1
-            }
-        };
+        let id = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::default());
+            self.slots.len() - 1
+        });
+        self.park(id, request, Stage::Waiting);
         self.outstanding += 1;
         match self.chunk_tails.insert(chunk, id) {
-            Some(prev) => self.req(prev).next = Some(id),
+            Some(prev) => self.slots[prev].next = Some(id),
             None => self.to_admit.push_back(id),
         }
         self.run_admissions(out);
@@ -173,23 +247,74 @@ impl Engine {
         let geo = &self.meta.geo;
         let lbs = u64::from(geo.params.logical_block_size);
         let per_chunk = u64::from(geo.blocks_per_chunk);
-        let end = offset.checked_add(length).ok_or(Errno::EINVAL)?;
-        if end > geo.chunks * per_chunk {
-            return Err(Errno::EINVAL);
-        }
+        let blocks = geo.chunks * per_chunk;
+        let invalid = |why: String| Err(Error::new(Errno::EINVAL, why));
+        let end = match offset.checked_add(length) {
+            Some(end) if end <= blocks => end,
+            _ => {
+                return invalid(format!(
+                    "blocks {offset}+{length} run past the end of the volume ({blocks} blocks)"
+                ));
+            }
+        };
         let chunk = offset / per_chunk;
         if (end - 1) / per_chunk != chunk {
-            return Err(Errno::EINVAL);
+            return invalid(format!(
+                "blocks {offset}+{length} cross a chunk boundary ({per_chunk} blocks a chunk)"
+            ));
         }
         if length.checked_mul(lbs) != Some(user_len as u64) {
-            return Err(Errno::EINVAL);
+            return invalid(format!(
+                "buffers of {user_len} bytes for {length} blocks of {lbs} bytes"
+            ));
         }
         let start = (offset % per_chunk * lbs) as usize;
         Ok(Some((chunk, start, user_len)))
     }
 
-    fn req(&mut self, id: usize) -> &mut Request {
-        self.requests[id].as_mut().expect("live request")
+    fn park(&mut self, id: usize, request: Request, stage: Stage) {
+        self.slots[id].parked = Some(Parked { request, stage });
+    }
+
+    /// Takes request `id` in hand, if one is parked there.
+    fn unpark(&mut self, id: usize) -> Option<Parked> {
+        self.slots.get_mut(id).and_then(|slot| slot.parked.take())
+    }
+
+    /// Puts back what [`Engine::unpark`] took when it was not what the step needed.
+    fn restore(&mut self, id: usize, parked: Option<Parked>) {
+        if let Some(parked) = parked {
+            self.slots[id].parked = Some(parked);
+        }
+    }
+
+    /// Takes in hand request `id`, queued by the engine itself as waiting. Anything
+    /// else there stays in place: the queues would be out of step with the slots.
+    fn unpark_waiting(&mut self, id: usize) -> Option<Request> {
+        match self.unpark(id) {
+            Some(Parked {
+                request,
+                stage: Stage::Waiting,
+            }) => Some(request),
+            other => {
+                debug_assert!(false, "request {id} queued but not waiting");
+                self.restore(id, other);
+                None
+            }
+        }
+    }
+
+    /// A completion for request `id` that is not waiting for one: the caller's device
+    /// or codec completed something twice, or not ours. Logged and ignored; whatever
+    /// is parked there stays.
+    fn stray(&mut self, id: usize, kind: &str, parked: Option<Parked>) {
+        log::emit(
+            Level::Warn,
+            format_args!(
+                "ignored a {kind} completion for request {id}, which is not waiting for one"
+            ),
+        );
+        self.restore(id, parked);
     }
 
     /// Admits requests that reached the head of their chunk; a loop, not recursion, so
@@ -201,24 +326,23 @@ impl Engine {
     }
 
     fn admit(&mut self, id: usize, out: &mut Vec<Action>) {
-        let (op, chunk) = {
-            let r = self.req(id);
-            (r.op, r.chunk)
+        let Some(mut request) = self.unpark_waiting(id) else {
+            return;
         };
-        if op == Op::Read && self.meta.logical_entry(chunk).is_none() {
-            self.req(id).user.zero();
-            return self.finish(id, Ok(()), out);
+        if request.op == Op::Read && self.meta.logical_entry(request.chunk).is_none() {
+            request.user.zero();
+            return self.finish(id, request, None, Ok(()), out);
         }
         if self.active == MAX_ACTIVE {
+            self.park(id, request, Stage::Waiting);
             return self.waiting.push_back(id);
         }
         self.active += 1;
-        let (plain, packed) = (self.take_buffer(), self.take_buffer());
-        let r = self.req(id);
-        r.active = true;
-        r.plain = Some(plain);
-        r.packed = Some(packed);
-        self.start(id, out);
+        let buffers = Buffers {
+            plain: self.take_buffer(),
+            packed: self.take_buffer(),
+        };
+        self.start(id, request, buffers, out);
     }
 
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -226,40 +350,35 @@ impl Engine {
         self.spare_buffers.pop().unwrap_or_else(|| vec![0; size])
     }
 
-    fn start(&mut self, id: usize, out: &mut Vec<Action>) {
-        let chunk_size = self.meta.geo.chunk_size();
-        let (op, chunk, start, len) = {
-            let r = self.req(id);
-            (r.op, r.chunk, r.start, r.len)
-        };
-        let whole = start == 0 && len == chunk_size;
-        match self.meta.lookup(chunk) {
-            Some(stored) if op == Op::Read || !whole => self.read_chunk(id, stored, out),
-            Some(_) => self.chunk_ready(id, out),
-            None => {
+    fn start(&mut self, id: usize, request: Request, mut buffers: Buffers, out: &mut Vec<Action>) {
+        let whole = request.start == 0 && request.len == self.meta.geo.chunk_size();
+        // A whole-chunk write needs nothing of what was there.
+        if request.op == Op::Write && whole {
+            return self.chunk_ready(id, request, buffers, out);
+        }
+        match self.meta.lookup(request.chunk) {
+            Ok(Some(stored)) => self.read_chunk(id, request, stored, buffers, out),
+            Ok(None) => {
                 // A chunk never written reads as zeros around the caller's data.
-                if !whole {
-                    self.req(id).plain.as_mut().expect("plain buffer").fill(0);
-                }
-                self.chunk_ready(id, out)
+                buffers.plain.fill(0);
+                self.chunk_ready(id, request, buffers, out)
             }
+            Err(e) => self.finish(id, request, Some(buffers), Err(e.logged()), out),
         }
     }
 
-    fn read_chunk(&mut self, id: usize, stored: ChunkMap, out: &mut Vec<Action>) {
-        let raw = stored.is_raw(&self.meta.geo);
+    fn read_chunk(
+        &mut self,
+        id: usize,
+        request: Request,
+        stored: ChunkMap,
+        buffers: Buffers,
+        out: &mut Vec<Action>,
+    ) {
         let extents = self.extents(&stored.io_units);
-        let r = self.req(id);
-        let buf = if raw { r.plain.take() } else { r.packed.take() };
-        r.old = Some(stored);
-        r.stage = Stage::ReadingChunk;
-        out.push(Action::Read(
-            BackingIo {
-                buf: buf.expect("chunk buffer"),
-                extents,
-            },
-            Token::Request(id),
-        ));
+        let (buf, kept) = buffers.lend(stored.is_raw(&self.meta.geo));
+        self.park(id, request, Stage::ReadingChunk { stored, kept });
+        out.push(Action::Read(BackingIo { buf, extents }, Token::Request(id)));
     }
 
     /// Block runs for io units laid out one after another in a chunk buffer; adjacent
@@ -291,15 +410,16 @@ impl Engine {
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
-        match self
-            .requests
-            .get(id)
-            .and_then(Option::as_ref)
-            .map(|r| r.stage)
-        {
-            Some(Stage::ReadingChunk) => self.backing_read_done(id, io.buf, result, out),
-            Some(Stage::WritingChunk) => self.write_chunk_done(id, io.buf, result, out),
-            other => debug_assert!(false, "stray backing completion for {id} in {other:?}"),
+        match self.unpark(id) {
+            Some(Parked {
+                request,
+                stage: Stage::ReadingChunk { stored, kept },
+            }) => self.backing_read_done(id, request, stored, kept.rejoin(io.buf), result, out),
+            Some(Parked {
+                request,
+                stage: Stage::WritingChunk { new, kept },
+            }) => self.write_chunk_done(id, request, new, kept.rejoin(io.buf), result, out),
+            other => self.stray(id, "backing", other),
         }
         self.run_admissions(out);
     }
@@ -312,15 +432,16 @@ impl Engine {
         result: Result<usize>,
         out: &mut Vec<Action>,
     ) {
-        match self
-            .requests
-            .get(id)
-            .and_then(Option::as_ref)
-            .map(|r| r.stage)
-        {
-            Some(Stage::DecompressingChunk) => self.decompress_done(id, io, result, out),
-            Some(Stage::CompressingChunk) => self.compress_done(id, io, result, out),
-            other => debug_assert!(false, "stray codec completion for {id} in {other:?}"),
+        match self.unpark(id) {
+            Some(Parked {
+                request,
+                stage: Stage::DecompressingChunk,
+            }) => self.decompress_done(id, request, io, result, out),
+            Some(Parked {
+                request,
+                stage: Stage::CompressingChunk,
+            }) => self.compress_done(id, request, io, result, out),
+            other => self.stray(id, "codec", other),
         }
         self.run_admissions(out);
     }
@@ -328,33 +449,37 @@ impl Engine {
     fn backing_read_done(
         &mut self,
         id: usize,
-        buf: Vec<u8>,
+        request: Request,
+        stored: ChunkMap,
+        buffers: Buffers,
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
-        let geo = self.meta.geo;
-        let r = self.req(id);
-        let stored = r.old.take().expect("stored chunk");
-        let raw = stored.is_raw(&geo);
-        let stored_len = stored.compressed_size as usize;
         if let Err(e) = result {
-            *(if raw { &mut r.plain } else { &mut r.packed }) = Some(buf);
-            return self.finish(id, Err(e), out);
+            return self.finish(id, request, Some(buffers), Err(e), out);
         }
+        let raw = stored.is_raw(&self.meta.geo);
+        let stored_len = stored.compressed_size as usize;
+        let data = if raw { &buffers.plain } else { &buffers.packed };
         // Never hand back or merge into data that does not match what was written.
-        if !checksum_ok(&stored, &buf[..stored_len]) {
-            *(if raw { &mut r.plain } else { &mut r.packed }) = Some(buf);
-            return self.finish(id, Err(Errno::EIO), out);
+        if !checksum_ok(&stored, &data[..stored_len]) {
+            let e = Error::new(
+                Errno::EIO,
+                format!(
+                    "chunk {}: checksum mismatch in its {stored_len} stored bytes",
+                    request.chunk
+                ),
+            );
+            return self.finish(id, request, Some(buffers), Err(e.logged()), out);
         }
         if raw {
-            r.plain = Some(buf);
-            return self.chunk_ready(id, out);
+            return self.chunk_ready(id, request, buffers, out);
         }
-        r.stage = Stage::DecompressingChunk;
+        self.park(id, request, Stage::DecompressingChunk);
         let io = CodecIo {
-            src: buf,
+            src: buffers.packed,
             src_len: stored_len,
-            dst: r.plain.take().expect("plain buffer"),
+            dst: buffers.plain,
         };
         out.push(Action::Decompress(io, Token::Request(id)));
     }
@@ -362,37 +487,48 @@ impl Engine {
     fn decompress_done(
         &mut self,
         id: usize,
+        request: Request,
         io: CodecIo,
         result: Result<usize>,
         out: &mut Vec<Action>,
     ) {
         let chunk_size = self.meta.geo.chunk_size();
-        let r = self.req(id);
-        r.packed = Some(io.src);
-        r.plain = Some(io.dst);
-        match result {
-            Ok(n) if n == chunk_size => self.chunk_ready(id, out),
-            _ => self.finish(id, Err(Errno::EIO), out),
-        }
+        let buffers = Buffers {
+            plain: io.dst,
+            packed: io.src,
+        };
+        let why = match result {
+            Ok(n) if n == chunk_size => return self.chunk_ready(id, request, buffers, out),
+            Ok(n) => format!("decompressing gave {n} bytes, not {chunk_size}"),
+            Err(e) => match e.detail() {
+                "" => format!("the codec failed to decompress it (errno {})", e.errno().0),
+                detail => format!("the codec failed to decompress it: {detail}"),
+            },
+        };
+        let e = Error::new(Errno::EIO, format!("chunk {}: {why}", request.chunk));
+        self.finish(id, request, Some(buffers), Err(e.logged()), out)
     }
 
     /// The chunk's current content is in `plain`: a read copies out and is done; a
     /// write merges the caller's data and compresses.
-    fn chunk_ready(&mut self, id: usize, out: &mut Vec<Action>) {
-        let r = self.req(id);
-        let (start, len) = (r.start, r.len);
-        let plain = r.plain.as_mut().expect("plain buffer");
-        if r.op == Op::Read {
-            r.user.scatter(0, &plain[start..start + len]);
-            return self.finish(id, Ok(()), out);
+    fn chunk_ready(
+        &mut self,
+        id: usize,
+        mut request: Request,
+        mut buffers: Buffers,
+        out: &mut Vec<Action>,
+    ) {
+        let range = request.start..request.start + request.len;
+        if request.op == Op::Read {
+            request.user.scatter(0, &buffers.plain[range]);
+            return self.finish(id, request, Some(buffers), Ok(()), out);
         }
-        r.user.gather(0, &mut plain[start..start + len]);
-        r.stage = Stage::CompressingChunk;
-        let src = r.plain.take().expect("plain buffer");
+        request.user.gather(0, &mut buffers.plain[range]);
+        self.park(id, request, Stage::CompressingChunk);
         let io = CodecIo {
-            src_len: src.len(),
-            src,
-            dst: r.packed.take().expect("packed buffer"),
+            src_len: buffers.plain.len(),
+            src: buffers.plain,
+            dst: buffers.packed,
         };
         out.push(Action::Compress(io, Token::Request(id)));
     }
@@ -400,6 +536,7 @@ impl Engine {
     fn compress_done(
         &mut self,
         id: usize,
+        request: Request,
         io: CodecIo,
         result: Result<usize>,
         out: &mut Vec<Action>,
@@ -417,31 +554,36 @@ impl Engine {
             }
             _ => chunk_size,
         };
-        let r = self.req(id);
-        r.plain = Some(io.src);
-        r.packed = Some(io.dst);
-        r.stored_size = size;
-        self.write_chunk(id, out);
+        let buffers = Buffers {
+            plain: io.src,
+            packed: io.dst,
+        };
+        self.write_chunk(id, request, buffers, size, out);
     }
 
-    /// Allocates a chunk map and io units for the stored chunk and writes it. When
-    /// the volume is out of space while other writes hold allocations, waits for them:
-    /// each frees the chunk it replaces. Only with none in flight is it `ENOSPC`.
-    fn write_chunk(&mut self, id: usize, out: &mut Vec<Action>) {
+    /// Allocates a chunk map and io units for the stored chunk of `size` bytes and
+    /// writes it. When the volume is out of space while other writes hold allocations,
+    /// waits for them: each frees the chunk it replaces. Only with none in flight is it
+    /// `ENOSPC`.
+    fn write_chunk(
+        &mut self,
+        id: usize,
+        request: Request,
+        buffers: Buffers,
+        size: usize,
+        out: &mut Vec<Action>,
+    ) {
         let geo = self.meta.geo;
-        let size = self.req(id).stored_size;
         let (index, io_units) = match self.meta.allocate(geo.io_units_for(size as u32)) {
             Ok(allocation) => allocation,
             Err(_) if self.writing > 0 => {
-                self.req(id).stage = Stage::WaitingForSpace;
+                self.park(id, request, Stage::WaitingForSpace { buffers, size });
                 return self.space_waiters.push_back(id);
             }
-            Err(e) => return self.finish(id, Err(e), out),
+            Err(e) => return self.finish(id, request, Some(buffers), Err(e), out),
         };
         let extents = self.extents(&io_units);
-        let r = self.req(id);
-        let raw = size == geo.chunk_size();
-        let mut buf = if raw { r.plain.take() } else { r.packed.take() }.expect("chunk buffer");
+        let (mut buf, kept) = buffers.lend(size == geo.chunk_size());
         // The last io unit's tail would carry stale bytes of an earlier chunk.
         let written = io_units.len() * geo.io_unit_size();
         buf[size..written].fill(0);
@@ -450,8 +592,8 @@ impl Engine {
             checksum: chunk_checksum(&buf[..size]),
             io_units,
         };
-        r.new = Some((index, map));
-        r.stage = Stage::WritingChunk;
+        let new = NewChunk { index, map };
+        self.park(id, request, Stage::WritingChunk { new, kept });
         self.writing += 1;
         out.push(Action::Write(
             BackingIo { buf, extents },
@@ -462,49 +604,63 @@ impl Engine {
     fn write_chunk_done(
         &mut self,
         id: usize,
-        buf: Vec<u8>,
+        request: Request,
+        new: NewChunk,
+        buffers: Buffers,
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
-        let chunk_size = self.meta.geo.chunk_size();
-        let r = self.req(id);
-        let chunk = r.chunk;
-        let (index, map) = r.new.take().expect("new chunk map");
-        if map.compressed_size as usize == chunk_size {
-            r.plain = Some(buf);
-        } else {
-            r.packed = Some(buf);
-        }
-        let committed = result.and_then(|()| self.meta.commit(chunk, index, &map));
+        let NewChunk { index, map } = new;
+        // A device error is the device's to explain; a failed commit is ours.
+        let committed = result.and_then(|()| {
+            let chunk = request.chunk;
+            self.meta.commit(chunk, index, &map).map_err(Error::logged)
+        });
         if committed.is_err() {
             self.meta.release(index, &map.io_units);
         }
         self.writing -= 1;
-        self.finish(id, committed, out);
+        self.finish(id, request, Some(buffers), committed, out);
         // Space may have been freed (or nothing holds any more): retry the waiters.
         for waiter in std::mem::take(&mut self.space_waiters) {
-            self.write_chunk(waiter, out);
+            match self.unpark(waiter) {
+                Some(Parked {
+                    request,
+                    stage: Stage::WaitingForSpace { buffers, size },
+                }) => self.write_chunk(waiter, request, buffers, size, out),
+                other => {
+                    debug_assert!(false, "request {waiter} queued for space but not waiting");
+                    self.restore(waiter, other);
+                }
+            }
         }
     }
 
-    /// Releases everything `id` holds, lets the next request on its chunk and the next
-    /// waiting for buffers go, then reports to the caller.
-    fn finish(&mut self, id: usize, result: Result<()>, out: &mut Vec<Action>) {
-        let r = self.requests[id].take().expect("live request");
+    /// Releases everything request `id` holds (`buffers`, if it was active), lets the
+    /// next request on its chunk and the next waiting for buffers go, then reports to
+    /// the caller.
+    fn finish(
+        &mut self,
+        id: usize,
+        request: Request,
+        buffers: Option<Buffers>,
+        result: Result<()>,
+        out: &mut Vec<Action>,
+    ) {
         self.free_slots.push(id);
         self.outstanding -= 1;
-        if r.active {
-            self.spare_buffers.extend(r.plain);
-            self.spare_buffers.extend(r.packed);
+        if let Some(Buffers { plain, packed }) = buffers {
+            self.spare_buffers.push(plain);
+            self.spare_buffers.push(packed);
             self.active -= 1;
             self.to_admit.extend(self.waiting.pop_front());
         }
-        match r.next {
+        match self.slots[id].next.take() {
             Some(next) => self.to_admit.push_back(next),
             None => {
-                self.chunk_tails.remove(&r.chunk);
+                self.chunk_tails.remove(&request.chunk);
             }
         }
-        out.push(Action::Finish(r.user, result));
+        out.push(Action::Finish(request.user, result));
     }
 }

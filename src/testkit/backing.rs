@@ -7,9 +7,9 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::rc::Rc;
 
-use super::{BackingDevice, BackingIo, Extent, IoDone};
+use super::journal::{Entry, Journal};
+use crate::backing::{BackingDevice, BackingIo, Extent, IoDone};
 use crate::error::{Errno, Result};
-use crate::journal::{Entry, Journal};
 
 /// When operations complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,7 +157,7 @@ impl MemBacking {
         let mut result = self.check(&s.image, &io);
         if result.is_ok() {
             if let Some(err) = s.fault.as_mut().and_then(|f| f(write, op)) {
-                result = Err(err);
+                result = Err(err.into());
             }
         }
         if write && result.is_ok() {
@@ -192,7 +192,7 @@ impl MemBacking {
             let len = e.lba_count as usize * bl;
             let start = (e.lba as usize).checked_mul(bl).ok_or(Errno::EIO)?;
             if start + len > image.len() || e.buf_offset + len > io.buf.len() {
-                return Err(Errno::EIO);
+                return Err(Errno::EIO.into());
             }
         }
         Ok(())

@@ -6,9 +6,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{PmRegion, PmStore};
+use super::journal::{Entry, Journal};
 use crate::error::{Errno, Result};
-use crate::journal::{Entry, Journal};
+use crate::pm::{PmRegion, PmStore};
 
 #[derive(Default)]
 struct MemFile {
@@ -105,7 +105,7 @@ impl PmStore for MemStore {
         let len = usize::try_from(len).map_err(|_| Errno::ENOMEM)?;
         let mut inner = self.inner.borrow_mut();
         if inner.files.contains_key(path) {
-            return Err(Errno::EEXIST);
+            return Err(Errno::EEXIST.into());
         }
         let file = MemFile {
             current: Vec::new(),
@@ -124,15 +124,13 @@ impl PmStore for MemStore {
         }))
     }
 
-    fn open(&self, path: &str, accept_len: &dyn Fn(u64) -> bool) -> Result<Box<dyn PmRegion>> {
+    fn open(&self, path: &str, check_len: &dyn Fn(u64) -> Result<()>) -> Result<Box<dyn PmRegion>> {
         let mut inner = self.inner.borrow_mut();
         let file = inner.files.get_mut(path).ok_or(Errno::ENOENT)?;
         if file.mapped {
-            return Err(Errno::EBUSY);
+            return Err(Errno::EBUSY.into());
         }
-        if !accept_len(file.current.len() as u64) {
-            return Err(Errno::EILSEQ);
-        }
+        check_len(file.current.len() as u64)?;
         file.mapped = true;
         let bytes = std::mem::take(&mut file.current);
         Ok(Box::new(MemRegion {
@@ -173,7 +171,7 @@ impl PmRegion for MemRegion {
     fn persist(&mut self, offset: usize, len: usize) -> Result<()> {
         let mut inner = self.store.inner.borrow_mut();
         if inner.fail_persist {
-            return Err(Errno::EIO);
+            return Err(Errno::EIO.into());
         }
         if let Some(file) = inner.files.get_mut(&self.path) {
             file.persisted[offset..offset + len].copy_from_slice(&self.bytes[offset..offset + len]);

@@ -1,13 +1,13 @@
 //! A codec test double: wraps a [`SyncCodec`], completes inside the call or from
-//! [`TestCodec::poll`], and fails chosen operations — the codec side of the fault
-//! injection that [`crate::MemBacking`] does for the device.
+//! [`TestCodec::poll_one`], and fails chosen operations — the codec side of the fault
+//! injection that [`MemBacking`](super::MemBacking) does for the device.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use super::{Codec, CodecDone, CodecIo, SyncCodec};
-use crate::backing::{FaultFn, Mode};
+use super::backing::{FaultFn, Mode};
+use crate::codec::{Codec, CodecDone, CodecIo, SyncCodec};
 use crate::error::Result;
 
 struct Pending {
@@ -80,7 +80,7 @@ impl TestCodec {
         s.ops += 1;
         let injected = s.fault.as_mut().and_then(|f| f(compress, op));
         let result = match injected {
-            Some(e) => Err(e),
+            Some(e) => Err(e.into()),
             None if compress => self.codec.compress_buf(&io.src[..io.src_len], &mut io.dst),
             None => self
                 .codec

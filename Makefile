@@ -77,7 +77,7 @@ header-check:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -q -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
 
 # Long runs, outside make test.
 SOAK_OPS     ?= 1000000

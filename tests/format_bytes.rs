@@ -56,7 +56,7 @@ fn init_layout_backing_and_pm() {
 
     // Path region: dir + "/" + lowercase uuid, NUL, zeros to 8192.
     let path = format!("/pm/{UUID_STR}");
-    assert_eq!(vol.pm_path(), path);
+    assert_eq!(vol.pm_path(), std::path::Path::new(&path));
     assert_eq!(&image[4096..4096 + path.len()], path.as_bytes());
     assert!(image[4096 + path.len()..8192].iter().all(|&b| b == 0));
     // Nothing else written.
@@ -141,7 +141,7 @@ fn pm_dir_with_trailing_slash_and_random_uuid() {
         &hex[16..20],
         &hex[20..32]
     );
-    assert_eq!(plan.pm_path(), want);
+    assert_eq!(plan.pm_path(), std::path::Path::new(&want));
     let other = InitPlan::new(GEO.params(), 512, GEO.blockcnt(), "/some/dir/").unwrap();
     assert_ne!(other.params.uuid, uuid, "two random uuids alike");
 }
@@ -152,6 +152,15 @@ fn init_order_pm_then_path_then_superblock() {
     let s = slot();
     Volume::init(rig.plan(UUID), rig.backend(), filler(&s));
     let path = format!("/pm/{UUID_STR}");
+    // First the header already on the device is read (to refuse replacing a loaded
+    // volume), before anything is made.
+    assert_eq!(rig.backing.pending(), 1);
+    assert!(
+        rig.store.paths().is_empty(),
+        "pm file made before the header read"
+    );
+    assert!(rig.backing.poll_one());
+    assert_eq!(rig.backing.op_counts(), (1, 1));
     // Before the first backing write completes the pm file is complete and persisted.
     assert_eq!(rig.backing.pending(), 1);
     let pm = rig.store.persisted(&path).expect("pm created first");
@@ -173,7 +182,7 @@ fn init_order_pm_then_path_then_superblock() {
     assert!(rig.backing.poll_one());
     let vol = s.borrow_mut().take().unwrap().unwrap();
     check_superblock(&rig.backing.image()[..4096], 13 * 16384);
-    assert_eq!(rig.backing.op_counts(), (0, 2));
+    assert_eq!(rig.backing.op_counts(), (1, 2));
     rig.unload(&vol).unwrap();
 }
 

@@ -243,7 +243,7 @@ fn destroyed(rec: &Recording, script: &Script, rig: &Rig, marks: &HashSet<u64>, 
     let image = rig.backing.image();
     let signed = &image[..8] == b"SPDKREDU";
     let pm_files = rig.store.paths();
-    let pm_left = pm_files.iter().any(|p| rec.pm_path == *p);
+    let pm_left = pm_files.contains(&rec.pm_path);
     if marks.contains(&DESTROY_DONE) {
         assert!(!signed, "{at}: destroy acknowledged, signature still there");
         assert!(!pm_left, "{at}: destroy acknowledged, pm file still there");

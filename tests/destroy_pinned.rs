@@ -52,7 +52,7 @@ fn run<T: 'static>(backing: &MemBacking, start: impl FnOnce(Backend, Box<dyn FnO
 }
 
 fn load(backing: &MemBacking) -> Result<Volume> {
-    run(backing, |b, cb| Volume::load(b, cb))
+    run(backing, Volume::load)
 }
 
 fn unload(backing: &MemBacking, vol: &Volume) -> Result<()> {
@@ -62,11 +62,11 @@ fn unload(backing: &MemBacking, vol: &Volume) -> Result<()> {
 }
 
 fn destroy(backing: &MemBacking) -> Result<()> {
-    run(backing, |b, cb| Volume::destroy(b, cb))
+    run(backing, Volume::destroy)
 }
 
 fn destroy_force(backing: &MemBacking) -> Result<()> {
-    run(backing, |b, cb| Volume::destroy_force(b, cb))
+    run(backing, Volume::destroy_force)
 }
 
 fn write_chunk(backing: &MemBacking, vol: &Volume, chunk: u64, bytes: Vec<u8>) {

@@ -1029,7 +1029,7 @@ fn compress_failure_or_no_saving_stores_raw() {
         let (backing, store, vol) = bent_volume(codec);
         let data = text(3, 16384);
         sync_write(&backing, &vol, 2 * 32, &data).unwrap_or_else(|e| panic!("{what}: {e:?}"));
-        let pm = store.persisted(&vol.pm_path()).unwrap();
+        let pm = store.persisted(vol.pm_path()).unwrap();
         let s = &GEO.pm().stored(&pm)[0];
         assert_eq!(s.size, 16384, "{what}: not stored raw");
         assert_eq!(s.bytes(&backing.image(), 4096), data, "{what}");

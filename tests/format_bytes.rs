@@ -331,7 +331,7 @@ fn unload_and_load_keep_bytes() {
     rig.unload(&vol).unwrap();
     // Load and unload with no I/O change nothing on the device or in the pm file.
     assert_eq!(rig.backing.image(), image_before);
-    assert_eq!(rig.store.current(&rig.pm_path()).unwrap(), pm_before);
+    assert_eq!(rig.store.current(rig.pm_path()).unwrap(), pm_before);
 }
 
 #[test]
@@ -403,7 +403,7 @@ fn codec_calls_get_exactly_the_bytes_they_need() {
     // A partial write into a compressed chunk: decompress, then compress the whole.
     write(5, vec![1; 1024]);
     let pm_size = {
-        let pm = store.persisted(&vol.pm_path()).unwrap();
+        let pm = store.persisted(vol.pm_path()).unwrap();
         GEO.pm().stored(&pm)[0].size
     };
     let calls = rec.calls.borrow().clone();

@@ -199,7 +199,7 @@ fn checksum_mismatch_names_the_chunk() {
     let vol = setup.init();
     write(&vol, 5, &text(4096)).unwrap();
     // Find chunk 5's first io unit through the persisted maps, and damage it.
-    let pm = setup.store.persisted(&vol.pm_path()).unwrap();
+    let pm = setup.store.persisted(vol.pm_path()).unwrap();
     let layout = PmLayout::new(Geo::small(CHUNKS), false);
     let index = layout.entry(&pm, 5).expect("chunk 5 written");
     let unit = layout.chunk_map(&pm, index).2[0];

@@ -8,7 +8,9 @@
 //! long as it lives (`flock(LOCK_EX | LOCK_NB)` for a real file, which conflicts across
 //! processes and across separate opens in one process), and opening or locking a file
 //! that is held fails with `EBUSY`. The kernel drops the lock with the process, so a
-//! crash leaves no stale lock behind. Two stores:
+//! crash leaves no stale lock behind. The lock belongs to the open file, so a child
+//! forked while it is held holds it too until it execs (the file is close-on-exec)
+//! or exits. Two stores:
 //! [`FileStore`] (real files, memmap2) and the test kit's `MemStore` (memory, for tests
 //! and miri), which keeps apart what was written from what was persisted so a test can
 //! cut the power.

@@ -268,6 +268,6 @@ impl Rig {
 
     /// The persisted pm image.
     pub fn pm_persisted(&self) -> Vec<u8> {
-        self.store.persisted(&self.pm_path()).unwrap()
+        self.store.persisted(self.pm_path()).unwrap()
     }
 }

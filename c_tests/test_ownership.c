@@ -509,11 +509,13 @@ out:
 	rig_close(&d, vol, dir);
 }
 
-/* io unit = chunk: below 128 bytes the metadata's io units eat into the room the volume
- * reports (at 32 bytes only 384 of 512 chunks could be written). */
+/* io unit = chunk: at 64 bytes or less the metadata's io units eat into the room the
+ * volume reports (at 64 a full volume could overwrite nothing, at 32 only 384 of 512
+ * chunks could be written). At 65 one io unit is left: every chunk can be written and
+ * overwritten. */
 TEST(ownership_init_refuses_geometries_without_room)
 {
-	static const uint32_t sizes[] = {16, 32, 64, 127, 128};
+	static const uint32_t sizes[] = {16, 32, 64, 65};
 	char dir[64];
 	make_tmpdir(dir, sizeof(dir));
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
@@ -524,7 +526,7 @@ TEST(ownership_init_refuses_geometries_without_room)
 		struct spdk_reduce_vol *vol = NULL;
 		mem_dev_init(&d, 1, (512 + 128) * (uint64_t)io, deferred);
 		int rc = h_init(&d, &p, dir, &vol);
-		if (io < 128) {
+		if (io <= 64) {
 			CHECK_EQ(rc, -EINVAL);
 			CHECK_EQ(count_files(dir), 0);
 			CHECK_EQ(d.count[OP_WRITE], 0);

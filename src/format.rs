@@ -50,13 +50,16 @@ pub const PM_ALIGNMENT: u64 = 64;
 /// find room even on a volume full of incompressible data.
 pub const EXTRA_CHUNKS: u64 = 128;
 pub const LOGICAL_MAP_OFFSET: u64 = SUPERBLOCK_SIZE as u64;
-/// Overwrites in flight that the volume always has room for, in chunks: the allocator
-/// holds [`Geometry::overwrite_reserve_io_units`] back from writes to chunks that hold
-/// no data yet, so a write to a chunk already holding data finds room even on a full
-/// volume, as long as no more than this many such writes hold new io units at once
-/// (the engine's pool of active requests is no larger). Init refuses a geometry whose
-/// spare room cannot hold the reserve ([`Geometry::check_room`]).
-pub const OVERWRITE_RESERVE_CHUNKS: u64 = 64;
+/// Chunks' worth of io units that must stay free past the metadata on a volume full
+/// of uncompressed data, so that an overwrite of a chunk holding data always finds
+/// room: it holds its new io units until it commits and frees the old ones. One such
+/// chunk's worth lets one overwrite run; the engine makes a write that finds no room
+/// while others are writing wait for them to free what they replace, so more
+/// overwrites in flight than this wait rather than fail. (Chunk maps need no rule
+/// here: the extra ones live in the pm file, apart from the metadata, and the engine
+/// holds spares back for overwrites.) Init refuses a geometry without this room
+/// ([`Geometry::check_room`]).
+pub const OVERWRITE_ROOM_CHUNKS: u64 = 1;
 /// An unused logical map entry, io unit slot or (init's fill) chunk map word.
 pub const EMPTY_ENTRY: u64 = u64::MAX;
 /// A chunk map whose `reserved` word holds this has no checksum: the original never
@@ -108,10 +111,9 @@ pub struct Geometry {
     pub total_io_units: u64,
     /// Io units overlapping the metadata at the start of the backing device.
     pub reserved_io_units: u64,
-    /// Io units kept for overwrites in flight: [`OVERWRITE_RESERVE_CHUNKS`] chunks'
-    /// worth, or one per chunk on a volume of fewer chunks (a chunk has at most one
-    /// write in flight).
-    pub overwrite_reserve_io_units: u64,
+    /// Io units that must stay free on a volume full of uncompressed data, for
+    /// overwrites: [`OVERWRITE_ROOM_CHUNKS`] chunks' worth.
+    pub overwrite_room_io_units: u64,
     pub chunk_maps_offset: u64,
     pub chunk_map_stride: u64,
     /// Size of a pm file made by the fixed formula (what we create).
@@ -213,8 +215,7 @@ impl Geometry {
             total_chunk_maps,
             total_io_units,
             reserved_io_units: METADATA_SIZE.div_ceil(u64::from(io_unit)),
-            overwrite_reserve_io_units: chunks.min(OVERWRITE_RESERVE_CHUNKS)
-                * u64::from(io_units_per_chunk),
+            overwrite_room_io_units: OVERWRITE_ROOM_CHUNKS * u64::from(io_units_per_chunk),
             chunk_maps_offset,
             chunk_map_stride,
             pm_size,
@@ -223,31 +224,33 @@ impl Geometry {
     }
 
     /// Whether the layout holds the `vol_size` it reports: the io units past the
-    /// metadata must hold every chunk stored raw plus the overwrite reserve. The
-    /// extra chunks' io units pay for both the metadata's and the reserve, so the rule
-    /// is `EXTRA_CHUNKS x io units per chunk - reserved_io_units >=
-    /// overwrite_reserve_io_units`. Tiny io units fail it (at 64 bytes the metadata
-    /// alone covers all 128 extra chunks). Init refuses such params (`EINVAL`, with
+    /// metadata must hold every chunk stored uncompressed plus the room overwrites need
+    /// ([`OVERWRITE_ROOM_CHUNKS`]). The extra chunks' io units pay for both the
+    /// metadata's and that room, so the rule is `EXTRA_CHUNKS x io units per chunk -
+    /// reserved_io_units >= overwrite_room_io_units`. Only tiny io units fail it: with
+    /// io unit = chunk, 64 bytes or less (at 64 the metadata covers all 128 extra
+    /// chunks, and a full volume could overwrite nothing; at 32 it covers 256, and only
+    /// 384 of 512 chunks could be written). Init refuses such params (`EINVAL`, with
     /// the sizes); load accepts them, as volumes made elsewhere may have them.
     pub fn check_room(&self) -> Result<()> {
         let per_chunk = u64::from(self.io_units_per_chunk);
         let usable = self.total_io_units.saturating_sub(self.reserved_io_units);
         let data = self.chunks * per_chunk;
-        let need = data + self.overwrite_reserve_io_units;
+        let need = data + self.overwrite_room_io_units;
         if usable >= need {
             return Ok(());
         }
         Err(Error::new(
             Errno::EINVAL,
             format!(
-                "backing_io_unit_size {} with chunk_size {} leaves too little room: of {} io units, {} hold the metadata, and the {} chunks need {} plus {} kept for overwrites in flight",
+                "backing_io_unit_size {} with chunk_size {} leaves too little room: of {} io units, {} hold the metadata, and the {} chunks need {} plus {} free for an overwrite",
                 self.params.backing_io_unit_size,
                 self.params.chunk_size,
                 self.total_io_units,
                 self.reserved_io_units,
                 self.chunks,
                 data,
-                self.overwrite_reserve_io_units
+                self.overwrite_room_io_units
             ),
         ))
     }
@@ -579,30 +582,28 @@ mod tests {
 
     #[test]
     fn room_rule_boundary() {
-        // The usual geometry: 510 spare io units, 256 kept for overwrites.
+        // The usual geometry: 510 spare io units, 4 needed.
         let g = room(4096, 16384, 512, 512).unwrap();
-        assert_eq!(g.overwrite_reserve_io_units, 64 * 4);
+        assert_eq!(g.overwrite_room_io_units, 4);
         assert_eq!(g.total_io_units - g.reserved_io_units - 512 * 4, 510);
-        // io unit = chunk = 128 bytes: the metadata covers 64 io units and leaves
-        // exactly 64 chunks' worth, the reserve. At 127 bytes it covers 65: refused.
-        let g = room(128, 128, 512, 1).unwrap();
-        assert_eq!(g.reserved_io_units, 64);
-        let err = room(127, 127, 512, 1).unwrap_err();
+        // io unit = chunk = 65 bytes: the metadata covers 127 io units and leaves one,
+        // room for one overwrite. At 64 bytes it covers all 128: refused.
+        let g = room(65, 65, 512, 1).unwrap();
+        assert_eq!(g.reserved_io_units, 127);
+        let err = room(64, 64, 512, 1).unwrap_err();
         assert_eq!(err, Errno::EINVAL);
-        for size in ["127", "65", "512", "64"] {
+        for size in ["64", "640", "128", "512"] {
             assert!(err.detail().contains(size), "{size} missing from: {err}");
         }
-        // The cases that lost space: at 64 bytes the metadata takes all 128 extra
-        // chunks, at 32 and 16 bytes more than that.
-        for io in [64, 32, 16] {
+        // Smaller io units lose more: at 32 bytes not even the data fits.
+        for io in [32, 16] {
             assert_eq!(room(io, io, 512, 16).unwrap_err(), Errno::EINVAL, "{io}");
         }
-        // Larger chunks of small io units are fine: 64-byte io units, 128-byte chunks.
+        // Chunks of several small io units are fine: 64-byte units, 128-byte chunks
+        // (256 extra, 128 for the metadata, 2 needed).
         assert!(room(64, 128, 512, 64).is_ok());
-        // A volume of few chunks needs one chunk's worth per chunk: 64-byte io units
-        // and chunks, 1 chunk: 128 extra - 128 metadata = 0 < 1.
+        // The rule does not depend on the number of chunks.
         assert_eq!(room(64, 64, 1, 64).unwrap_err(), Errno::EINVAL);
-        let g = room(128, 128, 1, 128).unwrap();
-        assert_eq!(g.overwrite_reserve_io_units, 1);
+        assert!(room(65, 65, 1, 1).is_ok());
     }
 }

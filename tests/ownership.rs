@@ -515,18 +515,15 @@ fn a_relative_pm_dir_is_made_absolute() {
 
 #[test]
 fn init_refuses_geometries_that_cannot_hold_their_size() {
-    // io unit = chunk: below 128 bytes the metadata's io units eat into the room the
-    // volume reports (at 32 bytes only 384 of 512 chunks could be written).
-    for (io, ok) in [
-        (16, false),
-        (32, false),
-        (64, false),
-        (127, false),
-        (128, true),
-    ] {
+    // io unit = chunk: at 64 bytes or less the metadata's io units eat into the room
+    // the volume reports (at 64 a full volume could overwrite nothing, at 32 only 384
+    // of 512 chunks could be written). At 65 one io unit is left: every chunk can be
+    // written and overwritten.
+    let cases = [(16, false), (32, false), (64, false), (65, true)];
+    for (mode, (io, ok)) in MODES.into_iter().flat_map(|m| cases.map(|c| (m, c))) {
         let geo = Geo::new(1, io, io, 1, 512);
         let store = MemStore::new();
-        let backing = MemBacking::new(1, geo.blockcnt(), Mode::Immediate);
+        let backing = MemBacking::new(1, geo.blockcnt(), mode);
         let planned = InitPlan::new(geo.params(), 1, geo.blockcnt(), "/pm");
         if !ok {
             let err = planned.unwrap_err();

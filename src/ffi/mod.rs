@@ -134,8 +134,8 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_uuid(vol: *mut spdk_reduce_vol) -> 
 ///   unit and logical block sizes, or the io unit not a multiple of the device's
 ///   `blocklen`; `pm_file_dir` is empty or too long; the device holds 128 chunks or
 ///   fewer; io units so small that the metadata's would eat into the room the volume
-///   needs (every chunk stored uncompressed plus 64 chunks' worth for overwrites in
-///   flight: with io unit = chunk, below 128 bytes);
+///   needs (every chunk stored uncompressed, plus one chunk's worth so that an
+///   overwrite always finds room: with io unit = chunk, 64 bytes or less);
 /// - -EBUSY: `backing_dev` is in use in this process (a volume on it is loaded, or an
 ///   init, load or destroy on it has not completed), or the volume already on the
 ///   device is loaded (its pm file is locked, by this process or another). Nothing is

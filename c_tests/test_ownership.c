@@ -192,6 +192,43 @@ out:
 	rig_close(&d, vol, dir);
 }
 
+static void opened(void *arg, struct spdk_reduce_vol *vol, int status)
+{
+	struct done *w = arg;
+	CHECK(!w->done);
+	w->vol = vol;
+	w->status = status;
+	w->done = 1;
+}
+
+/* Two inits on one device at once (in deferred mode the first is still running when
+ * the second comes): one volume, one pm file. A load or destroy meanwhile is refused
+ * the same way. */
+TEST(ownership_concurrent_inits_make_one_volume)
+{
+	struct mem_dev d;
+	struct spdk_reduce_vol_params p1, p2;
+	struct done first = {0}, second = {0}, load = {0}, destroy = {0};
+	char dir[64];
+	make_tmpdir(dir, sizeof(dir));
+	mem_dev_init(&d, DEF_BLOCKLEN, blockcnt_for_chunks(CHUNKS), deferred);
+	default_params(&p1);
+	default_params(&p2);
+	spdk_reduce_vol_init(&p1, &d.dev, dir, opened, &first);
+	spdk_reduce_vol_init(&p2, &d.dev, dir, opened, &second);
+	spdk_reduce_vol_load(&d.dev, opened, &load);
+	spdk_reduce_vol_destroy(&d.dev, op_done, &destroy);
+	/* The refusals come at once, inside their calls. */
+	CHECK(second.done && second.status == -EBUSY && second.vol == NULL);
+	CHECK(load.done && load.status == -EBUSY && load.vol == NULL);
+	CHECK(destroy.done && destroy.status == -EBUSY);
+	CHECK_EQ(p2.vol_size, 0);
+	CHECK_EQ(poll_until(&d, &first.done), 0);
+	CHECK_EQ(first.status, 0);
+	CHECK_EQ(count_files(dir), 1);
+	rig_close(&d, first.vol, dir);
+}
+
 /* A device in use is free again before the callback that ends its use runs. */
 struct reopen {
 	struct mem_dev *d;

@@ -17,11 +17,13 @@ mod codec;
 mod device;
 mod iov;
 mod logging;
+mod slab;
 mod types;
 
 use std::cell::Cell;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::ptr;
+use std::thread::ThreadId;
 
 use libc::iovec;
 
@@ -38,6 +40,8 @@ use crate::vol::{Backend, InitPlan, Op, Volume};
 /// until a successful unload completes.
 pub struct spdk_reduce_vol {
     vol: Volume,
+    /// The thread the volume belongs to: every call that touches it must come from here.
+    owner: ThreadId,
     params: spdk_reduce_vol_params,
     info: Cell<spdk_reduce_vol_info>,
     pm_path: CString,
@@ -49,6 +53,7 @@ impl spdk_reduce_vol {
         let pm_path = CString::new(vol.pm_path()).unwrap_or_default();
         Box::into_raw(Box::new(spdk_reduce_vol {
             vol,
+            owner: boundary::this_thread(),
             params,
             info: Cell::default(),
             pm_path,
@@ -58,22 +63,42 @@ impl spdk_reduce_vol {
 
 fn backend(dev: CDevice) -> Backend {
     Backend {
+        codec: Box::new(dev.clone()),
         backing: Box::new(dev),
-        codec: Box::new(dev),
         store: Box::new(FileStore),
     }
 }
 
 /// The volume behind a handle, cloned so no reference to the handle outlives this
-/// line: an unload run from inside the call may free it. A NULL handle is refused.
+/// line: an unload run from inside the call may free it. A NULL handle is refused, and
+/// so is a call on a thread other than the volume's (`EPERM`).
 ///
 /// # Safety
 /// `vol` is NULL or a live handle.
 unsafe fn volume(what: &str, vol: *const spdk_reduce_vol) -> Result<Volume> {
     // SAFETY: NULL or live, per the caller.
-    unsafe { vol.as_ref() }
-        .map(|h| h.vol.clone())
-        .ok_or_else(|| refuse(what, "vol is NULL"))
+    let h = unsafe { owned(what, vol) }?.ok_or_else(|| refuse(what, "vol is NULL"))?;
+    Ok(h.vol.clone())
+}
+
+/// The handle, when the call is on the volume's thread (else `EPERM`, logged); `None`
+/// for a NULL `vol`. The owner is read before anything else: the rest of the handle is
+/// not safe to touch from another thread.
+///
+/// # Safety
+/// `vol` is NULL or a live handle.
+unsafe fn owned<'a>(
+    what: &str,
+    vol: *const spdk_reduce_vol,
+) -> Result<Option<&'a spdk_reduce_vol>> {
+    if vol.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: live, per the caller; `owner` is set once, so reading it races with
+    // nothing.
+    boundary::on_owner_thread(what, unsafe { (*vol).owner })?;
+    // SAFETY: live, and this is its thread.
+    Ok(unsafe { vol.as_ref() })
 }
 
 /// A completion for init and load: hands C a new handle, or NULL and the error.
@@ -432,7 +457,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_get_info", ptr::null(), || {
         // SAFETY: NULL or live, per the caller.
-        let Some(h) = (unsafe { vol.as_ref() }) else {
+        let Ok(Some(h)) = (unsafe { owned("spdk_reduce_vol_get_info", vol) }) else {
             return ptr::null();
         };
         h.info.set(spdk_reduce_vol_info {
@@ -448,7 +473,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_print_info(vol: *mut spdk_reduce_vol) {
     // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_print_info", (), || {
         // SAFETY: NULL or live, per the caller.
-        let Some(h) = (unsafe { vol.as_ref() }) else {
+        let Ok(Some(h)) = (unsafe { owned("spdk_reduce_vol_print_info", vol) }) else {
             return;
         };
         eprint!("{}", h.vol.describe());

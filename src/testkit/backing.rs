@@ -27,8 +27,9 @@ pub type FaultFn = Box<dyn FnMut(bool, u64) -> Option<Errno>>;
 
 /// Decides which completions are delivered twice: `true` for (is_write, operation
 /// number). The second delivery carries a copy of the buffer and changes nothing on the
-/// device; it comes right after the first in [`Mode::Immediate`], and from the back of
-/// the queue (after what is pending by then) in [`Mode::Deferred`].
+/// device; it comes right after the first in [`Mode::Immediate`], and in
+/// [`Mode::Deferred`] from the back of the queue: after what is pending when the first
+/// is delivered, before what that delivery sets off.
 pub type DuplicateFn = Box<dyn FnMut(bool, u64) -> bool>;
 
 /// Mangles what an operation hands back (is_write, operation number, the operation), as
@@ -290,15 +291,17 @@ impl MemBacking {
             echo: true,
             ..p
         });
+        // Deferred: queued first, so it comes before whatever this completion sets off.
+        let echo = match echo {
+            Some(echo) if self.state.borrow().mode == Mode::Deferred => {
+                self.state.borrow_mut().pending.push_back(echo);
+                None
+            }
+            other => other,
+        };
         p.done.complete(p.io, p.result);
         if let Some(echo) = echo {
-            let mut s = self.state.borrow_mut();
-            if s.mode == Mode::Deferred {
-                s.pending.push_back(echo);
-            } else {
-                drop(s);
-                self.finish(echo);
-            }
+            self.finish(echo);
         }
     }
 }

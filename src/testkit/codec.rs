@@ -87,6 +87,11 @@ impl TestCodec {
         self.state.borrow_mut().tamper = tamper;
     }
 
+    /// Operations started so far: the number the next one gets.
+    pub fn ops(&self) -> u64 {
+        self.state.borrow().ops
+    }
+
     pub fn pending(&self) -> usize {
         self.state.borrow().pending.len()
     }
@@ -118,16 +123,20 @@ impl TestCodec {
             result: p.result.clone(),
             twice: false,
         });
+        let mut s = self.state.borrow_mut();
+        s.duplicates += u64::from(echo.is_some());
+        // Deferred: queued first, so it comes before whatever this completion sets off.
+        let echo = match echo {
+            Some(echo) if s.mode == Mode::Deferred => {
+                s.pending.push_back(echo);
+                None
+            }
+            other => other,
+        };
+        drop(s);
         p.done.complete(p.io, p.result);
         if let Some(echo) = echo {
-            let mut s = self.state.borrow_mut();
-            s.duplicates += 1;
-            if s.mode == Mode::Deferred {
-                s.pending.push_back(echo);
-            } else {
-                drop(s);
-                echo.done.complete(echo.io, echo.result);
-            }
+            echo.done.complete(echo.io, echo.result);
         }
     }
 

@@ -269,9 +269,35 @@ fn a_panic_in_the_engine_fails_one_request_with_eio() {
     }
 }
 
+/// Three writes queued on one chunk, the middle one failing with a panic: the one
+/// behind it still runs (nothing else would wake it), and the chunk ends as the last
+/// write left it.
+#[test]
+fn a_panic_leaves_the_requests_behind_it_running() {
+    for mode in MODES {
+        let geo = Geo::small(8);
+        let rig = Rig::new(geo, mode, CodecKind::test(mode));
+        let vol = rig.init();
+        let doomed = Rc::new(Cell::new(Some(rig.codec.double().ops() + 1)));
+        break_codec_at(&rig, true, doomed);
+        let results = Rc::new(RefCell::new(Vec::new()));
+        for k in 0..3u8 {
+            let r = results.clone();
+            vol.writev(16, 8, vec![vec![k; 4096]], move |res, _| {
+                r.borrow_mut().push((k, res.map_err(|e| e.errno())))
+            });
+        }
+        rig.drain();
+        let want = vec![(0, Ok(())), (1, Err(Errno::EIO)), (2, Ok(()))];
+        assert_eq!(*results.borrow(), want, "{mode:?}");
+        assert_eq!(rig.read(&vol, 16, 8).unwrap(), vec![2; 4096]);
+        assert!(rig.check(&vol).unwrap().is_clean());
+        rig.unload(&vol).unwrap();
+    }
+}
+
 /// The device hands back a read buffer of the wrong length: the engine's own
-/// invariant breaks, the read fails with EIO, and the late completion of nothing else
-/// is confused with it.
+/// invariant breaks, that read fails with EIO, and the next read of the chunk works.
 #[test]
 fn a_panic_on_a_device_completion_fails_that_request() {
     for mode in MODES {

@@ -38,6 +38,13 @@ use crate::vol::{Backend, InitPlan, Op, Volume};
 
 /// A loaded volume. Opaque: the init and load callbacks hand out pointers to it, valid
 /// until a successful unload completes.
+///
+/// A volume belongs to the thread that loaded it (the one that called init or load).
+/// Reads, writes, unload, check, `spdk_reduce_vol_get_info` and
+/// `spdk_reduce_vol_print_info` called on another thread are refused and logged: -EPERM
+/// through the callback, on the calling thread (NULL, or nothing, for the functions
+/// without one). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
+/// `spdk_reduce_vol_get_pm_path` may be called from any thread.
 pub struct spdk_reduce_vol {
     vol: Volume,
     /// The thread the volume belongs to: every call that touches it must come from here.
@@ -237,7 +244,8 @@ pub unsafe extern "C" fn spdk_reduce_vol_load(
 /// Unload a volume; it stays on its device and pm file for a later load. `cb_fn` gets:
 /// - 0: the volume is closed, and `vol` freed before `cb_fn` runs;
 /// - -EBUSY: reads or writes are outstanding; the volume stays loaded;
-/// - -EINVAL: `vol` is NULL.
+/// - -EINVAL: `vol` is NULL;
+/// - -EPERM: called on a thread other than the volume's.
 ///
 /// With `cb_fn` NULL the call does nothing (the volume stays loaded).
 #[unsafe(no_mangle)]
@@ -344,7 +352,10 @@ unsafe fn submit(
 /// - -EINVAL: `vol` is NULL; a bad iovec array (negative `iovcnt`, `iov` NULL, an
 ///   `iov_base` NULL with a length); buffers that do not hold exactly `length` blocks;
 ///   a range past the end of the volume or across a chunk boundary;
-/// - -EIO: stored data that fails its checksum or does not decompress to a chunk;
+/// - -EPERM: called on a thread other than the volume's;
+/// - -EIO: stored data that fails its checksum or does not decompress to a chunk, or
+///   map entries in the pm file that name something no chunk may use (an entry out of
+///   range, a free chunk map or io unit);
 /// - the error the device's readv completed with.
 ///
 /// With `cb_fn` NULL the call does nothing.
@@ -386,10 +397,16 @@ pub unsafe extern "C" fn spdk_reduce_vol_readv(
 /// never mixed.
 ///
 /// `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
-/// - -EINVAL: as for `spdk_reduce_vol_readv`;
-/// - -ENOSPC: no free io unit or chunk map;
+/// - -EINVAL, -EPERM: as for `spdk_reduce_vol_readv`;
+/// - -ENOSPC: a write to a chunk that holds no data, when the free chunk maps are all
+///   held back for overwrites. A write never replaces a chunk in place, so overwriting
+///   needs a spare chunk map (and io units) until it frees the old one; the library
+///   holds back one spare for each chunk holding data, up to 128 (the writes that can
+///   be in flight), so a write to a chunk that holds data always finds room, whatever
+///   the size of the pm file. With a pm file of the original's smaller size this caps
+///   the chunks that can hold data;
 /// - -EIO: a partial-chunk write whose old data fails its checksum or does not
-///   decompress;
+///   decompress, or whose map entries are out of range (as for readv);
 /// - the error the device's readv or writev completed with, or the OS error
 ///   persisting the pm file.
 ///
@@ -448,8 +465,9 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_pm_path(vol: *const spdk_reduce_vol
     })
 }
 
-/// Current statistics of the volume, or NULL for a NULL `vol`. Valid until the next
-/// call of this function on the volume, or until it is unloaded.
+/// Current statistics of the volume, or NULL for a NULL `vol` or on a thread other than
+/// the volume's. Valid until the next call of this function on the volume, or until it
+/// is unloaded.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     vol: *const spdk_reduce_vol,
@@ -467,7 +485,8 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     })
 }
 
-/// Print the volume's geometry and pm layout to stderr (nothing for a NULL `vol`).
+/// Print the volume's geometry and pm layout to stderr (nothing for a NULL `vol`, or on
+/// a thread other than the volume's).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_print_info(vol: *mut spdk_reduce_vol) {
     // Safety (Rust): `vol` is NULL or a live handle.

@@ -151,12 +151,26 @@ impl Shared {
         loop {
             let event = self.events.borrow_mut().pop_front();
             let Some(event) = event else { break };
-            let what = event.name();
-            let handled = catch_unwind(AssertUnwindSafe(|| {
-                self.core.borrow_mut().handle(event, &mut actions)
-            }));
-            if let Err(panic) = handled {
-                self.recover(what, panic.as_ref(), &mut actions);
+            let mut what = event.name();
+            let mut event = Some(event);
+            // The event, then (after a panic that failed a request) what it left
+            // undone, until a step runs through or a panic fails no request.
+            loop {
+                let step = catch_unwind(AssertUnwindSafe(|| {
+                    let mut core = self.core.borrow_mut();
+                    if let Some(event) = event.take() {
+                        core.handle(event, &mut actions);
+                    } else if let Some(engine) = core.engine() {
+                        engine.resume(&mut actions);
+                    }
+                }));
+                match step {
+                    Ok(()) => break,
+                    Err(panic) if self.recover(what, panic.as_ref(), &mut actions) => {
+                        what = "the work left after a panic";
+                    }
+                    Err(_) => break,
+                }
             }
             for action in actions.drain(..) {
                 self.perform(action);
@@ -165,8 +179,8 @@ impl Shared {
     }
 
     /// After a panic while handling `what`: the request the engine had in hand fails
-    /// with `EIO` (logged); the volume goes on.
-    fn recover(&self, what: &str, panic: &(dyn Any + Send), actions: &mut Vec<Action>) {
+    /// with `EIO` (logged); the volume goes on. False when no request was in hand.
+    fn recover(&self, what: &str, panic: &(dyn Any + Send), actions: &mut Vec<Action>) -> bool {
         let message = panic
             .downcast_ref::<&str>()
             .copied()
@@ -184,6 +198,7 @@ impl Shared {
                 format_args!("internal error ({why}); no request was affected"),
             );
         }
+        failed.is_some()
     }
 
     fn perform(self: &Rc<Self>, action: Action) {

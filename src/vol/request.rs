@@ -217,7 +217,8 @@ struct Slot {
 
 /// The I/O side of a loaded volume.
 pub(crate) struct Engine {
-    pub(crate) meta: Metadata,
+    /// Boxed: the engine sits in the volume's phase, beside much smaller ones.
+    pub(crate) meta: Box<Metadata>,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
     outstanding: usize,
@@ -243,7 +244,7 @@ pub(crate) struct Engine {
 impl Engine {
     pub(crate) fn new(meta: Metadata) -> Engine {
         Engine {
-            meta,
+            meta: Box::new(meta),
             slots: Vec::new(),
             free_slots: Vec::new(),
             outstanding: 0,
@@ -788,8 +789,12 @@ impl Engine {
             }
         }
         self.finish(id, Some(buffers), committed, out);
-        // Space may have been freed (or nothing holds any more): retry the waiters, each
-        // once (one that still finds none queues again).
+        self.retry_space_waiters(out);
+    }
+
+    /// Space may have been freed (or nothing holds any more): retries the writes waiting
+    /// for it, each once (one that still finds none queues again).
+    fn retry_space_waiters(&mut self, out: &mut Vec<Action>) {
         for _ in 0..self.space_waiters.len() {
             let Some(waiter) = self.space_waiters.pop_front() else {
                 break;
@@ -851,6 +856,13 @@ impl Engine {
         self.outstanding -= 1;
         self.in_hand = None;
         out.extend(user.map(|user| Action::Finish(user, result)));
+    }
+
+    /// Goes on after [`Engine::recover`]: the step that panicked may have left requests
+    /// to admit, or writes waiting for space that nothing in flight will wake.
+    pub(crate) fn resume(&mut self, out: &mut Vec<Action>) {
+        self.retry_space_waiters(out);
+        self.run_admissions(out);
     }
 
     /// After a step panicked (`why`): completes the request it had in hand with `EIO`.

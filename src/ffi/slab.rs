@@ -19,7 +19,7 @@
 //! No allocation once the slab has grown to the device's concurrency: each call takes
 //! an idle entry and the operation's buffers and completion handle move into it.
 
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
 use std::fmt;
@@ -118,7 +118,10 @@ enum Use {
 /// A device's entries. Shared by its backing and codec adapters; used only on `owner`.
 pub(crate) struct Slab {
     owner: ThreadId,
-    pages: RefCell<Vec<Box<[UnsafeCell<Entry>]>>>,
+    /// Each page's first entry, of [`PAGE`]. Raw: C and the slab reach entries through
+    /// pointers that must stay valid, which a `Box` (asserting unique access whenever
+    /// it moves) would not allow. Freed when the slab drops.
+    pages: RefCell<Vec<*mut Entry>>,
     uses: RefCell<Vec<Use>>,
     /// Idle entries: never used ones at the front, the rest in the order they finished.
     idle: RefCell<VecDeque<u32>>,
@@ -203,24 +206,25 @@ impl Slab {
     fn grow(&self, idle: &mut VecDeque<u32>) {
         let mut pages = self.pages.borrow_mut();
         let first = pages.len() * PAGE;
-        let page: Box<[UnsafeCell<Entry>]> = (first..first + PAGE)
-            .map(|index| {
-                UnsafeCell::new(Entry {
-                    args: spdk_reduce_vol_cb_args {
-                        cb_fn: Some(op_done),
-                        cb_arg: std::ptr::null_mut(),
-                    },
-                    iov: [NO_IOV; 2],
-                    slab: self,
-                    index: index as u32,
-                })
+        let page: Box<[Entry]> = (first..first + PAGE)
+            .map(|index| Entry {
+                args: spdk_reduce_vol_cb_args {
+                    cb_fn: Some(op_done),
+                    cb_arg: std::ptr::null_mut(),
+                },
+                iov: [NO_IOV; 2],
+                slab: self,
+                index: index as u32,
             })
             .collect();
-        for cell in page.iter() {
-            let entry = cell.get();
-            // SAFETY: the page is ours alone until the entry is handed to C; its address
-            // is final (the boxed slice never moves).
-            unsafe { (*entry).args.cb_arg = entry.cast() };
+        let page = Box::into_raw(page).cast::<Entry>();
+        for k in 0..PAGE {
+            // SAFETY: within the page just made, ours alone until its entries are handed
+            // to C; its address is final.
+            unsafe {
+                let entry = page.add(k);
+                (*entry).args.cb_arg = entry.cast();
+            }
         }
         pages.push(page);
         self.uses
@@ -234,10 +238,11 @@ impl Slab {
     /// Puts `iov` in entry `index`: the addresses of its iovecs and args.
     fn prepare(&self, index: u32, iov: [iovec; 2]) -> (*mut iovec, *mut spdk_reduce_vol_cb_args) {
         let index = index as usize;
-        let entry = self.pages.borrow()[index / PAGE][index % PAGE].get();
-        // SAFETY: the entry lives as long as the slab; C has no call out on it (it was
-        // idle), and this thread is the only one that uses it.
+        let page = self.pages.borrow()[index / PAGE];
+        // SAFETY: the entry is in that page, which lives as long as the slab; C has no
+        // call out on it (it was idle), and this thread is the only one that uses it.
         unsafe {
+            let entry = page.add(index % PAGE);
             (*entry).iov = iov;
             (&raw mut (*entry).iov[0], &raw mut (*entry).args)
         }
@@ -308,6 +313,17 @@ impl Slab {
     }
 }
 
+impl Drop for Slab {
+    fn drop(&mut self) {
+        for &page in self.pages.get_mut().iter() {
+            let page = std::ptr::slice_from_raw_parts_mut(page, PAGE);
+            // SAFETY: made by `Box::into_raw` in `grow`, freed once, here; the device is
+            // no longer in use, so C holds none of its entries.
+            drop(unsafe { Box::from_raw(page) });
+        }
+    }
+}
+
 /// A completion for an entry with no call out on it: logged and ignored.
 fn stray(index: u32, last: Option<Call>) {
     match last {
@@ -352,4 +368,129 @@ unsafe extern "C" fn op_done(cb_arg: *mut c_void, reduce_errno: c_int) {
         // above).
         unsafe { &*slab }.complete(index, reduce_errno);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::completion::{Receiver, Ticket, Token};
+    use crate::error::Errno;
+
+    /// What reached the volume: (buffer length, result) per completion.
+    #[derive(Default)]
+    struct Got {
+        blocks: RefCell<Vec<(usize, Result<()>)>>,
+        codec: RefCell<Vec<(usize, Result<usize>)>>,
+    }
+
+    impl Receiver<BackingIo, ()> for Got {
+        fn receive(self: Rc<Self>, _: Token, io: BackingIo, result: Result<()>) {
+            self.blocks.borrow_mut().push((io.buf.len(), result));
+        }
+    }
+
+    impl Receiver<CodecIo, usize> for Got {
+        fn receive(self: Rc<Self>, _: Token, io: CodecIo, result: Result<usize>) {
+            self.codec.borrow_mut().push((io.src.len(), result));
+        }
+    }
+
+    const TOKEN: Token = Token::Request(Ticket {
+        slot: 0,
+        generation: 1,
+    });
+
+    /// Completes as C does: through the args, reading both members at call time.
+    fn c_completes(args: *mut spdk_reduce_vol_cb_args, status: c_int) {
+        // SAFETY: args from the slab, alive as long as it is.
+        let a = unsafe { *args };
+        // SAFETY: the library's own completion with its own argument.
+        unsafe { a.cb_fn.expect("cb_fn set")(a.cb_arg, status) }
+    }
+
+    fn block(slab: &Slab, got: &Rc<Got>, runs: usize) -> Vec<*mut spdk_reduce_vol_cb_args> {
+        let call = Call::Readv {
+            lba: 8,
+            lba_count: 1,
+        };
+        let io = BackingIo {
+            buf: vec![0; 512 * runs],
+            extents: Default::default(),
+        };
+        let done = IoDone {
+            receiver: got.clone(),
+            token: TOKEN,
+        };
+        let head = slab.block(call, io, done, runs);
+        let args = (0..runs)
+            .map(|k| slab.run(head, k, call, NO_IOV).1)
+            .collect();
+        slab.issued(head);
+        args
+    }
+
+    #[test]
+    fn a_block_operation_completes_once_all_runs_are_back_and_duplicates_are_ignored() {
+        let slab = Slab::new();
+        let got = Rc::new(Got::default());
+        let args = block(&slab, &got, 3);
+        c_completes(args[1], 0);
+        c_completes(args[1], 0);
+        c_completes(args[0], -libc::ENXIO);
+        c_completes(args[0], 0);
+        assert!(got.blocks.borrow().is_empty(), "completed with a run out");
+        c_completes(args[2], 0);
+        c_completes(args[2], 0);
+        c_completes(args[0], 0);
+        assert_eq!(
+            *got.blocks.borrow(),
+            vec![(1536, Err(Errno(libc::ENXIO).into()))]
+        );
+    }
+
+    #[test]
+    fn a_codec_operation_completes_once() {
+        let slab = Slab::new();
+        let got = Rc::new(Got::default());
+        let io = CodecIo {
+            src: vec![1; 64],
+            src_len: 64,
+            dst: vec![0; 64],
+        };
+        let done = CodecDone {
+            receiver: got.clone(),
+            token: TOKEN,
+        };
+        let (src, dst, args) = slab.codec(Call::Compress, io, done, NO_IOV, NO_IOV);
+        assert_eq!(dst, src.wrapping_add(1));
+        c_completes(args, 17);
+        c_completes(args, 17);
+        c_completes(args, -libc::EIO);
+        assert_eq!(*got.codec.borrow(), vec![(64, Ok(17))]);
+    }
+
+    /// An entry serves again only after more than MIN_IDLE later operations have
+    /// completed; until then a stale duplicate through it is caught.
+    #[test]
+    fn entries_are_reused_oldest_first_after_min_idle_others() {
+        let slab = Slab::new();
+        let got = Rc::new(Got::default());
+        let first = block(&slab, &got, 1)[0];
+        c_completes(first, 0);
+        let mut reused_after = None;
+        for n in 1..=2 * MIN_IDLE {
+            let args = block(&slab, &got, 1)[0];
+            if args == first {
+                reused_after = Some(n);
+                break;
+            }
+            c_completes(args, 0);
+            c_completes(first, 0);
+        }
+        assert!(
+            reused_after.is_some_and(|n| n > MIN_IDLE),
+            "{reused_after:?}"
+        );
+        assert_eq!(got.blocks.borrow().len(), reused_after.unwrap());
+    }
 }

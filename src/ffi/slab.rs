@@ -19,7 +19,7 @@
 //! No allocation once the slab has grown to the device's concurrency: each call takes
 //! an idle entry and the operation's buffers and completion handle move into it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
 use std::fmt;
@@ -118,6 +118,10 @@ enum Use {
 /// A device's entries. Shared by its backing and codec adapters; used only on `owner`.
 pub(crate) struct Slab {
     owner: ThreadId,
+    /// The slab's own address as the `Rc` holding it gives it out, for the entries: a
+    /// completion takes a reference through it, so the slab outlives the completion
+    /// even when the volume goes away inside it.
+    me: Cell<*const Slab>,
     /// Each page's first entry, of [`PAGE`]. Raw: C and the slab reach entries through
     /// pointers that must stay valid, which a `Box` (asserting unique access whenever
     /// it moves) would not allow. Freed when the slab drops.
@@ -130,12 +134,15 @@ pub(crate) struct Slab {
 impl Slab {
     /// An empty slab owned by the calling thread.
     pub(crate) fn new() -> Rc<Slab> {
-        Rc::new(Slab {
+        let slab = Rc::new(Slab {
             owner: this_thread(),
+            me: Cell::new(std::ptr::null()),
             pages: RefCell::new(Vec::new()),
             uses: RefCell::new(Vec::new()),
             idle: RefCell::new(VecDeque::new()),
-        })
+        });
+        slab.me.set(Rc::as_ptr(&slab));
+        slab
     }
 
     /// Starts a block operation of `runs` calls: returns its entry (the first run's),
@@ -213,7 +220,7 @@ impl Slab {
                     cb_arg: std::ptr::null_mut(),
                 },
                 iov: [NO_IOV; 2],
-                slab: self,
+                slab: self.me.get(),
                 index: index as u32,
             })
             .collect();
@@ -364,9 +371,15 @@ unsafe extern "C" fn op_done(cb_arg: *mut c_void, reduce_errno: c_int) {
                 ),
             );
         }
-        // SAFETY: on the owner thread the slab is this thread's to use, and alive (as
-        // above).
-        unsafe { &*slab }.complete(index, reduce_errno);
+        // SAFETY: on the owner thread the slab is this thread's to use; `slab` came from
+        // the `Rc` that holds it (`Slab::me`), which is alive (as above). The reference
+        // taken here keeps it so until the completion is over, even if the volume (and
+        // with it every other holder) goes away inside it.
+        let slab = unsafe {
+            Rc::increment_strong_count(slab);
+            Rc::from_raw(slab)
+        };
+        slab.complete(index, reduce_errno);
     })
 }
 
@@ -467,6 +480,36 @@ mod tests {
         c_completes(args, 17);
         c_completes(args, -libc::EIO);
         assert_eq!(*got.codec.borrow(), vec![(64, Ok(17))]);
+    }
+
+    /// Holds the slab, as the volume does, and lets it go inside the completion, as an
+    /// unload from the caller's callback does.
+    struct LastHolder(RefCell<Option<Rc<Slab>>>);
+
+    impl Receiver<CodecIo, usize> for LastHolder {
+        fn receive(self: Rc<Self>, _: Token, _: CodecIo, result: Result<usize>) {
+            assert_eq!(result, Ok(3));
+            self.0.borrow_mut().take();
+        }
+    }
+
+    #[test]
+    fn the_slab_outlives_a_completion_that_lets_the_volume_go() {
+        let slab = Slab::new();
+        let holder = Rc::new(LastHolder(RefCell::new(Some(slab.clone()))));
+        let io = CodecIo {
+            src: vec![1; 8],
+            src_len: 8,
+            dst: vec![0; 8],
+        };
+        let done = CodecDone {
+            receiver: holder.clone(),
+            token: TOKEN,
+        };
+        let (_, _, args) = slab.codec(Call::Decompress, io, done, NO_IOV, NO_IOV);
+        drop(slab);
+        c_completes(args, 3);
+        assert!(holder.0.borrow().is_none());
     }
 
     /// An entry serves again only after more than MIN_IDLE later operations have

@@ -65,6 +65,13 @@ struct spdk_reduce_backing_dev;
 /**
  * A loaded volume. Opaque: the init and load callbacks hand out pointers to it, valid
  * until a successful unload completes.
+ *
+ * A volume belongs to the thread that loaded it (the one that called init or load).
+ * Reads, writes, unload, check, `spdk_reduce_vol_get_info` and
+ * `spdk_reduce_vol_print_info` called on another thread are refused and logged: -EPERM
+ * through the callback, on the calling thread (NULL, or nothing, for the functions
+ * without one). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
+ * `spdk_reduce_vol_get_pm_path` may be called from any thread.
  */
 struct spdk_reduce_vol;
 
@@ -110,9 +117,22 @@ typedef void (*spdk_reduce_dev_cpl)(void *cb_arg, int reduce_errno);
 
 /**
  * How a backing device operation reports back: call `cb_fn(cb_arg, status)` exactly
- * once, inside the operation's call or later on the volume's thread. The structure
- * belongs to the library and stays valid until that call, which may free it: read
- * both members before calling, and do not touch the structure after.
+ * once, inside the operation's call or later, on the volume's thread (the thread that
+ * called init, load or destroy). The structure belongs to the library; it stays valid
+ * until the volume is unloaded (or its init, load or destroy has completed), and each
+ * call into the device gets its own.
+ *
+ * The library checks completions instead of trusting them:
+ * - a completion delivered twice, or for an operation no longer in flight, is logged
+ *   (`REDUCE_LOG_WARN`) and ignored;
+ * - a completion on another thread is logged (`REDUCE_LOG_ERROR`) and ignored, since
+ *   the volume is not safe to touch from there: the operation stays in flight until
+ *   it is completed on the volume's thread.
+ *
+ * Limits: structures are reused oldest first, and only after at least 256 later
+ * operations have completed; a duplicate arriving after its structure was reused is
+ * taken as the completion of the operation now using it, which cannot be told apart.
+ * No completion may come once the volume is unloaded: the structures are freed then.
  */
 struct spdk_reduce_vol_cb_args {
     /**
@@ -186,8 +206,9 @@ typedef void (*reduce_backing_codec_fn)(struct spdk_reduce_backing_dev *dev,
  * unloaded (or the init, load or destroy has failed or completed).
  *
  * Each function completes through its `args` (see `struct spdk_reduce_vol_cb_args`),
- * inside the call or later, on the volume's thread. All five must be set: init, load
- * and destroy refuse a device with a NULL member (-EINVAL). The library supplies
+ * inside the call or later, on the volume's thread: a completion delivered twice, or
+ * on another thread, is logged and ignored. All five must be set: init, load and
+ * destroy refuse a device with a NULL member (-EINVAL). The library supplies
  * `reduce_zstd_compress` and `reduce_zstd_decompress` for the codec members.
  */
 struct spdk_reduce_backing_dev {
@@ -281,7 +302,8 @@ struct reduce_vol_check_report {
  * Completion of `reduce_vol_check`: `ctx` is the caller's `cb_arg`; `reduce_errno` is
  * 0 when the volume is clean, -EILSEQ for metadata problems, -EIO when only data
  * failed to read back, or the error that kept the check from running (-EINVAL for a
- * NULL volume, -EBUSY with I/O outstanding). `report` is valid during the call only.
+ * NULL volume, -EBUSY with I/O outstanding, -EPERM on a thread other than the
+ * volume's). `report` is valid during the call only.
  */
 typedef void (*reduce_vol_check_complete)(void *ctx,
                                           int reduce_errno,
@@ -372,7 +394,8 @@ void spdk_reduce_vol_load(struct spdk_reduce_backing_dev *backing_dev,
  * - 0: the volume is closed, its pm file unlocked and `backing_dev` free for another
  *   init, load or destroy, and `vol` freed, all before `cb_fn` runs;
  * - -EBUSY: reads or writes are outstanding; the volume stays loaded;
- * - -EINVAL: `vol` is NULL.
+ * - -EINVAL: `vol` is NULL;
+ * - -EPERM: called on a thread other than the volume's.
  *
  * With `cb_fn` NULL the call does nothing (the volume stays loaded).
  */
@@ -434,7 +457,10 @@ void reduce_vol_destroy_force(struct spdk_reduce_backing_dev *backing_dev,
  * - -EINVAL: `vol` is NULL; a bad iovec array (negative `iovcnt`, `iov` NULL, an
  *   `iov_base` NULL with a length); buffers that do not hold exactly `length` blocks;
  *   a range past the end of the volume or across a chunk boundary;
- * - -EIO: stored data that fails its checksum or does not decompress to a chunk;
+ * - -EPERM: called on a thread other than the volume's;
+ * - -EIO: stored data that fails its checksum or does not decompress to a chunk, or
+ *   map entries in the pm file that name something no chunk may use (an entry out of
+ *   range, a free chunk map or io unit);
  * - the error the device's readv completed with.
  *
  * With `cb_fn` NULL the call does nothing.
@@ -456,10 +482,16 @@ void spdk_reduce_vol_readv(struct spdk_reduce_vol *vol,
  * never mixed.
  *
  * `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
- * - -EINVAL: as for `spdk_reduce_vol_readv`;
- * - -ENOSPC: no free io unit or chunk map;
+ * - -EINVAL, -EPERM: as for `spdk_reduce_vol_readv`;
+ * - -ENOSPC: a write to a chunk that holds no data, when the free chunk maps are all
+ *   held back for overwrites. A write never replaces a chunk in place, so overwriting
+ *   needs a spare chunk map (and io units) until it frees the old one; the library
+ *   holds back one spare for each chunk holding data, up to 128 (the writes that can
+ *   be in flight), so a write to a chunk that holds data always finds room, whatever
+ *   the size of the pm file. With a pm file of the original's smaller size this caps
+ *   the chunks that can hold data;
  * - -EIO: a partial-chunk write whose old data fails its checksum or does not
- *   decompress;
+ *   decompress, or whose map entries are out of range (as for readv);
  * - the error the device's readv or writev completed with, or the OS error
  *   persisting the pm file.
  *
@@ -487,13 +519,15 @@ const struct spdk_reduce_vol_params *spdk_reduce_vol_get_params(struct spdk_redu
 const char *spdk_reduce_vol_get_pm_path(const struct spdk_reduce_vol *vol);
 
 /**
- * Current statistics of the volume, or NULL for a NULL `vol`. Valid until the next
- * call of this function on the volume, or until it is unloaded.
+ * Current statistics of the volume, or NULL for a NULL `vol` or on a thread other than
+ * the volume's. Valid until the next call of this function on the volume, or until it
+ * is unloaded.
  */
 const struct spdk_reduce_vol_info *spdk_reduce_vol_get_info(const struct spdk_reduce_vol *vol);
 
 /**
- * Print the volume's geometry and pm layout to stderr (nothing for a NULL `vol`).
+ * Print the volume's geometry and pm layout to stderr (nothing for a NULL `vol`, or on
+ * a thread other than the volume's).
  */
 void spdk_reduce_vol_print_info(struct spdk_reduce_vol *vol);
 

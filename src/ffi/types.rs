@@ -89,7 +89,8 @@ pub struct reduce_vol_check_report {
 /// Completion of `reduce_vol_check`: `ctx` is the caller's `cb_arg`; `reduce_errno` is
 /// 0 when the volume is clean, -EILSEQ for metadata problems, -EIO when only data
 /// failed to read back, or the error that kept the check from running (-EINVAL for a
-/// NULL volume, -EBUSY with I/O outstanding). `report` is valid during the call only.
+/// NULL volume, -EBUSY with I/O outstanding, -EPERM on a thread other than the
+/// volume's). `report` is valid during the call only.
 pub type reduce_vol_check_complete = Option<
     unsafe extern "C" fn(
         ctx: *mut c_void,
@@ -121,9 +122,22 @@ pub type spdk_reduce_dev_cpl =
     Option<unsafe extern "C" fn(cb_arg: *mut c_void, reduce_errno: c_int)>;
 
 /// How a backing device operation reports back: call `cb_fn(cb_arg, status)` exactly
-/// once, inside the operation's call or later on the volume's thread. The structure
-/// belongs to the library and stays valid until that call, which may free it: read
-/// both members before calling, and do not touch the structure after.
+/// once, inside the operation's call or later, on the volume's thread (the thread that
+/// called init, load or destroy). The structure belongs to the library; it stays valid
+/// until the volume is unloaded (or its init, load or destroy has completed), and each
+/// call into the device gets its own.
+///
+/// The library checks completions instead of trusting them:
+/// - a completion delivered twice, or for an operation no longer in flight, is logged
+///   (`REDUCE_LOG_WARN`) and ignored;
+/// - a completion on another thread is logged (`REDUCE_LOG_ERROR`) and ignored, since
+///   the volume is not safe to touch from there: the operation stays in flight until
+///   it is completed on the volume's thread.
+///
+/// Limits: structures are reused oldest first, and only after at least 256 later
+/// operations have completed; a duplicate arriving after its structure was reused is
+/// taken as the completion of the operation now using it, which cannot be told apart.
+/// No completion may come once the volume is unloaded: the structures are freed then.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct spdk_reduce_vol_cb_args {
@@ -199,8 +213,9 @@ pub type reduce_backing_codec_fn = Option<
 /// unloaded (or the init, load or destroy has failed or completed).
 ///
 /// Each function completes through its `args` (see `struct spdk_reduce_vol_cb_args`),
-/// inside the call or later, on the volume's thread. All five must be set: init, load
-/// and destroy refuse a device with a NULL member (-EINVAL). The library supplies
+/// inside the call or later, on the volume's thread: a completion delivered twice, or
+/// on another thread, is logged and ignored. All five must be set: init, load and
+/// destroy refuse a device with a NULL member (-EINVAL). The library supplies
 /// `reduce_zstd_compress` and `reduce_zstd_decompress` for the codec members.
 #[repr(C)]
 #[derive(Debug)]

@@ -307,6 +307,14 @@ impl Core {
         s
     }
 
+    /// The request engine, once the volume is loaded.
+    pub(crate) fn engine(&mut self) -> Option<&mut Engine> {
+        match &mut self.phase {
+            Phase::Ready(engine) => Some(engine),
+            _ => None,
+        }
+    }
+
     /// The state machine's one entry: turns an event into actions, calling nothing
     /// outside.
     pub(crate) fn handle(&mut self, event: Event, out: &mut Vec<Action>) {

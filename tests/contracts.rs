@@ -328,7 +328,7 @@ fn a_panic_on_a_device_completion_fails_that_request() {
 struct OnFile {
     rig: Rig,
     _dir: tempfile::TempDir,
-    path: String,
+    path: std::path::PathBuf,
     layout: PmLayout,
 }
 
@@ -337,14 +337,8 @@ impl OnFile {
         let geo = Geo::small(16);
         let rig = Rig::new(geo, mode, CodecKind::Zstd);
         let dir = tempfile::tempdir().unwrap();
-        let plan = InitPlan::new(
-            geo.params(),
-            geo.blocklen,
-            geo.blockcnt(),
-            dir.path().to_str().unwrap(),
-        )
-        .unwrap();
-        let path = plan.pm_path().to_string();
+        let plan = InitPlan::new(geo.params(), geo.blocklen, geo.blockcnt(), dir.path()).unwrap();
+        let path = plan.pm_path().to_path_buf();
         let s = slot();
         Volume::init(plan, Self::backend(&rig), filler(&s));
         rig.wait(&s).unwrap();

@@ -15,6 +15,7 @@ use super::request::Engine;
 use super::{Action, DoneCallback, Event, Info, OpenCallback};
 use crate::backing::{BackingDevice, BackingIo, Extent};
 use crate::check::{self, Report};
+use crate::codec::Compression;
 use crate::completion::Token;
 use crate::error::{Errno, Error, Result};
 use crate::format::{
@@ -76,6 +77,15 @@ impl InitPlan {
 
     pub fn pm_path(&self) -> &str {
         &self.path
+    }
+
+    /// The superblock records the codec's compression; a codec that reports none
+    /// leaves the params' own.
+    pub(crate) fn record(&mut self, codec: Compression) {
+        if !codec.is_unrecorded() {
+            self.params.compression = codec;
+            self.geo.params.compression = codec;
+        }
     }
 }
 
@@ -205,12 +215,14 @@ impl Core {
     pub(crate) fn describe(&self) -> String {
         let p = &self.params;
         let mut s = format!(
-            "vol info:\n\tuuid = {}\n\tbacking_io_unit_size = 0x{:x}\n\tlogical_block_size = 0x{:x}\n\tchunk_size = 0x{:x}\n\tvol_size = 0x{:x}\n",
+            "vol info:\n\tuuid = {}\n\tbacking_io_unit_size = 0x{:x}\n\tlogical_block_size = 0x{:x}\n\tchunk_size = 0x{:x}\n\tvol_size = 0x{:x}\n\tcomp_algo = {}\n\tcomp_level = {}\n",
             uuid::Uuid::from_bytes(p.uuid).hyphenated(),
             p.backing_io_unit_size,
             p.logical_block_size,
             p.chunk_size,
-            p.vol_size
+            p.vol_size,
+            p.compression.algo,
+            p.compression.level
         );
         if let Phase::Ready(engine) = &self.phase {
             let geo = &engine.meta.geo;

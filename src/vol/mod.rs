@@ -16,9 +16,9 @@ mod user;
 mod verify;
 
 pub use lifecycle::InitPlan;
-pub use request::Op;
 #[cfg(feature = "testkit")]
 pub use request::MAX_ACTIVE;
+pub use request::Op;
 pub use user::{Segments, UserIo, segment_pieces};
 
 pub(crate) use lifecycle::Core;
@@ -193,8 +193,11 @@ pub struct Volume {
 
 impl Volume {
     /// Creates a volume: pm file, path region, then the superblock. `cb` gets the
-    /// volume, or the error with nothing left behind.
-    pub fn init(plan: InitPlan, backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
+    /// volume, or the error with nothing left behind. The superblock records the
+    /// codec's [`Compression`](crate::Compression) (or, for a codec that reports none,
+    /// the plan's).
+    pub fn init(mut plan: InitPlan, backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
+        plan.record(backend.codec.compression());
         let core = Core::init(plan, backend.store, Box::new(cb));
         Shared::start(core, backend.backing, backend.codec);
     }

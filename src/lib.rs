@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! `reduce`: compressed block volumes in the manner of SPDK's libreduce, with its C ABI
 //! and on-disk format.
 //!
@@ -14,6 +15,7 @@
 
 mod alloc;
 mod backing;
+pub mod blocking;
 mod check;
 mod codec;
 mod completion;
@@ -28,7 +30,7 @@ mod vol;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use backing::{BackingDevice, BackingIo, Extent, IoDone};
+pub use backing::{BackingDevice, BackingIo, Extent, FileDevice, IoDone};
 pub use check::{Problem, Report};
 pub use codec::{Codec, CodecDone, CodecIo, CompAlgo, Compression, Lz4Codec, SyncCodec, ZstdCodec};
 pub use error::{Errno, Error, Result};

@@ -3,6 +3,10 @@
 //! back with the completion, so the device owns them while the operation runs and no
 //! borrow spans the wait.
 
+mod file;
+
+pub use file::FileDevice;
+
 use smallvec::SmallVec;
 
 use std::rc::Rc;

@@ -2,7 +2,7 @@
 //! instead of passing it to a callback.
 //!
 //! It drives only backing devices and codecs that complete inside the call, such as
-//! [`FileDevice`](crate::FileDevice) and the built-in codecs ([`ZstdCodec`](crate::ZstdCodec),
+//! [`FileDevice`](crate::FileDevice) and the built-in codecs ([`ZstdCodec`](struct@crate::ZstdCodec),
 //! [`Lz4Codec`](crate::Lz4Codec)): it has no poll loop to run. An operation that has
 //! not completed when the call returns fails with `EINPROGRESS` (the operation itself
 //! goes on, and its result is dropped); use [`crate::Volume`] for devices that complete
@@ -24,7 +24,7 @@
 //! let vol = Volume::init(params, device.clone(), ZstdCodec, dir.path())?;
 //! assert_eq!(vol.params().vol_size, 64 * 16384);
 //!
-//! let data = b"hello, reduce! ".repeat(1092)[..16384].to_vec();
+//! let data: Vec<u8> = b"hello, reduce! ".iter().copied().cycle().take(16384).collect();
 //! vol.write(32, &data)?; // logical block 32: chunk 1
 //! let mut back = vec![0u8; 16384];
 //! vol.read(32, &mut back)?;

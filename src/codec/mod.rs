@@ -58,7 +58,9 @@ impl CodecDone {
 /// and the volume then stores the chunk uncompressed. `decompress` gets exactly the
 /// bytes an earlier `compress` produced and must complete with `chunk_size`.
 pub trait Codec {
+    /// Compresses `io.input()` into `io.dst`, then completes `done` with `io`.
     fn compress(&self, io: CodecIo, done: CodecDone);
+    /// Decompresses `io.input()` into `io.dst`, then completes `done` with `io`.
     fn decompress(&self, io: CodecIo, done: CodecDone);
 
     /// The algorithm and level this codec stores chunks with, which init records in
@@ -66,6 +68,21 @@ pub trait Codec {
     /// does not say.
     fn compression(&self) -> Compression {
         Compression::UNRECORDED
+    }
+}
+
+/// A codec chosen at run time is a codec too.
+impl Codec for Box<dyn Codec> {
+    fn compress(&self, io: CodecIo, done: CodecDone) {
+        (**self).compress(io, done)
+    }
+
+    fn decompress(&self, io: CodecIo, done: CodecDone) {
+        (**self).decompress(io, done)
+    }
+
+    fn compression(&self) -> Compression {
+        (**self).compression()
     }
 }
 
@@ -158,7 +175,10 @@ impl fmt::Display for CompAlgo {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Compression {
+    /// The algorithm (`comp_algo`).
     pub algo: CompAlgo,
+    /// Its level (`comp_level`): the zstd level, LZ4's acceleration; 0 when not
+    /// recorded.
     pub level: u32,
 }
 
@@ -173,5 +193,26 @@ impl Compression {
     /// True for [`Compression::UNRECORDED`].
     pub fn is_unrecorded(&self) -> bool {
         *self == Compression::UNRECORDED
+    }
+
+    /// The built-in codec that stores chunks this way: zstd at the recorded level, or
+    /// LZ4. `None` for any other algorithm or level (deflate, an unrecorded one).
+    ///
+    /// ```
+    /// use reduce::{CompAlgo, Compression};
+    ///
+    /// let zstd9 = Compression { algo: CompAlgo::ZSTD, level: 9 };
+    /// assert_eq!(zstd9.builtin().unwrap().compression(), zstd9);
+    /// assert!(Compression::UNRECORDED.builtin().is_none());
+    /// // The built-in LZ4 has one speed.
+    /// assert!(Compression { algo: CompAlgo::LZ4, level: 1 }.builtin().is_some());
+    /// assert!(Compression { algo: CompAlgo::LZ4, level: 2 }.builtin().is_none());
+    /// ```
+    pub fn builtin(&self) -> Option<Box<dyn Codec>> {
+        match (self.algo, self.level) {
+            (CompAlgo::ZSTD, level) => Some(Box::new(ZstdCodec::new(level).ok()?)),
+            (CompAlgo::LZ4, lz4::LEVEL) => Some(Box::new(Lz4Codec)),
+            _ => None,
+        }
     }
 }

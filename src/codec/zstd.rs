@@ -104,6 +104,7 @@ impl ZstdCodec {
         })
     }
 
+    /// The zstd level it compresses at.
     pub fn level(&self) -> u32 {
         self.level
     }

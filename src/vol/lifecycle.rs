@@ -30,6 +30,7 @@ use crate::pm::PmStore;
 /// pm file path. Made before anything is written, so bad params leave no trace.
 #[derive(Clone, Debug)]
 pub struct InitPlan {
+    /// The params the volume will have: uuid chosen, `vol_size` computed.
     pub params: Params,
     geo: Geometry,
     path: String,
@@ -75,6 +76,7 @@ impl InitPlan {
         Ok(InitPlan { params, geo, path })
     }
 
+    /// Where the pm file will be made: the directory, `/`, the uuid.
     pub fn pm_path(&self) -> &str {
         &self.path
     }

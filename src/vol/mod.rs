@@ -41,8 +41,11 @@ pub type DoneCallback = Box<dyn FnOnce(Result<()>)>;
 
 /// What a volume runs on: the backing device, the compressor and where pm files live.
 pub struct Backend {
+    /// The device the volume is stored on.
     pub backing: Box<dyn BackingDevice>,
+    /// The compressor of its chunks.
     pub codec: Box<dyn Codec>,
+    /// Where its pm file is created, opened and removed.
     pub store: Box<dyn PmStore>,
 }
 
@@ -244,7 +247,10 @@ impl Volume {
         self.submit(Op::Read, offset, length, Segments::boxed(segs, cb));
     }
 
-    /// Writes `segs` (`length` blocks in all); they come back in `cb`.
+    /// Writes `segs` (`length` blocks in all); they come back in `cb`. When `cb` gets
+    /// `Ok`, the write is durable (the device completes a write only once its data is
+    /// durable, and the volume persists its maps before completing): a crash at any
+    /// moment leaves each chunk either old or new, never mixed.
     pub fn writev(
         &self,
         offset: u64,
@@ -270,6 +276,7 @@ impl Volume {
         self.shared.core.borrow().pm_path()
     }
 
+    /// The volume's counters; all zeros once it is unloaded.
     pub fn info(&self) -> Info {
         self.shared.core.borrow().info()
     }

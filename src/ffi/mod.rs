@@ -179,7 +179,7 @@ unsafe fn prepare_init(
         .map_err(|_| refuse(WHAT, "pm_file_dir is not valid UTF-8"))?;
     use crate::backing::BackingDevice;
     let params = Params {
-        // SAFETY: checked non-NULL by CDevice::new.
+        // SAFETY: non-NULL (CDevice::new checked it) and valid, per the caller.
         compression: codec::builtin_compression(unsafe { (*backing_dev).compress }),
         ..params.into()
     };

@@ -133,6 +133,9 @@ fn lz4_volumes_store_raw_blocks_and_reload() {
         };
         assert_eq!(vol.params().compression, want);
         assert_eq!(comp_bytes(&rig), [1, 0, 0, 0, 1, 0, 0, 0]);
+        let described = vol.describe();
+        assert!(described.contains("\tcomp_algo = 1 (lz4)\n"), "{described}");
+        assert!(described.contains("\tcomp_level = 1\n"), "{described}");
 
         let mut shadow = Shadow::new(GEO);
         fill(&rig, &vol, &mut shadow, 11);

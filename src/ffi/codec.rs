@@ -397,10 +397,14 @@ mod tests {
             assert_eq!(builtin_compression(Some(c)).algo, CompAlgo::LZ4);
             assert!(std::ptr::fn_addr_eq(d, LZ4_DECOMPRESS));
         }
-        assert_eq!(
-            builtin_compression(Some(reduce_zstd_compress)).level,
-            ZSTD_DEFAULT_LEVEL
-        );
+        // The exported function has one address in a real build (the C tests assign it
+        // directly); miri gives each use of a function a fresh one.
+        if !cfg!(miri) {
+            assert_eq!(
+                builtin_compression(Some(reduce_zstd_compress)).level,
+                ZSTD_DEFAULT_LEVEL
+            );
+        }
         // Decompress functions and a caller's own do not record anything.
         assert!(builtin_compression(Some(reduce_zstd_decompress)).is_unrecorded());
         assert!(builtin_compression(None).is_unrecorded());

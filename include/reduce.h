@@ -51,6 +51,25 @@ struct spdk_reduce_backing_dev;
 
 
 /**
+ * `comp_algo` value: deflate (SPDK's `SPDK_ACCEL_COMP_ALGO_DEFLATE`). Also what a
+ * volume holds whose creator recorded no algorithm: the 2019 original, or a caller's
+ * own codec.
+ */
+#define REDUCE_COMP_ALGO_DEFLATE 0
+
+/**
+ * `comp_algo` value: LZ4, one raw LZ4 block per chunk (SPDK's
+ * `SPDK_ACCEL_COMP_ALGO_LZ4`).
+ */
+#define REDUCE_COMP_ALGO_LZ4 1
+
+/**
+ * `comp_algo` value: zstd, one frame per chunk (this library's own value: SPDK has
+ * none for zstd).
+ */
+#define REDUCE_COMP_ALGO_ZSTD 128
+
+/**
  * A message about a failure: an init or load refused and why, an -EIO, a call
  * refused because of its arguments.
  */
@@ -186,7 +205,8 @@ typedef void (*reduce_backing_unmap_fn)(struct spdk_reduce_backing_dev *dev,
  * destination of `chunk_size` bytes, and must complete with `chunk_size`. A negative
  * errno or any other count fails the read with -EIO.
  *
- * `reduce_zstd_compress` and `reduce_zstd_decompress` have this type.
+ * `reduce_zstd_compress`, `reduce_zstd_decompress`, `reduce_lz4_compress` and
+ * `reduce_lz4_decompress` have this type (see also `reduce_backing_dev_set_codec`).
  */
 typedef void (*reduce_backing_codec_fn)(struct spdk_reduce_backing_dev *dev,
                                         struct iovec *src_iov,
@@ -209,7 +229,9 @@ typedef void (*reduce_backing_codec_fn)(struct spdk_reduce_backing_dev *dev,
  * inside the call or later, on the volume's thread: a completion delivered twice, or
  * on another thread, is logged and ignored. All five must be set: init, load and
  * destroy refuse a device with a NULL member (-EINVAL). The library supplies
- * `reduce_zstd_compress` and `reduce_zstd_decompress` for the codec members.
+ * built-in codecs for the codec members: `reduce_zstd_compress` and
+ * `reduce_zstd_decompress`, `reduce_lz4_compress` and `reduce_lz4_decompress`, or
+ * any of them at a chosen level through `reduce_backing_dev_set_codec`.
  */
 struct spdk_reduce_backing_dev {
     /**
@@ -263,13 +285,27 @@ typedef void (*spdk_reduce_vol_op_with_handle_complete)(void *ctx,
 typedef void (*spdk_reduce_vol_op_complete)(void *ctx, int reduce_errno);
 
 /**
- * Volume statistics, as later SPDK releases report them.
+ * Volume statistics, as later SPDK releases report them (`allocated_io_units`), and
+ * what this library adds after them.
  */
 struct spdk_reduce_vol_info {
     /**
      * Backing io units holding chunk data.
      */
     uint64_t allocated_io_units;
+    /**
+     * The compression level recorded in the superblock at init (`comp_level`, where
+     * later SPDK releases keep it): the zstd level, or 1 for LZ4. 0 when not recorded.
+     */
+    uint32_t comp_level;
+    /**
+     * The compression algorithm recorded in the superblock at init (`comp_algo`):
+     * `REDUCE_COMP_ALGO_ZSTD` or `REDUCE_COMP_ALGO_LZ4` when the volume was made with
+     * a built-in codec; `REDUCE_COMP_ALGO_DEFLATE` (0) when it was made with the
+     * caller's own codec or by the original library, which record nothing; or
+     * another value written by later SPDK.
+     */
+    uint32_t comp_algo;
 };
 
 /**
@@ -339,6 +375,13 @@ const struct spdk_uuid *spdk_reduce_vol_get_uuid(struct spdk_reduce_vol *vol);
  *
  * Init first reads the device's header. A volume already there is overwritten (its pm
  * file is left in place), as in the original, unless that volume is loaded.
+ *
+ * The superblock records the codec, where later SPDK releases keep it: when
+ * `backing_dev->compress` is a built-in function (`reduce_zstd_compress`,
+ * `reduce_lz4_compress`, or one that `reduce_backing_dev_set_codec` assigned), its
+ * algorithm and level; for the caller's own codec, zeros, as the original wrote (and
+ * later SPDK writes for a caller that sets nothing). `spdk_reduce_vol_get_info`
+ * reports them.
  *
  * `cb_fn` gets the new volume and 0, or NULL and:
  * - -EINVAL: `params`, `backing_dev`, one of its functions or `pm_file_dir` is NULL;
@@ -507,7 +550,8 @@ void spdk_reduce_vol_writev(struct spdk_reduce_vol *vol,
 
 /**
  * The parameters of a volume, or NULL for a NULL `vol`. Valid until the volume is
- * unloaded.
+ * unloaded. All 40 bytes are defined: the padding after `chunk_size` is zeros, so the
+ * structure can be compared with memcmp.
  */
 const struct spdk_reduce_vol_params *spdk_reduce_vol_get_params(struct spdk_reduce_vol *vol);
 
@@ -519,15 +563,15 @@ const struct spdk_reduce_vol_params *spdk_reduce_vol_get_params(struct spdk_redu
 const char *spdk_reduce_vol_get_pm_path(const struct spdk_reduce_vol *vol);
 
 /**
- * Current statistics of the volume, or NULL for a NULL `vol` or on a thread other than
- * the volume's. Valid until the next call of this function on the volume, or until it
- * is unloaded.
+ * Current statistics of the volume, and the compression recorded in its superblock,
+ * or NULL for a NULL `vol` or on a thread other than the volume's. Valid until the
+ * next call of this function on the volume, or until it is unloaded.
  */
 const struct spdk_reduce_vol_info *spdk_reduce_vol_get_info(const struct spdk_reduce_vol *vol);
 
 /**
- * Print the volume's geometry and pm layout to stderr (nothing for a NULL `vol`, or on
- * a thread other than the volume's).
+ * Print the volume's geometry, recorded compression and pm layout to stderr (nothing
+ * for a NULL `vol`, or on a thread other than the volume's).
  */
 void spdk_reduce_vol_print_info(struct spdk_reduce_vol *vol);
 
@@ -547,9 +591,9 @@ void reduce_vol_check(struct spdk_reduce_vol *vol,
  * inside the call: with the compressed size, -ENOSPC when the frame does not fit in
  * `dst_iov` (the volume then stores the chunk uncompressed), or -EINVAL for a bad
  * iovec array. The device is not used. With `args` or `args->cb_fn` NULL it does
- * nothing.
+ * nothing. `reduce_backing_dev_set_codec` offers the other levels.
  */
-void reduce_zstd_compress(struct spdk_reduce_backing_dev *_dev,
+void reduce_zstd_compress(struct spdk_reduce_backing_dev *dev,
                           struct iovec *src_iov,
                           int src_iovcnt,
                           struct iovec *dst_iov,
@@ -558,10 +602,10 @@ void reduce_zstd_compress(struct spdk_reduce_backing_dev *_dev,
 
 /**
  * zstd with the type of the `decompress` member (`reduce_backing_codec_fn`): exactly
- * one frame in `src_iov`. Completes inside the call: with the decompressed size, -EIO
- * for anything malformed or too large for `dst_iov`, or -EINVAL for a bad iovec
- * array. The device is not used. With `args` or `args->cb_fn` NULL it does
- * nothing.
+ * one frame in `src_iov`, of any level. Completes inside the call: with the
+ * decompressed size, -EIO for anything malformed or too large for `dst_iov`, or
+ * -EINVAL for a bad iovec array. The device is not used. With `args` or
+ * `args->cb_fn` NULL it does nothing.
  */
 void reduce_zstd_decompress(struct spdk_reduce_backing_dev *_dev,
                             struct iovec *src_iov,
@@ -569,6 +613,56 @@ void reduce_zstd_decompress(struct spdk_reduce_backing_dev *_dev,
                             struct iovec *dst_iov,
                             int dst_iovcnt,
                             struct spdk_reduce_vol_cb_args *args);
+
+/**
+ * LZ4 with the type of the `compress` member (`reduce_backing_codec_fn`): one raw LZ4
+ * block (the LZ4 block format, no frame), as later SPDK's LZ4 stores a chunk, at
+ * LZ4's default speed (acceleration 1). Completes inside the call: with the
+ * compressed size, -ENOSPC when the block does not fit in `dst_iov` (the volume then
+ * stores the chunk uncompressed), or -EINVAL for a bad iovec array. The device is not
+ * used. With `args` or `args->cb_fn` NULL it does nothing.
+ */
+void reduce_lz4_compress(struct spdk_reduce_backing_dev *_dev,
+                         struct iovec *src_iov,
+                         int src_iovcnt,
+                         struct iovec *dst_iov,
+                         int dst_iovcnt,
+                         struct spdk_reduce_vol_cb_args *args);
+
+/**
+ * LZ4 with the type of the `decompress` member (`reduce_backing_codec_fn`): exactly
+ * one raw LZ4 block in `src_iov` (whatever wrote it: this library, or the reference
+ * LZ4 library under later SPDK). Completes inside the call: with the decompressed
+ * size, -EIO for anything malformed or too large for `dst_iov`, or -EINVAL for a bad
+ * iovec array. The device is not used. With `args` or `args->cb_fn` NULL it does
+ * nothing.
+ */
+void reduce_lz4_decompress(struct spdk_reduce_backing_dev *_dev,
+                           struct iovec *src_iov,
+                           int src_iovcnt,
+                           struct iovec *dst_iov,
+                           int dst_iovcnt,
+                           struct spdk_reduce_vol_cb_args *args);
+
+/**
+ * Set `dev->compress` and `dev->decompress` to the built-in codec `algo` ("zstd" or
+ * "lz4") at `level`:
+ * - zstd: 1 (fastest) to 22 (smallest), or 0 for the default, 1;
+ * - lz4: 0 or 1 (one raw LZ4 block per chunk, at LZ4's default acceleration, 1).
+ *
+ * The level is carried by the function assigned to `dev->compress` (each zstd level
+ * has its own), so the setting belongs to the device structure alone: nothing is
+ * registered, copying the structure copies it, and there is nothing to undo before
+ * freeing the device. It takes effect at the next init or load on the device; init
+ * records the algorithm and level in the volume's superblock (see
+ * `spdk_reduce_vol_get_info`).
+ *
+ * Returns 0, or -EINVAL (logged, `dev` unchanged) for a NULL `dev` or `algo`, an
+ * unknown algorithm, or a level out of range.
+ */
+int reduce_backing_dev_set_codec(struct spdk_reduce_backing_dev *dev,
+                                 const char *algo,
+                                 int level);
 
 /**
  * Send the library's messages to `log_fn`: why an init or load was refused (which

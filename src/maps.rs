@@ -477,6 +477,7 @@ mod tests {
             logical_block_size: 512,
             chunk_size: 4096,
             vol_size: chunks * 4096,
+            ..Params::default()
         };
         let geo = Geometry::new(params, 512).unwrap();
         let mut pm = vec![0xFF; geo.pm_size as usize];
@@ -560,6 +561,7 @@ mod tests {
             logical_block_size: 512,
             chunk_size: 16384,
             vol_size: 45_000 * 16384,
+            ..Params::default()
         };
         let geo = Geometry::new(params, 512).unwrap();
         let len = geo.pm_size as usize;

@@ -247,6 +247,10 @@ fn fixtures_read_back_exactly() {
                 string(&f.manifest, "uuid"),
                 "{name}: uuid"
             );
+            // The original left comp_level @48 and comp_algo @52 as reserved zeros: no
+            // compression recorded, whatever codec wrote the chunks.
+            assert!(f.backing[48..56].iter().all(|&b| b == 0), "{name}");
+            assert_eq!(p.compression, reduce::Compression::UNRECORDED, "{name}");
             let info = vol.info();
             assert_eq!(info.chunks_in_use, num(&f.manifest, "chunks_written"));
             assert_eq!(info.allocated_io_units, num(&f.manifest, "io_units_in_use"));

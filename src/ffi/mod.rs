@@ -37,6 +37,7 @@ use iov::CUserIo;
 use types::*;
 
 use crate::error::Result;
+use crate::format::Params;
 use crate::pm::FileStore;
 use crate::vol::{Backend, InitPlan, Op, Volume};
 
@@ -53,7 +54,7 @@ pub struct spdk_reduce_vol {
     vol: Volume,
     /// The thread the volume belongs to: every call that touches it must come from here.
     owner: ThreadId,
-    params: spdk_reduce_vol_params,
+    params: ParamsBytes,
     info: Cell<spdk_reduce_vol_info>,
     pm_path: CString,
     /// The backing device, claimed until the handle is freed by a successful unload.
@@ -142,7 +143,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_uuid(vol: *mut spdk_reduce_vol) -> 
     // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_get_uuid", ptr::null(), || {
         // SAFETY: NULL or live, per the caller.
-        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| &h.params.uuid)
+        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| h.params.uuid())
     })
 }
 
@@ -159,6 +160,13 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_uuid(vol: *mut spdk_reduce_vol) -> 
 ///
 /// Init first reads the device's header. A volume already there is overwritten (its pm
 /// file is left in place), as in the original, unless that volume is loaded.
+///
+/// The superblock records the codec, where later SPDK releases keep it: when
+/// `backing_dev->compress` is a built-in function (`reduce_zstd_compress`,
+/// `reduce_lz4_compress`, or one that `reduce_backing_dev_set_codec` assigned), its
+/// algorithm and level; for the caller's own codec, zeros, as the original wrote (and
+/// later SPDK writes for a caller that sets nothing). `spdk_reduce_vol_get_info`
+/// reports them.
 ///
 /// `cb_fn` gets the new volume and 0, or NULL and:
 /// - -EINVAL: `params`, `backing_dev`, one of its functions or `pm_file_dir` is NULL;
@@ -228,7 +236,12 @@ unsafe fn prepare_init(
         unsafe { CStr::from_ptr(pm_file_dir) }.to_bytes(),
     ));
     use crate::backing::BackingDevice;
-    let plan = InitPlan::new(params.into(), dev.blocklen(), dev.blockcnt(), dir)?;
+    let params = Params {
+        // SAFETY: non-NULL (CDevice::new checked it) and valid, per the caller.
+        compression: codec::builtin_compression(unsafe { (*backing_dev).compress }),
+        ..params.into()
+    };
+    let plan = InitPlan::new(params, dev.blocklen(), dev.blockcnt(), dir)?;
     Ok((plan, dev))
 }
 
@@ -546,7 +559,8 @@ pub unsafe extern "C" fn spdk_reduce_vol_writev(
 }
 
 /// The parameters of a volume, or NULL for a NULL `vol`. Valid until the volume is
-/// unloaded.
+/// unloaded. All 40 bytes are defined: the padding after `chunk_size` is zeros, so the
+/// structure can be compared with memcmp.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_params(
     vol: *mut spdk_reduce_vol,
@@ -554,7 +568,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_params(
     // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_get_params", ptr::null(), || {
         // SAFETY: NULL or live, per the caller.
-        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| &h.params)
+        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| h.params.as_ptr())
     })
 }
 
@@ -570,9 +584,9 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_pm_path(vol: *const spdk_reduce_vol
     })
 }
 
-/// Current statistics of the volume, or NULL for a NULL `vol` or on a thread other than
-/// the volume's. Valid until the next call of this function on the volume, or until it
-/// is unloaded.
+/// Current statistics of the volume, and the compression recorded in its superblock,
+/// or NULL for a NULL `vol` or on a thread other than the volume's. Valid until the
+/// next call of this function on the volume, or until it is unloaded.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     vol: *const spdk_reduce_vol,
@@ -583,15 +597,18 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_info(
         let Ok(Some(h)) = (unsafe { owned("spdk_reduce_vol_get_info", vol) }) else {
             return ptr::null();
         };
+        let compression = h.vol.params().compression;
         h.info.set(spdk_reduce_vol_info {
             allocated_io_units: h.vol.info().allocated_io_units,
+            comp_level: compression.level,
+            comp_algo: compression.algo.0.into(),
         });
         h.info.as_ptr().cast_const()
     })
 }
 
-/// Print the volume's geometry and pm layout to stderr (nothing for a NULL `vol`, or on
-/// a thread other than the volume's).
+/// Print the volume's geometry, recorded compression and pm layout to stderr (nothing
+/// for a NULL `vol`, or on a thread other than the volume's).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_print_info(vol: *mut spdk_reduce_vol) {
     // Safety (Rust): `vol` is NULL or a live handle.

@@ -48,8 +48,11 @@ pub type DoneCallback = Box<dyn FnOnce(Result<()>)>;
 
 /// What a volume runs on: the backing device, the compressor and where pm files live.
 pub struct Backend {
+    /// The device the volume is stored on.
     pub backing: Box<dyn BackingDevice>,
+    /// The compressor of its chunks.
     pub codec: Box<dyn Codec>,
+    /// Where its pm file is created, opened and removed.
     pub store: Box<dyn PmStore>,
 }
 
@@ -270,8 +273,11 @@ pub struct Volume {
 
 impl Volume {
     /// Creates a volume: pm file, path region, then the superblock. `cb` gets the
-    /// volume, or the error with nothing left behind.
-    pub fn init(plan: InitPlan, backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
+    /// volume, or the error with nothing left behind. The superblock records the
+    /// codec's [`Compression`](crate::Compression) (or, for a codec that reports none,
+    /// the plan's).
+    pub fn init(mut plan: InitPlan, backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
+        plan.record(backend.codec.compression());
         let core = Core::init(plan, backend.store, Box::new(cb));
         Shared::start(core, backend.backing, backend.codec);
     }
@@ -318,7 +324,10 @@ impl Volume {
         self.submit(Op::Read, offset, length, Segments::boxed(segs, cb));
     }
 
-    /// Writes `segs` (`length` blocks in all); they come back in `cb`.
+    /// Writes `segs` (`length` blocks in all); they come back in `cb`. When `cb` gets
+    /// `Ok`, the write is durable (the device completes a write only once its data is
+    /// durable, and the volume persists its maps before completing): a crash at any
+    /// moment leaves each chunk either old or new, never mixed.
     pub fn writev(
         &self,
         offset: u64,
@@ -344,6 +353,7 @@ impl Volume {
         self.shared.core.borrow().pm_path()
     }
 
+    /// The volume's counters; all zeros once it is unloaded.
     pub fn info(&self) -> Info {
         self.shared.core.borrow().info()
     }

@@ -61,9 +61,12 @@ use crate::maps::{ChunkMap, Metadata, checksum_ok};
 /// flight on a volume full of incompressible data still find room.
 pub const MAX_ACTIVE: usize = crate::format::EXTRA_CHUNKS as usize;
 
+/// What a request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// Copies blocks from the volume into the caller's buffers.
     Read,
+    /// Stores the caller's buffers in the volume.
     Write,
 }
 

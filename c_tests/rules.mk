@@ -50,11 +50,12 @@ c-test-asan: $(BUILD)/c_tests_asan $(BUILD)/api2019_asan c-fixtures
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(BUILD)/api2019_asan
 
+VALGRIND := valgrind -q --error-exitcode=1 --leak-check=full \
+  --errors-for-leak-kinds=definite,indirect --suppressions=c_tests/valgrind.supp
+
 c-test-valgrind: $(BUILD)/c_tests $(BUILD)/api2019 c-fixtures
-	REDUCE_TEST_SCALE=small valgrind -q --error-exitcode=1 --leak-check=full \
-	  --errors-for-leak-kinds=definite,indirect $(BUILD)/c_tests
-	valgrind -q --error-exitcode=1 --leak-check=full \
-	  --errors-for-leak-kinds=definite,indirect $(BUILD)/api2019
+	REDUCE_TEST_SCALE=small $(VALGRIND) $(BUILD)/c_tests
+	$(VALGRIND) $(BUILD)/api2019
 
 # The demo reads its corpus from DEMO_DIRS (its own default list when empty) and puts
 # its files under $TMPDIR (default /tmp).

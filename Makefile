@@ -102,7 +102,7 @@ uninstall:
 
 # A staged install (DESTDIR), a C program built with pkg-config alone, then uninstall.
 install-test: lib nbd-plugin | deps
-	MAKE="$(MAKE)" CC="$(CC)" tests/integration/install.sh
+	MAKE="$(MAKE)" TEST_CC="$(CC)" tests/integration/install.sh
 
 include c_tests/rules.mk
 include nbd/rules.mk

@@ -20,10 +20,10 @@
  *
  * Requests. The volume takes requests in whole logical blocks within one chunk; the
  * plugin splits larger requests at chunk boundaries and submits the pieces at once.
- * A request not aligned to logical blocks is served through a bounce buffer; an
- * unaligned write (read-modify-write of its edge blocks) excludes every other request
- * while it runs, so it never loses a concurrent write to the same block. The block
- * sizes advertised to clients keep well-behaved clients aligned.
+ * The partial blocks at the ends of a request not aligned to logical blocks are read
+ * whole; for a write they are modified and written back while the write excludes
+ * every other request, so it never loses a concurrent write to the same block. The
+ * block sizes advertised to clients keep well-behaved clients aligned.
  *
  * Trim is not offered (can_trim is false) until the library has spdk_reduce_vol_unmap;
  * zero writes zeros, which the volume compresses to almost nothing. */
@@ -575,53 +575,85 @@ static int report(enum req_op op, int status, uint64_t offset, uint64_t count)
 	return -1;
 }
 
-/* A request of any byte range. Aligned ones go straight to the volume; the others go
- * through a bounce buffer of the blocks they touch. */
+/* Whole blocks, in runs of at most RUN_BYTES: a zero request may cover gigabytes, and
+ * a run is split into pieces all submitted at once. */
+#define RUN_BYTES (32u << 20)
+
+static int run_blocks(enum req_op op, uint8_t *buf, uint64_t block, uint64_t nblocks)
+{
+	const uint64_t max = RUN_BYTES / st.params.logical_block_size;
+	while (nblocks > 0) {
+		uint64_t n = nblocks < max ? nblocks : max;
+		int status = run_request(op, buf, block, n);
+		if (status != 0) {
+			return status;
+		}
+		if (buf) {
+			buf += n * st.params.logical_block_size;
+		}
+		block += n;
+		nblocks -= n;
+	}
+	return 0;
+}
+
+/* `len` bytes at byte `in` of one logical block: read the block, then copy out (read)
+ * or lay the bytes over it and write it back (write, zero). */
+static int partial_block(enum req_op op, uint8_t *buf, uint64_t block, size_t in, size_t len)
+{
+	uint8_t *tmp = malloc(st.params.logical_block_size);
+	if (!tmp) {
+		return -ENOMEM;
+	}
+	int status = run_request(REQ_READ, tmp, block, 1);
+	if (status == 0 && op == REQ_READ) {
+		memcpy(buf, tmp + in, len);
+	} else if (status == 0) {
+		if (op == REQ_WRITE) {
+			memcpy(tmp + in, buf, len);
+		} else {
+			memset(tmp + in, 0, len);
+		}
+		status = run_request(REQ_WRITE, tmp, block, 1);
+	}
+	free(tmp);
+	return status;
+}
+
+/* A request of any byte range: whole blocks go straight to the volume; a partial block
+ * at either end goes through partial_block. A request with a partial block that
+ * writes holds rmw_lock exclusively, so no other request touches that block between
+ * its read and its write. */
 static int do_bytes(enum req_op op, void *buf, uint32_t count, uint64_t offset)
 {
 	const uint64_t lbs = st.params.logical_block_size;
-	const uint64_t first = offset / lbs;
-	const uint64_t end = (offset + count + lbs - 1) / lbs;
-	const size_t head = offset % lbs;
-	int status;
+	const bool aligned = offset % lbs == 0 && count % lbs == 0;
+	uint8_t *p = buf;
+	uint64_t at = offset, left = count;
+	int status = 0;
 
-	if (head == 0 && count % lbs == 0) {
+	if (aligned || op == REQ_READ) {
 		pthread_rwlock_rdlock(&st.rmw_lock);
-		status = run_request(op, buf, first, end - first);
-		pthread_rwlock_unlock(&st.rmw_lock);
-		return report(op, status, offset, count);
-	}
-
-	uint8_t *bounce = malloc((end - first) * lbs);
-	if (!bounce) {
-		return report(op, -ENOMEM, offset, count);
-	}
-	const uint64_t last = end - 1;
-	if (op == REQ_READ) {
-		pthread_rwlock_rdlock(&st.rmw_lock);
-		status = run_request(REQ_READ, bounce, first, end - first);
-		pthread_rwlock_unlock(&st.rmw_lock);
-		if (status == 0) {
-			memcpy(buf, bounce + head, count);
-		}
 	} else {
-		/* Read the edge blocks, lay the new bytes over them, write the whole range. */
 		pthread_rwlock_wrlock(&st.rmw_lock);
-		status = run_request(REQ_READ, bounce, first, 1);
-		if (status == 0 && last != first) {
-			status = run_request(REQ_READ, bounce + (last - first) * lbs, last, 1);
-		}
-		if (status == 0) {
-			if (op == REQ_WRITE) {
-				memcpy(bounce + head, buf, count);
-			} else {
-				memset(bounce + head, 0, count);
-			}
-			status = run_request(REQ_WRITE, bounce, first, end - first);
-		}
-		pthread_rwlock_unlock(&st.rmw_lock);
 	}
-	free(bounce);
+	while (left > 0 && status == 0) {
+		uint64_t done;
+		size_t in = at % lbs;
+		if (in == 0 && left >= lbs) {
+			done = left / lbs * lbs;
+			status = run_blocks(op, p, at / lbs, left / lbs);
+		} else {
+			done = lbs - in < left ? lbs - in : left;
+			status = partial_block(op, p, at / lbs, in, done);
+		}
+		at += done;
+		left -= done;
+		if (p) {
+			p += done;
+		}
+	}
+	pthread_rwlock_unlock(&st.rmw_lock);
 	return report(op, status, offset, count);
 }
 

@@ -38,9 +38,11 @@ fail() {
 	exit 1
 }
 
+LAP=$SECONDS
 passed() {
 	PASSED=$((PASSED + 1))
-	echo "ok - $*"
+	echo "ok - $* ($((SECONDS - LAP)) s)"
+	LAP=$SECONDS
 }
 
 # start_nbdkit PARAM...: serves the plugin with PARAMs on $SOCK, in the background;

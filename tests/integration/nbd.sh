@@ -233,10 +233,22 @@ for rnd in range(20):
     got = h.pread(64 * 64 + 100, base + 3)
     for k in range(64):
         assert got[k * 64:k * 64 + 100] == bytes([rnd + 1]) * 100, 'write %d of round %d lost' % (k, rnd)
+
+# One zero request of 33 MiB + 13 bytes (two runs), unaligned at both ends, between data.
+base, n = 6 * span, (33 << 20) + 13
+head, tail = rng.randbytes(4096), rng.randbytes(4096)
+h.pwrite(head, base)
+h.pwrite(tail, base + n)
+h.zero(n - 4096 - 7, base + 4096 + 7)
+h.zero(4096, base + 7)
+assert h.pread(7, base) == head[:7], 'bytes before a zeroed range changed'
+assert h.pread(4096, base + n) == tail, 'bytes after a zeroed range changed'
+for off in (base + 7, base + 4103, base + n // 2, base + n - 4096):
+    assert h.pread(4096, off) == bytes(4096), 'not zeroed at %d' % off
 h.shutdown()
 " || fail "nbdsh: unaligned requests"
 	stop_nbdkit
-	passed "nbdsh: 300 unaligned writes, zeros and reads against a shadow; 20 rounds of 64 concurrent unaligned writes into shared blocks"
+	passed "nbdsh: 300 unaligned writes, zeros and reads against a shadow; 20 rounds of 64 concurrent unaligned writes into shared blocks; an unaligned 33 MiB zero"
 }
 
 # fio_run NAME FIO-ARGS...: fio's nbd engine against the export, verify=crc32c.
@@ -318,7 +330,18 @@ t_kill() {
 			writer $w &
 			pids+=($!)
 		done
-		sleep $((1 + cycle % 3))
+		# Once every writer has flushed twice, at a moment that varies.
+		local deadline=$((SECONDS + 120))
+		while [ $SECONDS -lt $deadline ]; do
+			local short=0
+			for ((w = 0; w < WRITERS; w++)); do
+				[ -f "$WORK/writer$w.flushed" ] &&
+					[ "$(wc -l <"$WORK/writer$w.flushed")" -ge 2 ] || short=1
+			done
+			[ $short = 1 ] || break
+			sleep 0.1
+		done
+		sleep "0.$((RANDOM % 9 + 1))"
 		kill_nbdkit
 		for w in "${pids[@]}"; do wait "$w"; done
 		start_nbdkit file="$VOL" check=true

@@ -97,7 +97,7 @@ uninstall:
 	  $(INST_LIB)/libreduce.a $(INST_INC)/reduce.h $(INST_INC)/spdk/reduce.h \
 	  $(INST_LIB)/pkgconfig/reduce.pc $(INST_NBD)/nbdkit-reduce-plugin.so $(INST_BIN)/reduce
 	@# Directories only we use, and only when empty.
-	-@rmdir $(INST_INC)/spdk $(INST_NBD) $(INST_LIB)/nbdkit 2>/dev/null || true
+	@rmdir $(INST_INC)/spdk $(INST_NBD) $(INST_LIB)/nbdkit 2>/dev/null || true
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 # A staged install (DESTDIR), a C program built with pkg-config alone, then uninstall.

@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdbool.h>
@@ -396,8 +397,11 @@ static int check_volume(struct spdk_reduce_vol *vol)
 	reduce_vol_check(vol, checked, &w);
 	wait_for(&w.done);
 	if (w.status != 0) {
-		nbdkit_error("%s: check failed (%s): %" PRIu64 " problem(s), first: %s", cfg.file,
-			     strerror(-w.status), w.report.problems, w.report.first_problem);
+		const char *what = w.status == -EILSEQ ? "metadata problems"
+				   : w.status == -EIO  ? "data that does not read back"
+						       : strerror(-w.status);
+		nbdkit_error("%s: the checker found %s: %" PRIu64 " problem(s), the first: %s",
+			     cfg.file, what, w.report.problems, w.report.first_problem);
 		return -1;
 	}
 	nbdkit_debug("%s: check clean: %" PRIu64 " chunks, %" PRIu64 " io units", cfg.file,
@@ -428,7 +432,6 @@ static void submit_request(struct request *r)
 	uint8_t *buf = r->buf;
 	uint64_t at = r->block;
 	const uint64_t end = at + r->nblocks;
-
 	struct iovec *iov = r->iovs;
 
 	r->pending = 1;
@@ -807,7 +810,21 @@ static int create_volume(void)
 	}
 	nbdkit_debug("created %s: volume of %" PRIu64 " bytes, pm file %s", cfg.file,
 		     params.vol_size, spdk_reduce_vol_get_pm_path(w.vol));
-	return unload_volume(w.vol) == 0 ? 0 : -1;
+	if (unload_volume(w.vol) != 0) {
+		return -1;
+	}
+	/* The new file's size and its directory entry, which O_DSYNC writes do not cover. */
+	char *dir = strdup(cfg.file);
+	int dfd = dir ? open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	int rc = fsync(st.fd) == 0 && dfd >= 0 && fsync(dfd) == 0 ? 0 : -1;
+	if (rc < 0) {
+		nbdkit_error("create %s: making it durable: %m", cfg.file);
+	}
+	if (dfd >= 0) {
+		close(dfd);
+	}
+	free(dir);
+	return rc;
 fail:
 	close(st.fd);
 	st.fd = -1;

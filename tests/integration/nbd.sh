@@ -59,6 +59,25 @@ t_refusals() {
 	passed "refusals: missing and foreign files, bad parameters, lost pm file"
 }
 
+# A volume whose stored data was damaged behind its back: served, the damaged chunks
+# fail their reads with EIO (never wrong data); with check=true it is not served.
+t_damaged() {
+	new_volume damaged
+	qemu-io -f raw "$URI" -c "write -P 0x3c 0 4M" >/dev/null
+	stop_nbdkit
+	# The chunks are stored after the superblock: overwrite some of their bytes.
+	head -c 65536 /dev/urandom | dd of="$VOL" bs=4096 seek=16 conv=notrunc status=none
+	refused "the checker found data that does not read back" file="$VOL" check=true
+	start_nbdkit file="$VOL"
+	local out
+	if out=$(qemu-io -f raw -r "$URI" -c "read -P 0x3c 0 4M" 2>&1); then
+		fail "the damaged volume read back without an error: $out"
+	fi
+	grep -q "Input/output error" <<<"$out" || fail "reading damaged chunks: wanted EIO, got: $out"
+	stop_nbdkit
+	passed "damaged data: reads fail with EIO, check=true refuses to serve"
+}
+
 # What the export tells clients.
 t_info() {
 	new_volume info
@@ -374,6 +393,7 @@ for w in range(writers):
 }
 
 t_refusals
+t_damaged
 t_info
 t_qemu_img
 t_qemu_io

@@ -1,8 +1,9 @@
 # reduce — build, demo and tests. Two commands do everything on a fresh machine:
 #   make demo   builds the library and runs the C demo (SPDK-style poll loop, real files)
 #   make test   every test: Rust, C (plain, ASan+UBSan, valgrind), miri, header, lint,
-#               the README's examples
-# Long runs have their own targets: make soak, make fuzz, make bench.
+#               the README's examples, the staged install, the NBD export with real clients
+# Long runs have their own targets: make soak, make fuzz, make bench, make integration.
+# Installing: make, then make install PREFIX=/usr/local (DESTDIR= to stage); make uninstall.
 
 CARGO    ?= cargo
 PROFILE  ?= release
@@ -12,19 +13,26 @@ BUILD    := build
 FIXTURES := tests/fixtures
 
 .PHONY: all lib deps demo test rust-test miri header header-check lint soak fuzz fuzz-seeds bench clean
+.PHONY: install uninstall install-built install-test
 
-all: lib
+all: lib nbd-plugin
 
 # What a fresh machine may lack: the C toolchain bits, valgrind, zstd (fixtures), clippy
-# and rustfmt for the stable toolchain, and the nightly toolchain with miri and rust-src.
-# Each is installed only when missing; a failed install stops make with the tool's own
-# error, so no suite silently goes missing.
+# and rustfmt for the stable toolchain, and the nightly toolchain with miri and rust-src;
+# for the NBD plugin and its tests: nbdkit and its plugin header, libnbd's tools (nbdcopy,
+# nbdinfo, nbdsh), qemu-img/qemu-io, fio, mke2fs (disk images of real files), pkg-config.
+# Each is installed only when missing (a command on PATH, or a file); a failed install
+# stops make with the tool's own error, so no suite silently goes missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEPS_APT := cc:gcc valgrind:valgrind zstd:zstd \
+	nbdkit:nbdkit /usr/include/nbdkit-plugin.h:nbdkit-plugin-dev nbdcopy:libnbd-bin \
+	nbdsh:python3-libnbd qemu-img:qemu-utils fio:fio /usr/sbin/mke2fs:e2fsprogs \
+	pkg-config:pkgconf
 
 deps:
 	@need=""; \
-	for t in cc:gcc valgrind:valgrind zstd:zstd; do \
-	  command -v $${t%%:*} >/dev/null 2>&1 || need="$$need $${t#*:}"; \
+	for t in $(DEPS_APT); do \
+	  x=$${t%%:*}; command -v $$x >/dev/null 2>&1 || [ -e $$x ] || need="$$need $${t#*:}"; \
 	done; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
@@ -49,9 +57,58 @@ lib:
 	$(CARGO) build --profile $(PROFILE) --lib
 	@ln -sf libreduce.so $(LIBDIR)/libreduce.so.0
 
-include c_tests/rules.mk
+# Installing, as a system library: make install PREFIX=/usr/local (DESTDIR=/stage to
+# stage), make uninstall with the same variables. Under sudo nothing is built (root
+# would own files in target/): run make first as yourself.
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+SONAME   := libreduce.so.0
+LIB_REAL := $(SONAME).$(word 2,$(subst ., ,$(VERSION))).$(word 3,$(subst ., ,$(VERSION)))
+INST_BIN := $(DESTDIR)$(PREFIX)/bin
+INST_INC := $(DESTDIR)$(PREFIX)/include
+INST_LIB := $(DESTDIR)$(PREFIX)/lib
+INST_NBD := $(INST_LIB)/nbdkit/plugins
+# The command-line tool, installed when it has been built.
+CLI      := $(LIBDIR)/reduce
 
-test: deps lint header-check rust-test c-test c-test-asan c-test-valgrind miri readme-snippets
+install: $(if $(SUDO_USER),install-built,lib nbd-plugin)
+	install -d $(INST_LIB)/pkgconfig $(INST_INC)/spdk $(INST_NBD)
+	install -m 0755 $(LIB) $(INST_LIB)/$(LIB_REAL)
+	ln -sfn $(LIB_REAL) $(INST_LIB)/$(SONAME)
+	ln -sfn $(SONAME) $(INST_LIB)/libreduce.so
+	install -m 0644 $(LIBDIR)/libreduce.a $(INST_LIB)/libreduce.a
+	install -m 0644 include/reduce.h $(INST_INC)/reduce.h
+	install -m 0644 include/spdk/reduce.h $(INST_INC)/spdk/reduce.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' reduce.pc.in \
+	  >$(INST_LIB)/pkgconfig/reduce.pc
+	install -m 0755 $(NBD_PLUGIN_INSTALL) $(INST_NBD)/nbdkit-reduce-plugin.so
+	if [ -f $(CLI) ]; then install -d $(INST_BIN) && install -m 0755 $(CLI) $(INST_BIN)/reduce; fi
+	@# The dynamic linker's cache, for a real install into a directory it searches.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+install-built:
+	@for f in $(LIB) $(LIBDIR)/libreduce.a $(NBD_PLUGIN_INSTALL); do \
+	  [ -f $$f ] || { echo "$$f is not built: run make install without sudo, or make first"; exit 1; }; \
+	done
+
+uninstall:
+	rm -f $(INST_LIB)/$(LIB_REAL) $(INST_LIB)/$(SONAME) $(INST_LIB)/libreduce.so \
+	  $(INST_LIB)/libreduce.a $(INST_INC)/reduce.h $(INST_INC)/spdk/reduce.h \
+	  $(INST_LIB)/pkgconfig/reduce.pc $(INST_NBD)/nbdkit-reduce-plugin.so $(INST_BIN)/reduce
+	@# Directories only we use, and only when empty.
+	@rmdir $(INST_INC)/spdk $(INST_NBD) $(INST_LIB)/nbdkit 2>/dev/null || true
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+# A staged install (DESTDIR), a C program built with pkg-config alone, then uninstall.
+install-test: lib nbd-plugin | deps
+	MAKE="$(MAKE)" TEST_CC="$(CC)" tests/integration/install.sh
+
+include c_tests/rules.mk
+include nbd/rules.mk
+
+test: deps lint header-check rust-test c-test c-test-asan c-test-valgrind miri readme-snippets \
+      install-test nbd-test
 	@echo "make test: all suites passed"
 
 rust-test:

@@ -30,7 +30,7 @@ pub mod testkit;
 
 pub use backing::{BackingDevice, BackingIo, Extent, IoDone};
 pub use check::{Problem, Report};
-pub use codec::{Codec, CodecDone, CodecIo, SyncCodec, ZstdCodec};
+pub use codec::{Codec, CodecDone, CodecIo, CodecPool, SyncCodec, ZstdCodec};
 pub use error::{Errno, Error, Result};
 pub use format::Params;
 pub use pm::{FileStore, PmRegion, PmStore};

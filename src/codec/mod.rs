@@ -2,8 +2,10 @@
 //! gets them back with the result through a [`CodecDone`]. Built-in codecs complete
 //! inside the call; a caller's codec (hardware, say) may complete later.
 
+pub(crate) mod pool;
 mod zstd;
 
+pub use pool::CodecPool;
 pub use zstd::{ZstdCodec, zstd_compress, zstd_decompress};
 
 use std::rc::Rc;

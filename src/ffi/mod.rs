@@ -17,6 +17,7 @@ mod codec;
 mod device;
 mod iov;
 mod logging;
+mod pool;
 mod types;
 
 use std::cell::Cell;

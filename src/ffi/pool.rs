@@ -1,0 +1,443 @@
+//! The codec pool for C callers (`reduce_codec_pool_*`): the engine of
+//! `codec/pool.rs` carrying the caller's iovecs and completions. Attaching a pool to a
+//! device points the device's `compress`/`decompress` members at the trampolines
+//! here, which find the pool again from the device pointer they receive (a registry
+//! keyed by that pointer), so nothing is embedded in the caller's structure.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
+use std::ptr;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use libc::iovec;
+use smallvec::SmallVec;
+use zstd::bulk::Compressor;
+
+use super::boundary::{callback, codec_status, errno, guard, refuse};
+use super::codec::apply;
+use super::iov::checked;
+use super::types::{FnOf, spdk_reduce_backing_dev, spdk_reduce_dev_cpl, spdk_reduce_vol_cb_args};
+use crate::codec::pool::{Direction, Engine, Job, SharedCodec, Submitter};
+use crate::codec::{SyncCodec, zstd_decompress};
+use crate::error::{Errno, Error, Result};
+
+/// A pool of codec threads (see `reduce_codec_pool_create`). Opaque.
+pub struct reduce_codec_pool {
+    engine: Engine<CJob>,
+}
+
+/// Worker threads one pool may have; more is taken for a mistake (a negative count
+/// converted to unsigned).
+const MAX_THREADS: c_uint = 1024;
+
+/// One compress or decompress from a device's member: the caller's iovec arrays
+/// (copied; the buffers they point to are the caller's) and its completion.
+struct CJob {
+    direction: Direction,
+    src: SmallVec<[iovec; 1]>,
+    dst: SmallVec<[iovec; 1]>,
+    cb_fn: FnOf<spdk_reduce_dev_cpl>,
+    cb_arg: *mut c_void,
+    status: c_int,
+}
+
+// SAFETY: a job moves to one worker thread and back. The buffers its iovecs point to
+// are lent by the caller of `compress`/`decompress` until the completion is called
+// (the members' contract), and only the thread holding the job touches them; the
+// completion and its argument are only called, on the polling thread, never
+// dereferenced by us.
+unsafe impl Send for CJob {}
+
+impl CJob {
+    fn what(&self) -> &'static str {
+        match self.direction {
+            Direction::Compress => "codec pool compress",
+            Direction::Decompress => "codec pool decompress",
+        }
+    }
+
+    /// Calls the caller's completion with the job's status.
+    fn deliver(self) {
+        // SAFETY: the caller's completion with its own argument, once.
+        unsafe { (self.cb_fn)(self.cb_arg, self.status) }
+    }
+}
+
+impl Job for CJob {
+    fn run(&mut self, codec: &dyn SyncCodec) {
+        let direction = self.direction;
+        // SAFETY: the iovecs were checked at submission and their buffers stay valid
+        // until the completion (see `impl Send`).
+        let result = unsafe {
+            apply(
+                self.what(),
+                |src, dst| direction.apply(codec, src, dst),
+                self.src.as_ptr(),
+                self.src.len() as c_int,
+                self.dst.as_ptr(),
+                self.dst.len() as c_int,
+            )
+        };
+        self.status = codec_status(result);
+    }
+
+    fn fail(&mut self, err: Error) {
+        self.status = errno(err);
+    }
+}
+
+/// Devices with a pool attached, by address, and the pool's address.
+type Registry = HashMap<usize, (usize, Submitter<CJob>)>;
+
+static ATTACHED: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    ATTACHED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// zstd at a chosen level, one frame per call like the built-in `reduce_zstd_*`
+/// (which run level 1); decompression is the built-in's.
+struct ZstdAt(i32);
+
+thread_local! {
+    // Contexts are costly to make; each thread keeps one, for the last level it ran.
+    static AT_LEVEL: RefCell<Option<(i32, Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+impl SyncCodec for ZstdAt {
+    fn compress_buf(&self, src: &[u8], dst: &mut [u8]) -> Result<usize> {
+        AT_LEVEL.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_some_and(|(level, _)| *level != self.0) {
+                *slot = None;
+            }
+            let (_, c) = match slot.as_mut() {
+                Some(c) => c,
+                None => slot.insert((self.0, Compressor::new(self.0).map_err(Errno::from)?)),
+            };
+            c.compress_to_buffer(src, dst)
+                .map_err(|_| Errno::ENOSPC.into())
+        })
+    }
+
+    fn decompress_buf(&self, src: &[u8], dst: &mut [u8]) -> Result<usize> {
+        zstd_decompress(src, dst)
+    }
+}
+
+/// The codec called `algo` at `level`, or why there is none.
+fn named_codec(algo: &[u8], level: c_int) -> std::result::Result<SharedCodec, String> {
+    match algo {
+        b"zstd" => {
+            let levels = zstd::compression_level_range();
+            if levels.contains(&level) {
+                Ok(Arc::new(ZstdAt(level)))
+            } else {
+                Err(format!(
+                    "zstd level {level} is outside {}..={}",
+                    levels.start(),
+                    levels.end()
+                ))
+            }
+        }
+        _ => Err(format!(
+            "unknown algo \"{}\" (known: \"zstd\")",
+            String::from_utf8_lossy(algo)
+        )),
+    }
+}
+
+/// Create a pool of `threads` worker threads that compress with `algo` at `level`:
+/// "zstd", levels -131072..22 (1 is what `reduce_zstd_compress` runs; 0 is zstd's
+/// default, 3), frames that `reduce_zstd_decompress` reads and vice versa.
+///
+/// Attach it to backing devices with `reduce_codec_pool_attach`, and call
+/// `reduce_codec_pool_poll` from the thread of the volumes on those devices: the
+/// volumes stay on that thread, the compression runs on the workers, and the
+/// completions come back on that thread, from the poll.
+///
+/// Returns NULL (with the reason logged) for a NULL or unknown `algo`, a level out of
+/// range, 0 threads or more than 1024, or when a thread cannot be started.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reduce_codec_pool_create(
+    algo: *const c_char,
+    level: c_int,
+    threads: c_uint,
+) -> *mut reduce_codec_pool {
+    // Safety (Rust): `algo` is NULL or a NUL-terminated string.
+    const WHAT: &str = "reduce_codec_pool_create";
+    guard(WHAT, ptr::null_mut(), || {
+        if algo.is_null() {
+            refuse(WHAT, "algo is NULL");
+            return ptr::null_mut();
+        }
+        // SAFETY: non-NULL and NUL-terminated, per the caller.
+        let name = unsafe { CStr::from_ptr(algo) }.to_bytes();
+        let codec = match named_codec(name, level) {
+            Ok(codec) => codec,
+            Err(why) => {
+                refuse(WHAT, &why);
+                return ptr::null_mut();
+            }
+        };
+        if threads == 0 || threads > MAX_THREADS {
+            refuse(WHAT, &format!("threads is {threads}, not 1..={MAX_THREADS}"));
+            return ptr::null_mut();
+        }
+        match Engine::new(codec, threads as usize) {
+            Ok(engine) => Box::into_raw(Box::new(reduce_codec_pool { engine })),
+            Err(e) => {
+                e.logged();
+                ptr::null_mut()
+            }
+        }
+    })
+}
+
+/// Make `pool` the codec of `dev`: sets `dev->compress` and `dev->decompress`. Attach
+/// before the volume on `dev` is initialized or loaded (it reads the members then). A
+/// device stays attached until the pool is destroyed; one pool serves any number of
+/// devices, all on the thread that polls it.
+///
+/// Returns 0 (also when `dev` is already attached to `pool`), -EINVAL for a NULL
+/// `pool` or `dev`, or -EBUSY when `dev` is attached to another pool.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reduce_codec_pool_attach(
+    pool: *mut reduce_codec_pool,
+    dev: *mut spdk_reduce_backing_dev,
+) -> c_int {
+    // Safety (Rust): `pool` is NULL or live; `dev` is NULL or valid.
+    const WHAT: &str = "reduce_codec_pool_attach";
+    guard(WHAT, Errno::EIO.negated(), || {
+        // SAFETY: NULL or live, per the caller.
+        let Some(p) = (unsafe { pool.as_ref() }) else {
+            return refuse(WHAT, "pool is NULL").negated();
+        };
+        if dev.is_null() {
+            return refuse(WHAT, "dev is NULL").negated();
+        }
+        let mut attached = registry();
+        match attached.get(&(dev as usize)) {
+            Some(&(owner, _)) if owner != pool as usize => {
+                return Error::new(
+                    Errno::EBUSY,
+                    format!("{WHAT}: dev is attached to another pool"),
+                )
+                .logged()
+                .negated();
+            }
+            Some(_) => {}
+            None => {
+                attached.insert(dev as usize, (pool as usize, p.engine.submitter()));
+            }
+        }
+        // SAFETY: non-NULL and valid, per the caller.
+        unsafe {
+            (*dev).compress = Some(pool_compress);
+            (*dev).decompress = Some(pool_decompress);
+        }
+        0
+    })
+}
+
+/// Deliver the completions of the operations `pool` has finished, on the calling
+/// thread (which must be the thread of the volumes on its devices); when none has
+/// finished, run one waiting operation on the calling thread and deliver it, so a
+/// poll loop that spins here lends its core to the codec. Returns how many
+/// completions it delivered, or -EINVAL for a NULL `pool`.
+///
+/// Completions may submit more work (to this pool too) and may poll again.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reduce_codec_pool_poll(pool: *mut reduce_codec_pool) -> c_int {
+    // Safety (Rust): `pool` is NULL or live.
+    const WHAT: &str = "reduce_codec_pool_poll";
+    guard(WHAT, Errno::EIO.negated(), || {
+        // SAFETY: NULL or live, per the caller.
+        let Some(p) = (unsafe { pool.as_ref() }) else {
+            return refuse(WHAT, "pool is NULL").negated();
+        };
+        let n = p.engine.poll(CJob::deliver);
+        c_int::try_from(n).unwrap_or(c_int::MAX)
+    })
+}
+
+/// Destroy `pool`, on the thread that polls it (not from inside one of its
+/// completions). Operations in flight are not lost: destroy finishes them (with the
+/// workers and on the calling thread) and delivers every completion on the calling
+/// thread before it returns. Its devices are detached first: from then on their
+/// `compress` and `decompress` complete at once with -ENODEV (a volume then stores
+/// what it writes uncompressed, and reads of compressed chunks fail with -EIO), so
+/// destroy the pool after unloading the volumes that use it, or point their members
+/// at another codec before loading them again. `dev` structures are not touched: they
+/// may be freed already. Nothing happens for a NULL `pool`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reduce_codec_pool_destroy(pool: *mut reduce_codec_pool) {
+    // Safety (Rust): `pool` is NULL or live, and not used after this call.
+    const WHAT: &str = "reduce_codec_pool_destroy";
+    guard(WHAT, (), || {
+        // SAFETY: NULL or live, per the caller. Only shared references are made until
+        // every completion is delivered: a completion may still poll the pool.
+        let Some(p) = (unsafe { pool.as_ref() }) else {
+            refuse(WHAT, "pool is NULL");
+            return;
+        };
+        registry().retain(|_, (owner, _)| *owner != pool as usize);
+        p.engine.shut_down();
+        while p.engine.poll(CJob::deliver) > 0 {}
+        // SAFETY: from Box::into_raw in create; nothing refers to it any more.
+        drop(unsafe { Box::from_raw(pool) });
+    })
+}
+
+/// The pool attached to `dev`.
+fn attached(what: &str, dev: *mut spdk_reduce_backing_dev) -> Result<Submitter<CJob>> {
+    registry()
+        .get(&(dev as usize))
+        .map(|(_, submitter)| submitter.clone())
+        .ok_or_else(|| {
+            Error::new(
+                Errno::ENODEV,
+                format!("{what}: no codec pool is attached to this device (destroyed?)"),
+            )
+            .logged()
+        })
+}
+
+/// Hands one operation of a device member to its pool, or completes it at once with
+/// the error that keeps it from going there.
+///
+/// # Safety
+/// As for a `compress` member: the iovecs describe valid buffers until the
+/// completion; `args` is NULL or valid until its callback.
+unsafe fn offload(
+    direction: Direction,
+    dev: *mut spdk_reduce_backing_dev,
+    src_iov: *const iovec,
+    src_iovcnt: c_int,
+    dst_iov: *const iovec,
+    dst_iovcnt: c_int,
+    args: *mut spdk_reduce_vol_cb_args,
+) {
+    let what = match direction {
+        Direction::Compress => "codec pool compress",
+        Direction::Decompress => "codec pool decompress",
+    };
+    // SAFETY: NULL or valid, per the contract. Copy out what the completion needs:
+    // `args` may be freed by the completion itself.
+    let (cb_fn, cb_arg) = match unsafe { args.as_ref() } {
+        Some(&spdk_reduce_vol_cb_args { cb_fn, cb_arg }) => {
+            (callback(what, "args->cb_fn", cb_fn), cb_arg)
+        }
+        None => (callback(what, "args", None), ptr::null_mut()),
+    };
+    let Some(cb_fn) = cb_fn else {
+        return;
+    };
+    let job = || -> Result<(Submitter<CJob>, CJob)> {
+        let bad = |side: &str, why: &str| refuse(what, &format!("{side}: {why}"));
+        // SAFETY: forwarded from the caller.
+        let (src, _) = unsafe { checked(src_iov, src_iovcnt) }.map_err(|why| bad("src", why))?;
+        // SAFETY: as above.
+        let (dst, _) = unsafe { checked(dst_iov, dst_iovcnt) }.map_err(|why| bad("dst", why))?;
+        let job = CJob {
+            direction,
+            src: SmallVec::from_slice(src),
+            dst: SmallVec::from_slice(dst),
+            cb_fn,
+            cb_arg,
+            status: 0,
+        };
+        Ok((attached(what, dev)?, job))
+    };
+    match job() {
+        Ok((pool, job)) => pool.submit(job),
+        // SAFETY: the caller's completion with its own argument.
+        Err(e) => unsafe { cb_fn(cb_arg, errno(e)) },
+    }
+}
+
+/// The `compress` member of an attached device.
+unsafe extern "C" fn pool_compress(
+    dev: *mut spdk_reduce_backing_dev,
+    src_iov: *mut iovec,
+    src_iovcnt: c_int,
+    dst_iov: *mut iovec,
+    dst_iovcnt: c_int,
+    args: *mut spdk_reduce_vol_cb_args,
+) {
+    guard("codec pool compress", (), || {
+        // SAFETY: forwarded from the caller (the member's contract).
+        unsafe {
+            offload(
+                Direction::Compress,
+                dev,
+                src_iov,
+                src_iovcnt,
+                dst_iov,
+                dst_iovcnt,
+                args,
+            )
+        }
+    })
+}
+
+/// The `decompress` member of an attached device.
+unsafe extern "C" fn pool_decompress(
+    dev: *mut spdk_reduce_backing_dev,
+    src_iov: *mut iovec,
+    src_iovcnt: c_int,
+    dst_iov: *mut iovec,
+    dst_iovcnt: c_int,
+    args: *mut spdk_reduce_vol_cb_args,
+) {
+    guard("codec pool decompress", (), || {
+        // SAFETY: forwarded from the caller (the member's contract).
+        unsafe {
+            offload(
+                Direction::Decompress,
+                dev,
+                src_iov,
+                src_iovcnt,
+                dst_iov,
+                dst_iovcnt,
+                args,
+            )
+        }
+    })
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zstd_at_any_level_reads_back_with_the_built_in() {
+        let src: Vec<u8> = (0..16384u32).map(|i| (i / 100) as u8).collect();
+        for level in [-5, 0, 1, 3, 19] {
+            let codec = named_codec(b"zstd", level).unwrap();
+            let mut packed = vec![0u8; 16384];
+            let n = codec.compress_buf(&src, &mut packed).unwrap();
+            let mut out = vec![0u8; 16384];
+            assert_eq!(zstd_decompress(&packed[..n], &mut out), Ok(16384));
+            assert_eq!(out, src, "level {level}");
+        }
+        // Level 1 is the built-in's.
+        let mut ours = vec![0u8; 16384];
+        let mut builtin = vec![0u8; 16384];
+        let n = named_codec(b"zstd", 1)
+            .unwrap()
+            .compress_buf(&src, &mut ours)
+            .unwrap();
+        let m = crate::codec::zstd_compress(&src, &mut builtin).unwrap();
+        assert_eq!(ours[..n], builtin[..m]);
+    }
+
+    #[test]
+    fn unknown_names_and_levels_are_refused() {
+        assert!(named_codec(b"zstd", 23).is_err());
+        assert!(named_codec(b"zstd", i32::MIN).is_err());
+        assert!(named_codec(b"gzip", 1).is_err());
+        assert!(named_codec(b"", 1).is_err());
+    }
+}

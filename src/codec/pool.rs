@@ -278,12 +278,7 @@ pub(crate) enum Direction {
 }
 
 impl Direction {
-    pub(crate) fn apply(
-        self,
-        codec: &dyn SyncCodec,
-        src: &[u8],
-        dst: &mut [u8],
-    ) -> Result<usize> {
+    pub(crate) fn apply(self, codec: &dyn SyncCodec, src: &[u8], dst: &mut [u8]) -> Result<usize> {
         match self {
             Direction::Compress => codec.compress_buf(src, dst),
             Direction::Decompress => codec.decompress_buf(src, dst),
@@ -478,7 +473,10 @@ mod tests {
             e.poll(|j| got.push(j));
         }
         assert!(got.iter().all(|j| j.ran_on.is_some() && !j.failed));
-        assert!(got.iter().any(|j| j.ran_on != Some(me)), "no worker ran anything");
+        assert!(
+            got.iter().any(|j| j.ran_on != Some(me)),
+            "no worker ran anything"
+        );
         assert_eq!(e.in_flight(), 0);
     }
 

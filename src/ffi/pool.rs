@@ -5,10 +5,9 @@
 //! keyed by that pointer), so nothing is embedded in the caller's structure.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::ptr;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use libc::iovec;
 use smallvec::SmallVec;
@@ -87,13 +86,22 @@ impl Job for CJob {
     }
 }
 
-/// Devices with a pool attached, by address, and the pool's address.
-type Registry = HashMap<usize, (usize, Submitter<CJob>)>;
+/// A device with a pool attached: the device's address, the pool's, and its queue.
+struct Attached {
+    dev: usize,
+    pool: usize,
+    submitter: Submitter<CJob>,
+}
 
-static ATTACHED: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
+/// Every attached device. A list: a process attaches a handful.
+static ATTACHED: Mutex<Vec<Attached>> = Mutex::new(Vec::new());
 
-fn registry() -> std::sync::MutexGuard<'static, Registry> {
+fn registry() -> MutexGuard<'static, Vec<Attached>> {
     ATTACHED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn find(list: &[Attached], dev: *mut spdk_reduce_backing_dev) -> Option<&Attached> {
+    list.iter().find(|a| a.dev == dev as usize)
 }
 
 /// zstd at a chosen level, one frame per call like the built-in `reduce_zstd_*`
@@ -182,7 +190,10 @@ pub unsafe extern "C" fn reduce_codec_pool_create(
             }
         };
         if threads == 0 || threads > MAX_THREADS {
-            refuse(WHAT, &format!("threads is {threads}, not 1..={MAX_THREADS}"));
+            refuse(
+                WHAT,
+                &format!("threads is {threads}, not 1..={MAX_THREADS}"),
+            );
             return ptr::null_mut();
         }
         match Engine::new(codec, threads as usize) {
@@ -218,8 +229,8 @@ pub unsafe extern "C" fn reduce_codec_pool_attach(
             return refuse(WHAT, "dev is NULL").negated();
         }
         let mut attached = registry();
-        match attached.get(&(dev as usize)) {
-            Some(&(owner, _)) if owner != pool as usize => {
+        match find(&attached, dev) {
+            Some(a) if a.pool != pool as usize => {
                 return Error::new(
                     Errno::EBUSY,
                     format!("{WHAT}: dev is attached to another pool"),
@@ -228,9 +239,11 @@ pub unsafe extern "C" fn reduce_codec_pool_attach(
                 .negated();
             }
             Some(_) => {}
-            None => {
-                attached.insert(dev as usize, (pool as usize, p.engine.submitter()));
-            }
+            None => attached.push(Attached {
+                dev: dev as usize,
+                pool: pool as usize,
+                submitter: p.engine.submitter(),
+            }),
         }
         // SAFETY: non-NULL and valid, per the caller.
         unsafe {
@@ -282,7 +295,7 @@ pub unsafe extern "C" fn reduce_codec_pool_destroy(pool: *mut reduce_codec_pool)
             refuse(WHAT, "pool is NULL");
             return;
         };
-        registry().retain(|_, (owner, _)| *owner != pool as usize);
+        registry().retain(|a| a.pool != pool as usize);
         p.engine.shut_down();
         while p.engine.poll(CJob::deliver) > 0 {}
         // SAFETY: from Box::into_raw in create; nothing refers to it any more.
@@ -292,9 +305,8 @@ pub unsafe extern "C" fn reduce_codec_pool_destroy(pool: *mut reduce_codec_pool)
 
 /// The pool attached to `dev`.
 fn attached(what: &str, dev: *mut spdk_reduce_backing_dev) -> Result<Submitter<CJob>> {
-    registry()
-        .get(&(dev as usize))
-        .map(|(_, submitter)| submitter.clone())
+    find(&registry(), dev)
+        .map(|a| a.submitter.clone())
         .ok_or_else(|| {
             Error::new(
                 Errno::ENODEV,

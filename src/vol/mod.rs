@@ -16,9 +16,9 @@ mod user;
 mod verify;
 
 pub use lifecycle::InitPlan;
-pub use request::Op;
 #[cfg(feature = "testkit")]
 pub use request::MAX_ACTIVE;
+pub use request::Op;
 pub use user::{Segments, UserIo, segment_pieces};
 
 pub(crate) use lifecycle::Core;

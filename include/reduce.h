@@ -544,20 +544,23 @@ int reduce_codec_pool_attach(struct reduce_codec_pool *pool,
  * poll loop that spins here lends its core to the codec. Returns how many
  * completions it delivered, or -EINVAL for a NULL `pool`.
  *
- * Completions may submit more work (to this pool too) and may poll again.
+ * Completions may submit more work (to this pool too), poll again, and destroy the
+ * pool.
  */
 int reduce_codec_pool_poll(struct reduce_codec_pool *pool);
 
 /**
- * Destroy `pool`, on the thread that polls it (not from inside one of its
- * completions). Operations in flight are not lost: destroy finishes them (with the
- * workers and on the calling thread) and delivers every completion on the calling
- * thread before it returns. Its devices are detached first: from then on their
- * `compress` and `decompress` complete at once with -ENODEV (a volume then stores
- * what it writes uncompressed, and reads of compressed chunks fail with -EIO), so
- * destroy the pool after unloading the volumes that use it, or point their members
- * at another codec before loading them again. `dev` structures are not touched: they
- * may be freed already. Nothing happens for a NULL `pool`.
+ * Destroy `pool`, on the thread that polls it. Operations in flight are not lost:
+ * destroy finishes them (with the workers and on the calling thread) and delivers
+ * every completion on the calling thread before it returns. Called from inside one of
+ * the pool's completions, it does the same when the poll that delivers returns.
+ *
+ * Its devices are detached at once: from then on their `compress` and `decompress`
+ * complete inside the call with -ENODEV (a volume then stores what it writes
+ * uncompressed, and reads of compressed chunks fail with -EIO), so destroy the pool
+ * after unloading the volumes that use it, or point their members at another codec
+ * before loading them again. `dev` structures are not touched: they may be freed
+ * already. Nothing happens for a NULL `pool`.
  */
 void reduce_codec_pool_destroy(struct reduce_codec_pool *pool);
 

@@ -4,7 +4,7 @@
 //! here, which find the pool again from the device pointer they receive (a registry
 //! keyed by that pointer), so nothing is embedded in the caller's structure.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::ptr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -24,6 +24,9 @@ use crate::error::{Errno, Error, Result};
 /// A pool of codec threads (see `reduce_codec_pool_create`). Opaque.
 pub struct reduce_codec_pool {
     engine: Engine<CJob>,
+    /// Polls delivering completions now (a completion may poll again).
+    delivering: Cell<u32>,
+    destroyed: Cell<bool>,
 }
 
 /// Worker threads one pool may have; more is taken for a mistake (a negative count
@@ -197,7 +200,11 @@ pub unsafe extern "C" fn reduce_codec_pool_create(
             return ptr::null_mut();
         }
         match Engine::new(codec, threads as usize) {
-            Ok(engine) => Box::into_raw(Box::new(reduce_codec_pool { engine })),
+            Ok(engine) => Box::into_raw(Box::new(reduce_codec_pool {
+                engine,
+                delivering: Cell::new(0),
+                destroyed: Cell::new(false),
+            })),
             Err(e) => {
                 e.logged();
                 ptr::null_mut()
@@ -260,7 +267,8 @@ pub unsafe extern "C" fn reduce_codec_pool_attach(
 /// poll loop that spins here lends its core to the codec. Returns how many
 /// completions it delivered, or -EINVAL for a NULL `pool`.
 ///
-/// Completions may submit more work (to this pool too) and may poll again.
+/// Completions may submit more work (to this pool too), poll again, and destroy the
+/// pool.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn reduce_codec_pool_poll(pool: *mut reduce_codec_pool) -> c_int {
     // Safety (Rust): `pool` is NULL or live.
@@ -270,37 +278,76 @@ pub unsafe extern "C" fn reduce_codec_pool_poll(pool: *mut reduce_codec_pool) ->
         let Some(p) = (unsafe { pool.as_ref() }) else {
             return refuse(WHAT, "pool is NULL").negated();
         };
-        let n = p.engine.poll(CJob::deliver);
+        let n = p.deliver();
+        if p.delivering.get() == 0 && p.destroyed.get() {
+            // A completion destroyed the pool: this poll, the outermost, finishes it.
+            // SAFETY: live, and no other poll is delivering on it.
+            unsafe { reduce_codec_pool::finish(pool) };
+        }
         c_int::try_from(n).unwrap_or(c_int::MAX)
     })
 }
 
-/// Destroy `pool`, on the thread that polls it (not from inside one of its
-/// completions). Operations in flight are not lost: destroy finishes them (with the
-/// workers and on the calling thread) and delivers every completion on the calling
-/// thread before it returns. Its devices are detached first: from then on their
-/// `compress` and `decompress` complete at once with -ENODEV (a volume then stores
-/// what it writes uncompressed, and reads of compressed chunks fail with -EIO), so
-/// destroy the pool after unloading the volumes that use it, or point their members
-/// at another codec before loading them again. `dev` structures are not touched: they
-/// may be freed already. Nothing happens for a NULL `pool`.
+/// Destroy `pool`, on the thread that polls it. Operations in flight are not lost:
+/// destroy finishes them (with the workers and on the calling thread) and delivers
+/// every completion on the calling thread before it returns. Called from inside one of
+/// the pool's completions, it does the same when the poll that delivers returns.
+///
+/// Its devices are detached at once: from then on their `compress` and `decompress`
+/// complete inside the call with -ENODEV (a volume then stores what it writes
+/// uncompressed, and reads of compressed chunks fail with -EIO), so destroy the pool
+/// after unloading the volumes that use it, or point their members at another codec
+/// before loading them again. `dev` structures are not touched: they may be freed
+/// already. Nothing happens for a NULL `pool`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn reduce_codec_pool_destroy(pool: *mut reduce_codec_pool) {
     // Safety (Rust): `pool` is NULL or live, and not used after this call.
     const WHAT: &str = "reduce_codec_pool_destroy";
     guard(WHAT, (), || {
-        // SAFETY: NULL or live, per the caller. Only shared references are made until
-        // every completion is delivered: a completion may still poll the pool.
+        // SAFETY: NULL or live, per the caller.
         let Some(p) = (unsafe { pool.as_ref() }) else {
             refuse(WHAT, "pool is NULL");
             return;
         };
+        if p.destroyed.replace(true) {
+            refuse(WHAT, "the pool is already being destroyed");
+            return;
+        }
         registry().retain(|a| a.pool != pool as usize);
-        p.engine.shut_down();
-        while p.engine.poll(CJob::deliver) > 0 {}
+        if p.delivering.get() == 0 {
+            // SAFETY: live, and no poll is delivering on it.
+            unsafe { reduce_codec_pool::finish(pool) };
+        }
+    })
+}
+
+impl reduce_codec_pool {
+    /// One poll of the engine, counted so that a destroy from inside a completion
+    /// knows to leave the pool to the poll that delivered it.
+    fn deliver(&self) -> usize {
+        self.delivering.set(self.delivering.get() + 1);
+        let n = self.engine.poll(CJob::deliver);
+        self.delivering.set(self.delivering.get() - 1);
+        n
+    }
+
+    /// The end of a destroy: every operation finished and delivered, then the pool
+    /// freed.
+    ///
+    /// # Safety
+    /// `pool` came from `reduce_codec_pool_create`, is being destroyed and is not
+    /// delivering; nothing uses it after this call.
+    unsafe fn finish(pool: *mut reduce_codec_pool) {
+        {
+            // SAFETY: live until the end of this function. Only shared references are
+            // made while completions run: they may still poll the pool.
+            let p = unsafe { &*pool };
+            p.engine.shut_down();
+            while p.deliver() > 0 {}
+        }
         // SAFETY: from Box::into_raw in create; nothing refers to it any more.
         drop(unsafe { Box::from_raw(pool) });
-    })
+    }
 }
 
 /// The pool attached to `dev`.

@@ -1124,6 +1124,18 @@ pool:
 			       fmt(&e->cores, 1, k, sizeof(k)));
 		}
 	}
+	/* The pool needs the machine's cores: say when it did not get them. */
+	double least = 1e9;
+	for (int p = 0; p < 2; p++) {
+		for (int m = 0; m < MODES; m++) {
+			least = fmin(least, median(&g_pool[p][1][m].cores));
+		}
+	}
+	if (least < 0.9 * (g_pool_threads + 1)) {
+		printf("\nThe pool's qd32 runs had as few as %.1f cores busy of the %d they could use: "
+		       "the machine was busy with other work, and the pool's figures understate it.\n",
+		       least, g_pool_threads + 1);
+	}
 scale:
 	printf("\n| scale | |\n|---|---|\n");
 	if (g_heap_measured) {

@@ -516,7 +516,9 @@ void reduce_set_log_fn(reduce_log_fn log_fn, void *ctx);
  * Attach it to backing devices with `reduce_codec_pool_attach`, and call
  * `reduce_codec_pool_poll` from the thread of the volumes on those devices: the
  * volumes stay on that thread, the compression runs on the workers, and the
- * completions come back on that thread, from the poll.
+ * completions come back on that thread, from the poll (and only from there: poll it
+ * from the poll loop, which also runs waiting operations itself when it has nothing
+ * to deliver).
  *
  * Returns NULL (with the reason logged) for a NULL or unknown `algo`, a level out of
  * range, 0 threads or more than 1024, or when a thread cannot be started.

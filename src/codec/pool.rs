@@ -14,6 +14,8 @@
 //! poller runs it at once, as an inline codec would, with no thread handoff. Every job
 //! beyond it wakes an idle worker.
 
+#![forbid(unsafe_code)]
+
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -166,7 +166,9 @@ fn named_codec(algo: &[u8], level: c_int) -> std::result::Result<SharedCodec, St
 /// Attach it to backing devices with `reduce_codec_pool_attach`, and call
 /// `reduce_codec_pool_poll` from the thread of the volumes on those devices: the
 /// volumes stay on that thread, the compression runs on the workers, and the
-/// completions come back on that thread, from the poll.
+/// completions come back on that thread, from the poll (and only from there: poll it
+/// from the poll loop, which also runs waiting operations itself when it has nothing
+/// to deliver).
 ///
 /// Returns NULL (with the reason logged) for a NULL or unknown `algo`, a level out of
 /// range, 0 threads or more than 1024, or when a thread cannot be started.

@@ -1197,7 +1197,17 @@ int main(int argc, char **argv)
 			printf(" %s (%.1f MiB)", g_sources[i], (double)g_source_bytes[i] / (1 << 20));
 		}
 	}
-	printf("\n  zstd level 1 alone: ratio %.2f (%.2f in whole 4 KiB io units)\n",
+	uint64_t print = 0;
+	for (size_t i = 0; i < CORPUS_MAX; i += 8) {
+		uint64_t v;
+		memcpy(&v, g_corpus + i, 8);
+		print = mix(print ^ v);
+	}
+	/* Files come and go (package installs): the fingerprint says whether two runs
+	 * compressed the same bytes. */
+	printf("\n  fingerprint %016llx; zstd level 1 alone: ratio %.2f (%.2f in whole 4 KiB io "
+	       "units)\n",
+	       (unsigned long long)print,
 	       (double)CORPUS_CHUNKS * CHUNK / (double)g_frame_bytes,
 	       (double)CORPUS_CHUNKS * CHUNK / (double)g_stored_bytes);
 	if (g_corpus_len < CORPUS_MAX) {

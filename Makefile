@@ -1,6 +1,7 @@
 # reduce — build, demo and tests. Two commands do everything on a fresh machine:
 #   make demo   builds the library and runs the C demo (SPDK-style poll loop, real files)
-#   make test   every test: Rust, C (plain, ASan+UBSan, valgrind), miri, header, lint
+#   make test   every test: Rust, C (plain, ASan+UBSan, valgrind), miri, header, lint,
+#               the README's examples
 # Long runs have their own targets: make soak, make fuzz, make bench.
 
 CARGO    ?= cargo
@@ -14,8 +15,12 @@ FIXTURES := tests/fixtures
 
 all: lib
 
-# What a fresh machine may lack: the C toolchain bits, valgrind, zstd (fixtures), and
-# the nightly toolchain with miri. Each is installed only when missing.
+# What a fresh machine may lack: the C toolchain bits, valgrind, zstd (fixtures), clippy
+# and rustfmt for the stable toolchain, and the nightly toolchain with miri and rust-src.
+# Each is installed only when missing; a failed install stops make with the tool's own
+# error, so no suite silently goes missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 deps:
 	@need=""; \
 	for t in cc:gcc valgrind:valgrind zstd:zstd; do \
@@ -23,11 +28,21 @@ deps:
 	done; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need) >/dev/null; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; \
 	fi
-	@cargo +nightly miri --version >/dev/null 2>&1 || \
-	  rustup toolchain install nightly --profile minimal --component miri rust-src >/dev/null 2>&1 || \
-	  echo "note: nightly miri not available; 'make miri' will say so"
+	@for c in clippy rustfmt; do \
+	  rustup component list --installed | grep -q "^$$c" || rustup component add $$c || exit 1; \
+	done
+	@# A nightly without miri or rust-src gets them; if that nightly has no miri, a newer one.
+	@if rustup toolchain list | grep -q '^nightly-'; then \
+	  rustup component list --toolchain nightly --installed | grep -q '^miri' && \
+	  rustup component list --toolchain nightly --installed | grep -q '^rust-src' || \
+	  { rustup component add --toolchain nightly miri rust-src || \
+	    rustup toolchain install --no-self-update nightly --profile minimal --component miri --component rust-src; }; \
+	else \
+	  rustup toolchain install --no-self-update nightly --profile minimal --component miri --component rust-src; \
+	fi
 
 # The library's soname is libreduce.so.0; programs linked to it look for that name.
 lib:
@@ -36,17 +51,16 @@ lib:
 
 include c_tests/rules.mk
 
-test: deps lint header-check rust-test c-test c-test-asan c-test-valgrind miri
+test: deps lint header-check rust-test c-test c-test-asan c-test-valgrind miri readme-snippets
 	@echo "make test: all suites passed"
 
 rust-test:
 	$(CARGO) test --profile $(PROFILE) -q
 
-# The core under miri, with in-memory doubles (no zstd C code, no files).
-miri:
-	@if cargo +nightly miri --version >/dev/null 2>&1; then \
-	  MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test -q --lib --test miri_core --test miri_shadow; \
-	else echo "SKIPPED miri: nightly toolchain with miri is not installed"; fi
+# The core under miri, with in-memory doubles (no zstd C code, no files). make deps
+# installs miri; if it cannot, this fails rather than skip.
+miri: deps
+	MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test -q --lib --test miri_core --test miri_shadow
 
 # include/reduce.h is generated from src/ffi by tools/header (cbindgen) and committed:
 # `make header` regenerates it; `make header-check` fails when it is stale.
@@ -63,7 +77,7 @@ header-check:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -q -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
 
 # Long runs, outside make test.
 SOAK_OPS     ?= 1000000

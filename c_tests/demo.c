@@ -1,9 +1,16 @@
-/* reduce demo: an SPDK-style poll-mode program. The backing device is a real file;
- * its operations run at submission and their completions are delivered from the
- * main poll loop, as an SPDK bdev would. The built-in zstd codec compresses. The demo
- * writes a corpus of real files from this machine, reads it back and verifies it,
- * unloads, loads again, verifies again, prints the compression ratio and throughput,
- * then destroys the volume and removes its files. */
+/* reduce demo: an SPDK-style poll-mode program.
+ *
+ * The backing device is a real file. Its operations run at submission (pread/pwrite)
+ * and their completions are queued, then delivered from the main loop by a poller, a
+ * few per turn, as an SPDK bdev's would be. The built-in zstd codec compresses.
+ *
+ * The demo gathers a corpus of real files from this machine (the directories given on
+ * the command line, or a default list), writes it to a new volume, reads it back and
+ * verifies it, unloads, loads again, verifies again, prints the compression ratio and
+ * throughput, then destroys the volume and removes its files. Its files go in a fresh
+ * directory under $TMPDIR (default /tmp).
+ *
+ * Usage: demo [DIR...] */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +28,7 @@
 #define CHUNK (16 * 1024)
 #define BLOCK 4096
 #define QUEUE_DEPTH 32
+#define POLL_BATCH 8 /* completions the poller delivers per loop turn */
 #define CORPUS_MAX (64u << 20)
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -56,10 +64,12 @@ static void defer(struct file_dev *f, struct spdk_reduce_vol_cb_args *args, int 
 	f->tail = c;
 }
 
-static int poll_dev(struct file_dev *f)
+/* The poller: delivers at most `max` queued completions, oldest first, and returns how
+ * many it delivered. A completion may submit new operations; they queue behind. */
+static int poll_dev(struct file_dev *f, int max)
 {
 	int n = 0;
-	while (f->head) {
+	while (f->head && n < max) {
 		struct completion *c = f->head;
 		f->head = c->next;
 		if (!f->head) {
@@ -77,7 +87,7 @@ static void file_io(struct spdk_reduce_backing_dev *dev, struct iovec *iov, int 
 		    int write)
 {
 	struct file_dev *f = container_of(dev, struct file_dev, dev);
-	off_t off = (off_t)(lba * dev->blocklen);
+	off_t off = (off_t)(lba * dev->blocklen); /* lba and lba_count count blocklen units */
 	ssize_t want = (ssize_t)lba_count * dev->blocklen;
 	ssize_t n = write ? pwritev(f->fd, iov, iovcnt, off) : preadv(f->fd, iov, iovcnt, off);
 	defer(f, args, n == want ? 0 : (n < 0 ? -errno : -EIO));
@@ -128,6 +138,21 @@ static int add_file(const char *path, const struct stat *st, int type, struct FT
 	return g_corpus_len >= CORPUS_MAX ? 1 : 0;
 }
 
+/* Reads files from each directory in turn until CORPUS_MAX bytes; says what it took. */
+static void gather_corpus(const char *const *dirs, int ndirs)
+{
+	printf("corpus (up to %u MiB of files):\n", CORPUS_MAX >> 20);
+	for (int i = 0; i < ndirs && g_corpus_len < CORPUS_MAX; i++) {
+		size_t files = g_files, bytes = g_corpus_len;
+		if (nftw(dirs[i], add_file, 32, FTW_PHYS) == -1) {
+			printf("  %-28s not readable: %s\n", dirs[i], strerror(errno));
+			continue;
+		}
+		printf("  %-28s %6zu files  %6.1f MiB\n", dirs[i], g_files - files,
+		       (double)(g_corpus_len - bytes) / (1 << 20));
+	}
+}
+
 /* ---- the workload ---- */
 
 struct run {
@@ -172,6 +197,7 @@ static void submit(struct run *r, int slot)
 	*q = (struct slot_req){r, slot, r->next++};
 	r->iov[slot] = (struct iovec){buf, CHUNK};
 	r->in_flight++;
+	/* offset and length count logical blocks (BLOCK bytes here) */
 	if (r->write) {
 		memcpy(buf, g_corpus + q->chunk * CHUNK, CHUNK);
 		spdk_reduce_vol_writev(r->vol, &r->iov[slot], 1, q->chunk * (CHUNK / BLOCK),
@@ -189,39 +215,49 @@ static double now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Runs one pass over the corpus at QUEUE_DEPTH; returns MB/s, or -1 on error. */
-static double pass(struct file_dev *f, struct spdk_reduce_vol *vol, int write, uint64_t chunks,
-		   const char *what)
+/* One pass over the corpus, QUEUE_DEPTH requests in flight: the main loop polls the
+ * device, whose completions submit the next requests, and prints a progress line at
+ * every quarter. Returns 0, or -1 on an error or a mismatch. */
+static int pass(struct file_dev *f, struct spdk_reduce_vol *vol, int write, uint64_t chunks,
+		const char *what)
 {
 	struct run r = {.vol = vol, .write = write, .chunks = chunks};
 	r.bufs = malloc((size_t)QUEUE_DEPTH * CHUNK);
+	if (!r.bufs) {
+		return -1;
+	}
 	double start = now();
-	uint64_t tenth = chunks / 10 ? chunks / 10 : 1, shown = 0;
+	int shown = 0;
 	for (int s = 0; s < QUEUE_DEPTH && r.next < chunks; s++) {
 		submit(&r, s);
 	}
 	while (r.in_flight) {
-		if (!poll_dev(f)) {
-			fprintf(stderr, "\n%s: %llu requests never completed\n", what,
+		if (!poll_dev(f, POLL_BATCH)) {
+			fprintf(stderr, "%s: %llu requests never completed\n", what,
 				(unsigned long long)r.in_flight);
 			free(r.bufs);
 			return -1;
 		}
-		if (r.done / tenth > shown) {
-			shown = r.done / tenth;
-			printf("\r  %-22s %3d%%", what, (int)(100 * r.done / chunks));
+		int quarter = (int)(4 * r.done / chunks);
+		if (quarter > shown) {
+			shown = quarter;
+			printf("  %-16s %3d%%  %6llu/%llu chunks  %7.1f MB/s\n", what, 25 * quarter,
+			       (unsigned long long)r.done, (unsigned long long)chunks,
+			       (double)r.done * CHUNK / (now() - start) / 1e6);
 			fflush(stdout);
 		}
 	}
-	double secs = now() - start;
-	printf("\r  %-22s 100%%  %7.1f MB/s", what, (double)chunks * CHUNK / secs / 1e6);
-	if (!write) {
-		printf("  verified: %llu mismatches", (unsigned long long)r.mismatches);
+	if (r.errors || r.mismatches) {
+		printf("  %-16s %llu errors, %llu chunks differ\n", what,
+		       (unsigned long long)r.errors, (unsigned long long)r.mismatches);
+	} else if (!write) {
+		printf("  %-16s every chunk matches the corpus\n", what);
 	}
-	printf("\n");
 	free(r.bufs);
 	return r.errors || r.mismatches ? -1 : 0;
 }
+
+/* ---- init, load, unload, destroy: start, then poll until the callback ran ---- */
 
 struct wait {
 	int done, status;
@@ -244,7 +280,7 @@ static void op_done(void *arg, int status)
 static int wait_for(struct file_dev *f, struct wait *w)
 {
 	while (!w->done) {
-		if (!poll_dev(f)) {
+		if (!poll_dev(f, POLL_BATCH)) {
 			fprintf(stderr, "a completion never arrived\n");
 			return -ETIMEDOUT;
 		}
@@ -252,25 +288,48 @@ static int wait_for(struct file_dev *f, struct wait *w)
 	return w->status;
 }
 
-int main(void)
+/* Removes the demo's directory and whatever a failed run left in it. */
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
 {
-	char dir[] = "/tmp/reduce-demo-XXXXXX", path[256];
-	const char *sources[] = {"/usr/share/doc", "/usr/include", "/usr/lib/x86_64-linux-gnu",
-				 "/usr/share", "/usr/lib"};
-	struct file_dev f = {0};
+	(void)st;
+	(void)type;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const char *const default_dirs[] = {"/usr/share/doc", "/usr/include",
+						   "/usr/lib/x86_64-linux-gnu", "/usr/share",
+						   "/usr/lib"};
+	const char *const *dirs = argc > 1 ? (const char *const *)argv + 1 : default_dirs;
+	int ndirs = argc > 1 ? argc - 1 : (int)(sizeof(default_dirs) / sizeof(default_dirs[0]));
+	const char *tmp = getenv("TMPDIR");
+	char dir[4096], path[4200];
+	struct file_dev f = {.fd = -1};
 	struct wait w = {0};
 	int rc = 1;
 
 	g_corpus = malloc(CORPUS_MAX);
-	for (size_t i = 0; i < sizeof(sources) / sizeof(sources[0]) && g_corpus_len < CORPUS_MAX; i++) {
-		nftw(sources[i], add_file, 32, FTW_PHYS);
+	if (!g_corpus) {
+		return 1;
 	}
+	gather_corpus(dirs, ndirs);
 	uint64_t chunks = (g_corpus_len + CHUNK - 1) / CHUNK;
 	memset(g_corpus + g_corpus_len, 0, chunks * CHUNK - g_corpus_len);
-	printf("reduce demo: corpus of %zu files, %.1f MiB (%llu chunks of 16 KiB)\n", g_files,
+	printf("  total: %zu files, %.1f MiB (%llu chunks of 16 KiB)\n", g_files,
 	       (double)g_corpus_len / (1 << 20), (unsigned long long)chunks);
-	if (chunks == 0 || !mkdtemp(dir)) {
-		fprintf(stderr, "no corpus or no temp dir\n");
+	if (chunks == 0) {
+		fprintf(stderr, "no files to make a corpus of\n");
+		free(g_corpus);
+		return 1;
+	}
+	snprintf(dir, sizeof(dir), "%s/reduce-demo-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(dir)) {
+		fprintf(stderr, "cannot make a directory in %s: %s\n", tmp && *tmp ? tmp : "/tmp",
+			strerror(errno));
+		free(g_corpus);
 		return 1;
 	}
 	snprintf(path, sizeof(path), "%s/backing.img", dir);
@@ -282,7 +341,7 @@ int main(void)
 	};
 	if (f.fd < 0 || ftruncate(f.fd, (off_t)(f.dev.blockcnt * BLOCK))) {
 		perror("backing file");
-		return 1;
+		goto out;
 	}
 	struct spdk_reduce_vol_params params = {
 		.backing_io_unit_size = BLOCK, .logical_block_size = BLOCK, .chunk_size = CHUNK};
@@ -292,14 +351,14 @@ int main(void)
 		goto out;
 	}
 	struct spdk_reduce_vol *vol = w.vol;
-	printf("volume: %s, %.1f MiB, pm file %s\n", path, (double)params.vol_size / (1 << 20),
-	       spdk_reduce_vol_get_pm_path(vol));
+	printf("volume: %.1f MiB on %s\n        pm file %s\n", (double)params.vol_size / (1 << 20),
+	       path, spdk_reduce_vol_get_pm_path(vol));
 
 	if (pass(&f, vol, 1, chunks, "write") || pass(&f, vol, 0, chunks, "read + verify")) {
 		goto out;
 	}
 	uint64_t units = spdk_reduce_vol_get_info(vol)->allocated_io_units;
-	printf("  compression: %.1f MiB in %.1f MiB of io units, ratio %.2f\n",
+	printf("compression: %.1f MiB stored in %.1f MiB of io units, ratio %.2f\n",
 	       (double)chunks * CHUNK / (1 << 20), (double)units * BLOCK / (1 << 20),
 	       (double)chunks * CHUNK / ((double)units * BLOCK));
 
@@ -308,7 +367,7 @@ int main(void)
 	if (wait_for(&f, &w)) {
 		goto out;
 	}
-	printf("  unloaded; loading again\n");
+	printf("unloaded; loading again\n");
 	w = (struct wait){0};
 	spdk_reduce_vol_load(&f.dev, handle_done, &w);
 	if (wait_for(&f, &w)) {
@@ -335,13 +394,8 @@ out:
 	if (f.fd >= 0) {
 		close(f.fd);
 	}
-	unlink(path);
-	/* A failed run may leave the pm file: remove whatever is in the temp dir. */
-	char cmd[300];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	if (system(cmd) != 0) {
-		rc = 1;
-	}
+	/* The backing file, and the pm file if a failed run left it. */
+	nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
 	free(g_corpus);
 	if (rc) {
 		fprintf(stderr, "demo FAILED\n");

@@ -10,7 +10,7 @@ C_HDRS    := $(wildcard c_tests/*.h) include/reduce.h
 FIXTURE_NAMES := $(notdir $(wildcard $(FIXTURES)/g*))
 FIXTURE_FILES := $(foreach f,$(FIXTURE_NAMES),$(foreach x,backing.img pm expected.img,$(BUILD)/fixtures/$(f)/$(x)))
 
-.PHONY: c-test c-test-asan c-test-valgrind demo c-fixtures
+.PHONY: c-test c-test-asan c-test-valgrind demo c-fixtures readme-snippets
 
 $(LIB): lib
 
@@ -41,9 +41,17 @@ c-test-valgrind: $(BUILD)/c_tests c-fixtures
 	REDUCE_TEST_SCALE=small valgrind -q --error-exitcode=1 --leak-check=full \
 	  --errors-for-leak-kinds=definite,indirect $(BUILD)/c_tests
 
-$(BUILD)/demo: c_tests/demo.c include/reduce.h lib
+# The demo reads its corpus from DEMO_DIRS (its own default list when empty) and puts
+# its files under $TMPDIR (default /tmp).
+DEMO_DIRS ?=
+
+$(BUILD)/demo: c_tests/demo.c include/reduce.h lib | deps
 	@mkdir -p $(BUILD)
 	$(CC) $(C_FLAGS) -O2 -o $@ c_tests/demo.c $(C_LINK)
 
-demo: $(BUILD)/demo
-	$(BUILD)/demo
+demo: deps $(BUILD)/demo
+	$(BUILD)/demo $(DEMO_DIRS)
+
+# The C and Rust examples in README.md, built and run as written.
+readme-snippets: lib | deps
+	LIBDIR=$(LIBDIR) BUILD=$(BUILD) CC=$(CC) scripts/readme-snippets.sh

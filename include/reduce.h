@@ -311,24 +311,36 @@ const struct spdk_uuid *spdk_reduce_vol_get_uuid(struct spdk_reduce_vol *vol);
 /**
  * Initialize a new compressed volume on `backing_dev`, with its pm file in the
  * directory `pm_file_dir` (a file named after the volume's uuid, created with mode
- * 0600).
+ * 0600). `pm_file_dir` is any path the OS accepts (its bytes are kept as given, UTF-8
+ * or not); a relative one is made absolute against the current directory, so a later
+ * load does not depend on it.
  *
  * `params` and `pm_file_dir` are read during the call only. When they are valid, the
  * call sets `params->vol_size` (which must be 0 on entry) to the size computed from
  * the backing device, and replaces a zero uuid with a random one, before it returns.
  * `backing_dev` must stay valid until the volume is unloaded.
  *
+ * Init first reads the device's header. A volume already there is overwritten (its pm
+ * file is left in place), as in the original, unless that volume is loaded.
+ *
  * `cb_fn` gets the new volume and 0, or NULL and:
  * - -EINVAL: `params`, `backing_dev`, one of its functions or `pm_file_dir` is NULL;
  *   `vol_size` is not 0; a size is 0, or the chunk size is not a multiple of the io
  *   unit and logical block sizes, or the io unit not a multiple of the device's
  *   `blocklen`; `pm_file_dir` is empty or too long; the device holds 128 chunks or
- *   fewer;
+ *   fewer; io units so small that the metadata's would eat into the room the volume
+ *   needs (every chunk stored uncompressed, plus one chunk's worth so that an
+ *   overwrite always finds room: with io unit = chunk, 64 bytes or less);
+ * - -EBUSY: `backing_dev` is in use in this process (a volume on it is loaded, or an
+ *   init, load or destroy on it has not completed), or the volume already on the
+ *   device is loaded (its pm file is locked, by this process or another). Nothing is
+ *   changed;
  * - the OS error creating the pm file: -EEXIST, -ENOENT, -EACCES, -ENOSPC, ...;
- * - the error the device's writev completed with.
+ * - the error the device's readv or writev completed with.
  *
  * A failed init leaves nothing behind: no pm file, no volume signature on the device.
- * With `cb_fn` NULL the call does nothing.
+ * While the volume is loaded its pm file is locked (`flock`), so no other handle, in
+ * this process or another, can open it. With `cb_fn` NULL the call does nothing.
  */
 void spdk_reduce_vol_init(struct spdk_reduce_vol_params *params,
                           struct spdk_reduce_backing_dev *backing_dev,
@@ -344,13 +356,17 @@ void spdk_reduce_vol_init(struct spdk_reduce_vol_params *params,
  * `cb_fn` gets the volume and 0, or NULL and:
  * - -EINVAL: `backing_dev` or one of its functions is NULL, or its `blocklen` does
  *   not divide 4096;
+ * - -EBUSY: the volume is loaded already (its pm file is locked, by this process or
+ *   another), or `backing_dev` is in use in this process (a volume on it is loaded,
+ *   or an init, load or destroy on it has not completed);
  * - -EILSEQ: no valid volume: no signature, a device smaller than the stored size
  *   needs, a pm file that does not match the device (superblock, size) or with map
  *   entries out of range;
  * - the OS error opening the pm file: -ENOENT, -EACCES, ...;
  * - the error the device's readv completed with.
  *
- * With `cb_fn` NULL the call does nothing.
+ * The loaded volume holds its pm file locked (`flock`) until it is unloaded; a crash
+ * leaves no lock behind. With `cb_fn` NULL the call does nothing.
  */
 void spdk_reduce_vol_load(struct spdk_reduce_backing_dev *backing_dev,
                           spdk_reduce_vol_op_with_handle_complete cb_fn,
@@ -358,7 +374,8 @@ void spdk_reduce_vol_load(struct spdk_reduce_backing_dev *backing_dev,
 
 /**
  * Unload a volume; it stays on its device and pm file for a later load. `cb_fn` gets:
- * - 0: the volume is closed, and `vol` freed before `cb_fn` runs;
+ * - 0: the volume is closed, its pm file unlocked and `backing_dev` free for another
+ *   init, load or destroy, and `vol` freed, all before `cb_fn` runs;
  * - -EBUSY: reads or writes are outstanding; the volume stays loaded;
  * - -EINVAL: `vol` is NULL.
  *
@@ -371,17 +388,46 @@ void spdk_reduce_vol_unload(struct spdk_reduce_vol *vol,
 /**
  * Destroy the volume on `backing_dev`: load it, clear its signature on the device and
  * remove its pm file. All or nothing: when it fails, the volume stays intact and
- * loadable. `backing_dev` must stay valid until `cb_fn` runs.
+ * loadable (when the pm file cannot be removed, the superblock is written back).
+ * A crash part way leaves either the intact volume or a device without a signature
+ * (the pm file then at worst left behind), never a signature whose pm file is gone.
+ * `backing_dev` must stay valid until `cb_fn` runs.
  *
- * `cb_fn` gets 0, or every error of `spdk_reduce_vol_load` (-EILSEQ for a device
- * without a volume, which is left untouched), the error of the device's writev, or
- * the OS error removing the pm file.
+ * `cb_fn` gets 0, or every error of `spdk_reduce_vol_load` (-EBUSY for a volume that
+ * is loaded or a device in use, -EILSEQ for a device without a valid volume, which
+ * is left untouched), the error of the device's writev, or the OS error removing the
+ * pm file (-EPERM, -EACCES, -EROFS, ...). A volume whose pm file is missing or
+ * damaged fails to load, so it cannot be destroyed this way: see
+ * `reduce_vol_destroy_force`.
  *
  * With `cb_fn` NULL the call does nothing.
  */
 void spdk_reduce_vol_destroy(struct spdk_reduce_backing_dev *backing_dev,
                              spdk_reduce_vol_op_complete cb_fn,
                              void *cb_arg);
+
+/**
+ * Destroy the volume on `backing_dev` whatever the state of its pm file: for a volume
+ * that `spdk_reduce_vol_destroy` refuses because its pm file is missing, damaged or
+ * of the wrong size. Removes the pm file named on the device if it exists and is a
+ * regular file, then clears the signature. Not all or nothing as the plain destroy
+ * is: a crash between the two steps leaves the signature without its pm file, which
+ * a second forced destroy clears. `backing_dev` must stay valid until `cb_fn` runs.
+ *
+ * `cb_fn` gets 0, or:
+ * - -EINVAL: `backing_dev` or one of its functions is NULL, or its `blocklen` does
+ *   not divide 4096;
+ * - -EBUSY: the pm file is locked (its volume is loaded, in this process or
+ *   another), or `backing_dev` is in use in this process; nothing is changed;
+ * - -EILSEQ: the device has no volume signature at all; nothing is changed;
+ * - the OS error removing the pm file (nothing is changed), or the error the
+ *   device's readv or writev completed with.
+ *
+ * With `cb_fn` NULL the call does nothing.
+ */
+void reduce_vol_destroy_force(struct spdk_reduce_backing_dev *backing_dev,
+                              spdk_reduce_vol_op_complete cb_fn,
+                              void *cb_arg);
 
 /**
  * Read `length` logical blocks, starting at logical block `offset`, into the `iovcnt`
@@ -439,8 +485,9 @@ void spdk_reduce_vol_writev(struct spdk_reduce_vol *vol,
 const struct spdk_reduce_vol_params *spdk_reduce_vol_get_params(struct spdk_reduce_vol *vol);
 
 /**
- * The path of the volume's pm file, NUL-terminated, or NULL for a NULL `vol`. Valid
- * until the volume is unloaded.
+ * The path of the volume's pm file, NUL-terminated, or NULL for a NULL `vol`: the
+ * bytes as stored on the device (not necessarily UTF-8). Valid until the volume is
+ * unloaded.
  */
 const char *spdk_reduce_vol_get_pm_path(const struct spdk_reduce_vol *vol);
 

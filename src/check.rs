@@ -17,7 +17,7 @@ use std::fmt;
 
 use crate::alloc::FreeMap;
 use crate::error::Errno;
-use crate::maps::{MapProblem, MapView, Scan};
+use crate::maps::{LISTED_PROBLEMS, MapProblem, MapView, Scan};
 
 /// One thing wrong with a volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,16 +78,36 @@ pub struct Report {
     pub io_units_referenced: u64,
     /// Chunks read back and verified.
     pub chunks_read: u64,
+    /// The first problems found, at most `LISTED_PROBLEMS` (100), so a badly damaged
+    /// volume of any size makes a report of bounded size.
     pub problems: Vec<Problem>,
+    /// Problems found beyond those listed.
+    pub problems_left_out: u64,
 }
 
 impl Report {
     pub fn is_clean(&self) -> bool {
-        self.problems.is_empty()
+        self.problem_count() == 0
+    }
+
+    /// Every problem found, listed or not.
+    pub fn problem_count(&self) -> u64 {
+        self.problems.len() as u64 + self.problems_left_out
+    }
+
+    /// Lists `problem`, or only counts it once the list is full.
+    pub(crate) fn add(&mut self, problem: Problem) {
+        if self.problems.len() < LISTED_PROBLEMS {
+            self.problems.push(problem);
+        } else {
+            self.problems_left_out += 1;
+        }
     }
 
     /// The status a caller sees: 0, `EILSEQ` for metadata problems, else `EIO`.
     pub fn errno(&self) -> Option<Errno> {
+        // Metadata problems are found before any chunk is read back, so when there is
+        // one the first listed problem is one.
         let metadata = |p: &Problem| !matches!(p, Problem::Unreadable { .. });
         if self.problems.iter().any(metadata) {
             Some(Errno::EILSEQ)
@@ -107,10 +127,13 @@ impl fmt::Display for Report {
             self.chunks_in_use,
             self.io_units_referenced,
             self.chunks_read,
-            self.problems.len()
+            self.problem_count()
         )?;
         for p in &self.problems {
             write!(f, "\n  {p}")?;
+        }
+        if self.problems_left_out > 0 {
+            write!(f, "\n  ... and {} more, not listed", self.problems_left_out)?;
         }
         Ok(())
     }
@@ -125,23 +148,23 @@ pub(crate) fn audit(
     io_units: &FreeMap,
 ) -> (Report, Vec<u64>) {
     let mut scan = view.scan();
-    let mut problems: Vec<Problem> = std::mem::take(&mut scan.problems)
-        .into_iter()
-        .map(Problem::Map)
-        .collect();
+    let mut report = Report {
+        chunks_in_use: scan.chunk_maps.count_ones(..) as u64,
+        io_units_referenced: scan.io_units.count_ones(..) as u64,
+        chunks_read: 0,
+        problems: std::mem::take(&mut scan.problems)
+            .into_iter()
+            .map(Problem::Map)
+            .collect(),
+        problems_left_out: scan.problems_left_out,
+    };
     compare(
         &scan,
         chunk_maps,
         io_units,
         view.geo.reserved_io_units,
-        &mut problems,
+        &mut report,
     );
-    let report = Report {
-        chunks_in_use: scan.chunk_maps.count_ones(..) as u64,
-        io_units_referenced: scan.io_units.count_ones(..) as u64,
-        chunks_read: 0,
-        problems,
-    };
     (report, scan.chunks)
 }
 
@@ -151,14 +174,14 @@ fn compare(
     chunk_maps: &FreeMap,
     io_units: &FreeMap,
     reserved_io_units: u64,
-    problems: &mut Vec<Problem>,
+    report: &mut Report,
 ) {
     for index in 0..chunk_maps.len() {
         match (scan.chunk_maps.contains(index), chunk_maps.is_used(index)) {
-            (false, true) => problems.push(Problem::LeakedChunkMap {
+            (false, true) => report.add(Problem::LeakedChunkMap {
                 index: index as u64,
             }),
-            (true, false) => problems.push(Problem::FreeChunkMapInUse {
+            (true, false) => report.add(Problem::FreeChunkMapInUse {
                 index: index as u64,
             }),
             _ => {}
@@ -167,9 +190,31 @@ fn compare(
     for unit in reserved_io_units as usize..io_units.len() {
         let unit_id = unit as u64;
         match (scan.io_units.contains(unit), io_units.is_used(unit)) {
-            (false, true) => problems.push(Problem::LeakedIoUnit { unit: unit_id }),
-            (true, false) => problems.push(Problem::FreeIoUnitInUse { unit: unit_id }),
+            (false, true) => report.add(Problem::LeakedIoUnit { unit: unit_id }),
+            (true, false) => report.add(Problem::FreeIoUnitInUse { unit: unit_id }),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_lists_the_first_problems_and_counts_all() {
+        let mut report = Report::default();
+        for unit in 0..250 {
+            report.add(Problem::LeakedIoUnit { unit });
+        }
+        assert_eq!(report.problems.len(), LISTED_PROBLEMS);
+        assert_eq!(report.problems_left_out, 150);
+        assert_eq!(report.problem_count(), 250);
+        assert!(!report.is_clean());
+        assert_eq!(report.errno(), Some(Errno::EILSEQ));
+        let text = report.to_string();
+        assert!(text.contains("250 problems"), "{text}");
+        assert!(text.contains("... and 150 more, not listed"), "{text}");
+        assert_eq!(text.lines().count(), 1 + LISTED_PROBLEMS + 1);
     }
 }

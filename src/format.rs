@@ -22,6 +22,10 @@
 //!
 //! All integers are little-endian (the original wrote native x86-64 structs).
 
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
 use crate::error::{Errno, Error, Result};
 
 /// `"SPDKREDU"`, the first 8 bytes of both superblock copies.
@@ -46,6 +50,16 @@ pub const PM_ALIGNMENT: u64 = 64;
 /// find room even on a volume full of incompressible data.
 pub const EXTRA_CHUNKS: u64 = 128;
 pub const LOGICAL_MAP_OFFSET: u64 = SUPERBLOCK_SIZE as u64;
+/// Chunks' worth of io units that must stay free past the metadata on a volume full
+/// of uncompressed data, so that an overwrite of a chunk holding data always finds
+/// room: it holds its new io units until it commits and frees the old ones. One such
+/// chunk's worth lets one overwrite run; the engine makes a write that finds no room
+/// while others are writing wait for them to free what they replace, so more
+/// overwrites in flight than this wait rather than fail. (Chunk maps need no rule
+/// here: the extra ones live in the pm file, apart from the metadata, and the engine
+/// holds spares back for overwrites.) Init refuses a geometry without this room
+/// ([`Geometry::check_room`]).
+pub const OVERWRITE_ROOM_CHUNKS: u64 = 1;
 /// An unused logical map entry, io unit slot or (init's fill) chunk map word.
 pub const EMPTY_ENTRY: u64 = u64::MAX;
 /// A chunk map whose `reserved` word holds this has no checksum: the original never
@@ -97,6 +111,9 @@ pub struct Geometry {
     pub total_io_units: u64,
     /// Io units overlapping the metadata at the start of the backing device.
     pub reserved_io_units: u64,
+    /// Io units that must stay free on a volume full of uncompressed data, for
+    /// overwrites: [`OVERWRITE_ROOM_CHUNKS`] chunks' worth.
+    pub overwrite_room_io_units: u64,
     pub chunk_maps_offset: u64,
     pub chunk_map_stride: u64,
     /// Size of a pm file made by the fixed formula (what we create).
@@ -198,11 +215,44 @@ impl Geometry {
             total_chunk_maps,
             total_io_units,
             reserved_io_units: METADATA_SIZE.div_ceil(u64::from(io_unit)),
+            overwrite_room_io_units: OVERWRITE_ROOM_CHUNKS * u64::from(io_units_per_chunk),
             chunk_maps_offset,
             chunk_map_stride,
             pm_size,
             pm_size_original,
         })
+    }
+
+    /// Whether the layout holds the `vol_size` it reports: the io units past the
+    /// metadata must hold every chunk stored uncompressed plus the room overwrites need
+    /// ([`OVERWRITE_ROOM_CHUNKS`]). The extra chunks' io units pay for both the
+    /// metadata's and that room, so the rule is `EXTRA_CHUNKS x io units per chunk -
+    /// reserved_io_units >= overwrite_room_io_units`. Only tiny io units fail it: with
+    /// io unit = chunk, 64 bytes or less (at 64 the metadata covers all 128 extra
+    /// chunks, and a full volume could overwrite nothing; at 32 it covers 256, and only
+    /// 384 of 512 chunks could be written). Init refuses such params (`EINVAL`, with
+    /// the sizes); load accepts them, as volumes made elsewhere may have them.
+    pub fn check_room(&self) -> Result<()> {
+        let per_chunk = u64::from(self.io_units_per_chunk);
+        let usable = self.total_io_units.saturating_sub(self.reserved_io_units);
+        let data = self.chunks * per_chunk;
+        let need = data + self.overwrite_room_io_units;
+        if usable >= need {
+            return Ok(());
+        }
+        Err(Error::new(
+            Errno::EINVAL,
+            format!(
+                "backing_io_unit_size {} with chunk_size {} leaves too little room: of {} io units, {} hold the metadata, and the {} chunks need {} plus {} free for an overwrite",
+                self.params.backing_io_unit_size,
+                self.params.chunk_size,
+                self.total_io_units,
+                self.reserved_io_units,
+                self.chunks,
+                data,
+                self.overwrite_room_io_units
+            ),
+        ))
     }
 
     pub fn chunk_size(&self) -> usize {
@@ -307,27 +357,29 @@ pub fn decode_superblock(sb: &[u8]) -> Result<Params> {
     })
 }
 
-/// The path region: the path, a NUL, zeros to `REDUCE_PATH_MAX`. `EINVAL` when the
-/// path (with its NUL) does not fit or holds a NUL itself.
-pub fn encode_path(path: &str) -> Result<Vec<u8>> {
-    if path.is_empty() || path.len() >= REDUCE_PATH_MAX || path.contains('\0') {
+/// The path region: the path's bytes (any the OS accepts: a path need not be UTF-8),
+/// a NUL, zeros to `REDUCE_PATH_MAX`. `EINVAL` when the path (with its NUL) does not
+/// fit or holds a NUL itself.
+pub fn encode_path(path: &Path) -> Result<Vec<u8>> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() >= REDUCE_PATH_MAX || bytes.contains(&0) {
         return Err(Error::new(
             Errno::EINVAL,
             format!(
                 "pm file path of {} bytes: it must be 1 to {} bytes without a NUL",
-                path.len(),
+                bytes.len(),
                 REDUCE_PATH_MAX - 1
             ),
         ));
     }
     let mut region = vec![0u8; REDUCE_PATH_MAX];
-    region[..path.len()].copy_from_slice(path.as_bytes());
+    region[..bytes.len()].copy_from_slice(bytes);
     Ok(region)
 }
 
-/// Reads the pm path from its region: `EILSEQ` unless it is non-empty, NUL-terminated
-/// within the region, and UTF-8.
-pub fn decode_path(region: &[u8]) -> Result<String> {
+/// Reads the pm path from its region, bytes as stored: `EILSEQ` unless it is
+/// non-empty and NUL-terminated within the region.
+pub fn decode_path(region: &[u8]) -> Result<PathBuf> {
     let region = &region[..region.len().min(REDUCE_PATH_MAX)];
     let bad = |why: &str| Error::new(Errno::EILSEQ, format!("pm file path region: {why}"));
     let end = region
@@ -337,16 +389,21 @@ pub fn decode_path(region: &[u8]) -> Result<String> {
     if end == 0 {
         return Err(bad("empty path"));
     }
-    String::from_utf8(region[..end].to_vec()).map_err(|_| bad("path is not UTF-8"))
+    Ok(PathBuf::from(OsString::from_vec(region[..end].to_vec())))
 }
 
-/// The pm file path for a volume: `dir/uuid`, without doubling a trailing `/`.
-/// `EINVAL` for an empty directory or one too long to leave room for the name.
-pub fn pm_path(dir: &str, uuid: &[u8; 16]) -> Result<String> {
+/// The pm file path for a volume: `dir/uuid`, without doubling a trailing `/`. The
+/// directory's bytes are kept as given. `EINVAL` for an empty directory, one holding a
+/// NUL, or one too long to leave room for the name.
+pub fn pm_path(dir: &Path, uuid: &[u8; 16]) -> Result<PathBuf> {
+    let dir = dir.as_os_str().as_bytes();
     if dir.is_empty() {
         return Err(Error::new(Errno::EINVAL, "pm_file_dir is empty"));
     }
-    let dir = dir.strip_suffix('/').unwrap_or(dir);
+    if dir.contains(&0) {
+        return Err(Error::new(Errno::EINVAL, "pm_file_dir holds a NUL byte"));
+    }
+    let dir = dir.strip_suffix(b"/").unwrap_or(dir);
     // dir + '/' + uuid + NUL must fit the path region.
     let longest = REDUCE_PATH_MAX - UUID_STRING_LEN - 2;
     if dir.len() > longest {
@@ -359,7 +416,11 @@ pub fn pm_path(dir: &str, uuid: &[u8; 16]) -> Result<String> {
         ));
     }
     let name = uuid::Uuid::from_bytes(*uuid).hyphenated().to_string();
-    Ok(format!("{dir}/{name}"))
+    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+    path.extend_from_slice(dir);
+    path.push(b'/');
+    path.extend_from_slice(name.as_bytes());
+    Ok(PathBuf::from(OsString::from_vec(path)))
 }
 
 /// The stored checksum of a chunk's stored bytes. A CRC equal to [`NO_CHECKSUM`] is
@@ -468,34 +529,81 @@ mod tests {
     }
 
     #[test]
-    fn path_region_round_trips_and_rejects_garbage() {
-        let r = encode_path("/tmp/x").unwrap();
+    fn path_region_round_trips_bytes_and_rejects_garbage() {
+        let r = encode_path(Path::new("/tmp/x")).unwrap();
         assert_eq!(r.len(), 4096);
-        assert_eq!(decode_path(&r).unwrap(), "/tmp/x");
+        assert_eq!(decode_path(&r).unwrap(), Path::new("/tmp/x"));
+        // Any bytes but NUL: a path need not be UTF-8.
+        let odd = PathBuf::from(OsString::from_vec(b"/tmp/\xff\xfe/d\x80".to_vec()));
+        let r = encode_path(&odd).unwrap();
+        assert_eq!(&r[..10], b"/tmp/\xff\xfe/d\x80");
+        assert_eq!(r[10], 0);
+        assert_eq!(decode_path(&r).unwrap(), odd);
         assert_eq!(decode_path(&[b'a'; 4096]), Err(Errno::EILSEQ.into()));
         assert_eq!(decode_path(&[0; 4096]), Err(Errno::EILSEQ.into()));
-        assert_eq!(encode_path(&"a".repeat(4096)), Err(Errno::EINVAL.into()));
+        let long = PathBuf::from("a".repeat(4096));
+        assert_eq!(encode_path(&long), Err(Errno::EINVAL.into()));
+        let nul = PathBuf::from(OsString::from_vec(b"/a\0b".to_vec()));
+        assert_eq!(encode_path(&nul), Err(Errno::EINVAL.into()));
     }
 
     #[test]
-    fn pm_path_joins_once() {
+    fn pm_path_joins_once_and_keeps_bytes() {
         let u = *uuid::Uuid::parse_str("5ed07f1c-0000-4000-8000-000000000001")
             .unwrap()
             .as_bytes();
+        let name = "5ed07f1c-0000-4000-8000-000000000001";
+        let join = |dir: &str| pm_path(Path::new(dir), &u);
+        assert_eq!(join("/pm").unwrap(), PathBuf::from(format!("/pm/{name}")));
+        assert_eq!(join("/pm/").unwrap(), PathBuf::from(format!("/pm/{name}")));
+        assert_eq!(join("/").unwrap(), PathBuf::from(format!("/{name}")));
+        let odd = OsString::from_vec(b"/pm\xff".to_vec());
+        let mut want = b"/pm\xff/".to_vec();
+        want.extend_from_slice(name.as_bytes());
         assert_eq!(
-            pm_path("/pm", &u).unwrap(),
-            "/pm/5ed07f1c-0000-4000-8000-000000000001"
+            pm_path(Path::new(&odd), &u).unwrap().as_os_str().as_bytes(),
+            &want[..]
         );
-        assert_eq!(
-            pm_path("/pm/", &u).unwrap(),
-            "/pm/5ed07f1c-0000-4000-8000-000000000001"
-        );
-        assert_eq!(
-            pm_path("/", &u).unwrap(),
-            "/5ed07f1c-0000-4000-8000-000000000001"
-        );
-        assert!(pm_path(&"d".repeat(4058), &u).is_ok());
-        assert_eq!(pm_path(&"d".repeat(4059), &u), Err(Errno::EINVAL.into()));
-        assert_eq!(pm_path("", &u), Err(Errno::EINVAL.into()));
+        assert!(join(&"d".repeat(4058)).is_ok());
+        assert_eq!(join(&"d".repeat(4059)), Err(Errno::EINVAL.into()));
+        assert_eq!(join(""), Err(Errno::EINVAL.into()));
+        let nul = OsString::from_vec(b"/p\0m".to_vec());
+        assert_eq!(pm_path(Path::new(&nul), &u), Err(Errno::EINVAL.into()));
+    }
+
+    /// The geometry of a device holding exactly `chunks` + 128 chunks.
+    fn room(io: u32, chunk: u32, chunks: u64, blocklen: u32) -> Result<Geometry> {
+        let g = Geometry::new(
+            params(io, blocklen, chunk, chunks * u64::from(chunk)),
+            blocklen,
+        )?;
+        g.check_room().map(|()| g)
+    }
+
+    #[test]
+    fn room_rule_boundary() {
+        // The usual geometry: 510 spare io units, 4 needed.
+        let g = room(4096, 16384, 512, 512).unwrap();
+        assert_eq!(g.overwrite_room_io_units, 4);
+        assert_eq!(g.total_io_units - g.reserved_io_units - 512 * 4, 510);
+        // io unit = chunk = 65 bytes: the metadata covers 127 io units and leaves one,
+        // room for one overwrite. At 64 bytes it covers all 128: refused.
+        let g = room(65, 65, 512, 1).unwrap();
+        assert_eq!(g.reserved_io_units, 127);
+        let err = room(64, 64, 512, 1).unwrap_err();
+        assert_eq!(err, Errno::EINVAL);
+        for size in ["64", "640", "128", "512"] {
+            assert!(err.detail().contains(size), "{size} missing from: {err}");
+        }
+        // Smaller io units lose more: at 32 bytes not even the data fits.
+        for io in [32, 16] {
+            assert_eq!(room(io, io, 512, 16).unwrap_err(), Errno::EINVAL, "{io}");
+        }
+        // Chunks of several small io units are fine: 64-byte units, 128-byte chunks
+        // (256 extra, 128 for the metadata, 2 needed).
+        assert!(room(64, 128, 512, 64).is_ok());
+        // The rule does not depend on the number of chunks.
+        assert_eq!(room(64, 64, 1, 64).unwrap_err(), Errno::EINVAL);
+        assert!(room(65, 65, 1, 1).is_ok());
     }
 }

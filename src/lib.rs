@@ -33,5 +33,5 @@ pub use check::{Problem, Report};
 pub use codec::{Codec, CodecDone, CodecIo, CodecPool, SyncCodec, ZstdCodec};
 pub use error::{Errno, Error, Result};
 pub use format::Params;
-pub use pm::{FileStore, PmRegion, PmStore};
+pub use pm::{FileStore, PmLock, PmRegion, PmStore};
 pub use vol::{Backend, Info, InitPlan, Op, UserIo, Volume};

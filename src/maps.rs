@@ -3,6 +3,11 @@
 //! everything the logical map references and says what is wrong with it. Load refuses
 //! a volume whose scan finds anything, before the volume trusts any of it; the checker
 //! (`crate::check`) builds its report on the same scan.
+//!
+//! Memory stays bounded whatever the volume's size or damage: a scan lists at most
+//! [`LISTED_PROBLEMS`] problems and counts the rest, load's scan stops at the first
+//! problem and keeps no list of chunks, and init fills the pm file a piece of
+//! [`FORMAT_PIECE`] bytes at a time.
 
 use std::fmt;
 
@@ -13,6 +18,13 @@ use crate::alloc::FreeMap;
 use crate::error::{Errno, Error, Result};
 use crate::format::{EMPTY_ENTRY, Geometry, NO_CHECKSUM, SUPERBLOCK_SIZE};
 use crate::pm::PmRegion;
+
+/// Problems a scan or a check report lists; beyond these it only counts them.
+pub const LISTED_PROBLEMS: usize = 100;
+
+/// Bytes init fills and persists at a time, so formatting a pm file needs no buffer
+/// of its size.
+pub const FORMAT_PIECE: usize = 1 << 20;
 
 /// Io unit indices of one chunk; four cover the usual 16 KiB chunk of 4 KiB units.
 pub type IoUnits = SmallVec<[u64; 4]>;
@@ -73,9 +85,32 @@ impl fmt::Display for MapProblem {
 pub struct Scan {
     pub chunk_maps: FixedBitSet,
     pub io_units: FixedBitSet,
-    /// Chunks whose entry and chunk map are valid, in order.
+    /// Chunks whose entry and chunk map are valid, in order (a full scan only).
     pub chunks: Vec<u64>,
+    /// The first [`LISTED_PROBLEMS`] problems found.
     pub problems: Vec<MapProblem>,
+    /// Problems found beyond those listed.
+    pub problems_left_out: u64,
+}
+
+impl Scan {
+    fn add(&mut self, problem: MapProblem) {
+        if self.problems.len() < LISTED_PROBLEMS {
+            self.problems.push(problem);
+        } else {
+            self.problems_left_out += 1;
+        }
+    }
+}
+
+/// How much a scan does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// Everything: each chunk in use and every problem (for the checker).
+    Full,
+    /// Until the first problem, listing no chunks: load only needs to know whether to
+    /// refuse, and what references what.
+    FirstProblem,
 }
 
 /// The maps of a pm region, read only.
@@ -123,40 +158,48 @@ impl MapView<'_> {
         })
     }
 
-    /// Walks the logical map: what it references and what is wrong with it. The free
-    /// maps are not consulted.
+    /// Walks the logical map: what it references and what is wrong with it (the
+    /// first [`LISTED_PROBLEMS`] problems listed, the rest counted). The free maps are
+    /// not consulted.
     pub fn scan(&self) -> Scan {
+        self.walk(Depth::Full)
+    }
+
+    fn walk(&self, depth: Depth) -> Scan {
         let mut s = Scan {
             chunk_maps: FixedBitSet::with_capacity(self.chunk_maps as usize),
             io_units: FixedBitSet::with_capacity(self.geo.total_io_units as usize),
             chunks: Vec::new(),
             problems: Vec::new(),
+            problems_left_out: 0,
         };
         for chunk in 0..self.geo.chunks {
+            if depth == Depth::FirstProblem && !s.problems.is_empty() {
+                break;
+            }
             let Some(index) = self.logical_entry(chunk) else {
                 continue;
             };
             if index >= self.chunk_maps {
-                s.problems
-                    .push(MapProblem::EntryOutOfRange { chunk, index });
+                s.add(MapProblem::EntryOutOfRange { chunk, index });
                 continue;
             }
             if s.chunk_maps.put(index as usize) {
-                s.problems.push(MapProblem::ChunkMapShared { chunk, index });
+                s.add(MapProblem::ChunkMapShared { chunk, index });
                 continue;
             }
             let Some(map) = self.read_chunk_map(index) else {
-                s.problems.push(MapProblem::BadChunkMap { chunk, index });
+                s.add(MapProblem::BadChunkMap { chunk, index });
                 continue;
             };
             let mut ok = true;
             for &unit in &map.io_units {
                 if s.io_units.put(unit as usize) {
-                    s.problems.push(MapProblem::IoUnitShared { chunk, unit });
+                    s.add(MapProblem::IoUnitShared { chunk, unit });
                     ok = false;
                 }
             }
-            if ok {
+            if ok && depth == Depth::Full {
                 s.chunks.push(chunk);
             }
         }
@@ -173,15 +216,23 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    /// Writes a fresh pm image (superblock, then every map entry empty) and persists
-    /// it whole.
+    /// Writes a fresh pm image (every map entry empty, then the superblock) and
+    /// persists it, [`FORMAT_PIECE`] bytes at a time: memory stays bounded however
+    /// large the file.
     pub fn format(geo: Geometry, mut pm: Box<dyn PmRegion>, superblock: &[u8]) -> Result<Metadata> {
-        pm.write(0, superblock);
-        let rest = vec![0xFF; pm.len() - SUPERBLOCK_SIZE];
-        pm.write(SUPERBLOCK_SIZE, &rest);
         let len = pm.len();
-        pm.persist(0, len)
-            .map_err(|e| e.context("persisting the new maps"))?;
+        let fill = vec![0xFF; FORMAT_PIECE.min(len - SUPERBLOCK_SIZE)];
+        let mut at = SUPERBLOCK_SIZE;
+        while at < len {
+            let n = fill.len().min(len - at);
+            pm.write(at, &fill[..n]);
+            pm.persist(at, n)
+                .map_err(|e| e.context("persisting the new maps"))?;
+            at += n;
+        }
+        pm.write(0, superblock);
+        pm.persist(0, SUPERBLOCK_SIZE)
+            .map_err(|e| e.context("persisting the pm file's superblock"))?;
         Self::rebuild(geo, pm)
     }
 
@@ -201,14 +252,11 @@ impl Metadata {
             pm: pm.as_ref(),
             chunk_maps: usable,
         };
-        let scan = view.scan();
+        let scan = view.walk(Depth::FirstProblem);
         if let Some(first) = scan.problems.first() {
             return Err(Error::new(
                 Errno::EILSEQ,
-                format!(
-                    "the maps have {} problem(s), the first: {first}",
-                    scan.problems.len()
-                ),
+                format!("the maps are damaged (load stops at the first problem): {first}"),
             ));
         }
         let mut meta = Metadata {
@@ -358,4 +406,138 @@ impl Metadata {
 /// Whether a stored chunk's checksum matches its bytes (chunks without one pass).
 pub fn checksum_ok(map: &ChunkMap, stored: &[u8]) -> bool {
     map.checksum == NO_CHECKSUM || map.checksum == crate::format::chunk_checksum(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Params;
+
+    /// A pm image in a plain vector.
+    struct Image(Vec<u8>);
+
+    impl PmRegion for Image {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+
+        fn write(&mut self, offset: usize, data: &[u8]) {
+            self.0[offset..offset + data.len()].copy_from_slice(data);
+        }
+
+        fn store_u64(&mut self, offset: usize, value: u64) {
+            self.write(offset, &value.to_le_bytes());
+        }
+
+        fn persist(&mut self, _offset: usize, _len: usize) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A volume of `chunks` chunks whose logical map is all zeros: every entry names
+    /// chunk map 0, which is empty.
+    fn zeroed_logical_map(chunks: u64) -> (Geometry, Image) {
+        let params = Params {
+            uuid: [1; 16],
+            backing_io_unit_size: 1024,
+            logical_block_size: 512,
+            chunk_size: 4096,
+            vol_size: chunks * 4096,
+        };
+        let geo = Geometry::new(params, 512).unwrap();
+        let mut pm = vec![0xFF; geo.pm_size as usize];
+        let map = geo.logical_entry_offset(0)..geo.logical_entry_offset(chunks);
+        pm[map].fill(0);
+        (geo, Image(pm))
+    }
+
+    #[test]
+    fn scan_lists_the_first_problems_and_counts_the_rest() {
+        let (geo, pm) = zeroed_logical_map(1000);
+        let view = MapView {
+            geo: &geo,
+            pm: &pm,
+            chunk_maps: geo.total_chunk_maps,
+        };
+        let scan = view.scan();
+        assert_eq!(scan.problems.len(), LISTED_PROBLEMS);
+        assert_eq!(scan.problems_left_out, 1000 - LISTED_PROBLEMS as u64);
+        assert_eq!(scan.problems.len() as u64 + scan.problems_left_out, 1000);
+        // Chunk 0 finds chunk map 0 empty; every later chunk names it again.
+        assert_eq!(
+            scan.problems[0],
+            MapProblem::BadChunkMap { chunk: 0, index: 0 }
+        );
+        assert_eq!(
+            scan.problems[99],
+            MapProblem::ChunkMapShared {
+                chunk: 99,
+                index: 0
+            }
+        );
+        assert!(scan.chunks.is_empty());
+    }
+
+    #[test]
+    fn load_stops_at_the_first_problem() {
+        let (geo, pm) = zeroed_logical_map(1000);
+        let view = MapView {
+            geo: &geo,
+            pm: &pm,
+            chunk_maps: geo.total_chunk_maps,
+        };
+        let scan = view.walk(Depth::FirstProblem);
+        assert_eq!((scan.problems.len(), scan.problems_left_out), (1, 0));
+        let err = Metadata::rebuild(geo, Box::new(pm)).err().unwrap();
+        assert_eq!(err, Errno::EILSEQ);
+        assert!(
+            err.detail()
+                .contains("chunk 0: chunk map 0 has an invalid size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn format_fills_in_pieces() {
+        use std::cell::Cell;
+        use std::rc::Rc;
+
+        /// Keeps the largest write it saw.
+        struct Pieces(Image, Rc<Cell<usize>>);
+        impl PmRegion for Pieces {
+            fn bytes(&self) -> &[u8] {
+                self.0.bytes()
+            }
+            fn write(&mut self, offset: usize, data: &[u8]) {
+                self.1.set(self.1.get().max(data.len()));
+                self.0.write(offset, data);
+            }
+            fn store_u64(&mut self, offset: usize, value: u64) {
+                self.0.store_u64(offset, value);
+            }
+            fn persist(&mut self, _offset: usize, _len: usize) -> Result<()> {
+                Ok(())
+            }
+        }
+        // 45,000 chunks: a pm file of about 2.2 MB, three pieces.
+        let params = Params {
+            uuid: [1; 16],
+            backing_io_unit_size: 4096,
+            logical_block_size: 512,
+            chunk_size: 16384,
+            vol_size: 45_000 * 16384,
+        };
+        let geo = Geometry::new(params, 512).unwrap();
+        let len = geo.pm_size as usize;
+        assert!(len > 2 * FORMAT_PIECE);
+        let largest = Rc::new(Cell::new(0));
+        let pm = Pieces(Image(vec![0; len]), largest.clone());
+        let sb = crate::format::encode_superblock(&params);
+        let meta = Metadata::format(geo, Box::new(pm), &sb).unwrap();
+        assert_eq!(largest.get(), FORMAT_PIECE);
+        assert_eq!(&meta.pm().bytes()[..SUPERBLOCK_SIZE], &sb[..]);
+        // One comparison, not a loop over the bytes, so that miri runs it quickly.
+        assert!(meta.pm().bytes()[SUPERBLOCK_SIZE..] == vec![0xFF; len - SUPERBLOCK_SIZE][..]);
+        assert_eq!(meta.chunk_maps_in_use(), 0);
+    }
 }

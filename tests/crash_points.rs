@@ -9,9 +9,18 @@
 //! whole version, the last acknowledged or the one in flight after it; the checker
 //! finds nothing wrong (no leak, nothing shared, checksums valid); the volume takes
 //! new writes.
+//!
+//! Destroy is cut the same way, after the workload and an unload: at every instant the
+//! image either loads with all acknowledged data or has no signature, the pm file at
+//! worst left behind; never a signature whose pm file is gone, except in a forced
+//! destroy, where a second forced destroy then clears it. Once a destroy is
+//! acknowledged the signature and the pm file are gone; a destroy that could not
+//! remove the pm file leaves the volume as it was. A crash while a volume is loaded
+//! leaves no lock behind: its pm file loads.
 
 use std::cell::Cell;
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use reduce::testkit::*;
@@ -19,6 +28,10 @@ use reduce::*;
 
 const INIT_DONE: u64 = u64::MAX;
 const UNLOAD_DONE: u64 = u64::MAX - 1;
+const DESTROY_BEGIN: u64 = u64::MAX - 2;
+const DESTROY_DONE: u64 = u64::MAX - 3;
+/// A destroy reported its failure: the volume must be as it was.
+const DESTROY_FAILED: u64 = u64::MAX - 4;
 
 /// A write: offset in logical blocks, and its data.
 type Write = (u64, Vec<u8>);
@@ -28,6 +41,17 @@ struct Script {
     chunks: u64,
     /// Writes submitted together; each group completes before the next starts.
     groups: Vec<Vec<Write>>,
+    /// What follows the unload.
+    then: Then,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Then {
+    Nothing,
+    Destroy,
+    /// A destroy whose removal of the pm file fails: the superblock is put back.
+    DestroyFailingRemove,
+    DestroyForce,
 }
 
 struct Recording {
@@ -37,6 +61,7 @@ struct Recording {
     versions_of: Vec<(u64, usize)>,
     /// Each chunk's contents, version 0 being zeros, in the order writes ran.
     versions: Vec<Vec<Vec<u8>>>,
+    pm_path: PathBuf,
 }
 
 const BLOCKS_PER_CHUNK: u64 = 8;
@@ -100,13 +125,37 @@ fn record(script: &Script) -> Recording {
             assert!(rig.poll_one(), "writes stuck");
         }
     }
+    let pm_path = vol.pm_path();
     rig.unload(&vol).expect("unload");
     journal.mark(UNLOAD_DONE);
+    if script.then != Then::Nothing {
+        journal.mark(DESTROY_BEGIN);
+        let result = match script.then {
+            Then::DestroyForce => {
+                let s = slot();
+                Volume::destroy_force(rig.backend(), filler(&s));
+                rig.wait(&s)
+            }
+            Then::DestroyFailingRemove => {
+                rig.store.set_fail_remove(Some(Errno(libc::EPERM)));
+                rig.destroy()
+            }
+            _ => rig.destroy(),
+        };
+        if script.then == Then::DestroyFailingRemove {
+            assert_eq!(result, Err(Errno(libc::EPERM).into()));
+            journal.mark(DESTROY_FAILED);
+        } else {
+            result.expect("destroy while recording");
+            journal.mark(DESTROY_DONE);
+        }
+    }
     Recording {
         journal,
         start,
         versions_of,
         versions,
+        pm_path,
     }
 }
 
@@ -115,6 +164,8 @@ struct Tally {
     points: usize,
     refused_before_init: usize,
     chunks_verified: usize,
+    /// Images a destroy left without a signature.
+    destroyed: usize,
 }
 
 /// Loads and checks what a power loss after `upto` journal entries leaves.
@@ -131,6 +182,11 @@ fn survive(rec: &Recording, script: &Script, upto: usize, crash: Crash, tally: &
     let geo = Geo::small(script.chunks);
     let rig = Rig::from_images(geo, &images, Mode::Immediate, CodecKind::Zstd);
     let at = format!("{} at {upto}/{} ({crash:?})", script.name, entries.len());
+    if marks.contains(&DESTROY_BEGIN) && destroyed(rec, script, &rig, &marks, &at) {
+        tally.destroyed += 1;
+        tally.points += 1;
+        return;
+    }
     let vol = match rig.load() {
         Ok(vol) => vol,
         Err(e) => {
@@ -181,6 +237,45 @@ fn survive(rec: &Recording, script: &Script, upto: usize, crash: Crash, tally: &
     tally.points += 1;
 }
 
+/// Checks an image cut during or after a destroy. True when the volume is gone (and
+/// properly so); false when it must still load with all its data.
+fn destroyed(rec: &Recording, script: &Script, rig: &Rig, marks: &HashSet<u64>, at: &str) -> bool {
+    let image = rig.backing.image();
+    let signed = &image[..8] == b"SPDKREDU";
+    let pm_files = rig.store.paths();
+    let pm_left = pm_files.contains(&rec.pm_path);
+    if marks.contains(&DESTROY_DONE) {
+        assert!(!signed, "{at}: destroy acknowledged, signature still there");
+        assert!(!pm_left, "{at}: destroy acknowledged, pm file still there");
+    }
+    if marks.contains(&DESTROY_FAILED) {
+        assert!(
+            signed && pm_left,
+            "{at}: a failed destroy changed the volume"
+        );
+    }
+    if !signed {
+        // Gone: load and destroy agree there is nothing here.
+        assert_eq!(rig.load().err(), Some(Errno::EILSEQ.into()), "{at}");
+        return true;
+    }
+    if !pm_left {
+        assert_eq!(
+            script.then,
+            Then::DestroyForce,
+            "{at}: a signature without its pm file"
+        );
+        assert_eq!(rig.load().err(), Some(Errno::ENOENT.into()), "{at}");
+        let s = slot();
+        Volume::destroy_force(rig.backend(), filler(&s));
+        rig.wait(&s)
+            .unwrap_or_else(|e| panic!("{at}: second forced destroy: {e}"));
+        assert_ne!(&rig.backing.image()[..8], b"SPDKREDU", "{at}");
+        return true;
+    }
+    false
+}
+
 fn enumerate(script: Script) -> Tally {
     let rec = record(&script);
     let mut tally = Tally::default();
@@ -191,11 +286,12 @@ fn enumerate(script: Script) -> Tally {
     }
     eprintln!(
         "crash points: {}: {} instants x 2 images = {} survived ({} refused before init \
-         completed, as they must be), {} chunk reads verified",
+         completed, as they must be; {} destroyed), {} chunk reads verified",
         script.name,
         rec.journal.len() + 1,
         tally.points,
         tally.refused_before_init,
+        tally.destroyed,
         tally.chunks_verified
     );
     assert!(
@@ -212,6 +308,7 @@ fn full_chunk_writes() {
         name: "full-chunk writes",
         chunks: 8,
         groups,
+        then: Then::Nothing,
     });
 }
 
@@ -229,6 +326,7 @@ fn partial_chunk_read_modify_write() {
         name: "partial-chunk RMW",
         chunks: 4,
         groups,
+        then: Then::Nothing,
     });
 }
 
@@ -247,6 +345,7 @@ fn overwrites_of_one_chunk_in_flight() {
         name: "same-chunk overwrites",
         chunks: 4,
         groups,
+        then: Then::Nothing,
     });
 }
 
@@ -265,6 +364,7 @@ fn several_requests_in_flight() {
         name: "12 in flight",
         chunks: 6,
         groups: vec![group.clone(), group],
+        then: Then::Nothing,
     });
 }
 
@@ -278,6 +378,83 @@ fn volume_near_full() {
         name: "near full",
         chunks: 8,
         groups: vec![fill, again],
+        then: Then::Nothing,
     });
     assert!(tally.chunks_verified > 0);
+}
+
+/// A small workload, then a destroy of some kind, cut at every instant.
+fn destroy_script(name: &'static str, then: Then) -> Tally {
+    let tally = enumerate(Script {
+        name,
+        chunks: 4,
+        groups: vec![
+            vec![full(0, 61), random_chunk(1, 62)],
+            vec![partial(0, 2, 3, 63), full(3, 64)],
+        ],
+        then,
+    });
+    assert!(tally.chunks_verified > 0);
+    tally
+}
+
+#[test]
+fn destroy() {
+    let tally = destroy_script("destroy", Then::Destroy);
+    assert!(
+        tally.destroyed > 0,
+        "the enumeration must cover the destroy"
+    );
+}
+
+#[test]
+fn destroy_that_cannot_remove_the_pm_file() {
+    // The superblock is cleared, then put back: the cut falls in between too.
+    let tally = destroy_script("destroy, removal failing", Then::DestroyFailingRemove);
+    assert!(tally.destroyed > 0, "no cut between clearing and restoring");
+}
+
+#[test]
+fn forced_destroy() {
+    let tally = destroy_script("forced destroy", Then::DestroyForce);
+    assert!(tally.destroyed > 0);
+}
+
+#[test]
+fn a_crash_while_loaded_leaves_no_lock() {
+    let geo = Geo::small(4);
+    let rig = Rig::new(geo, Mode::Deferred, CodecKind::test(Mode::Deferred));
+    let journal = Journal::new();
+    rig.backing.set_journal(Some(journal.clone()));
+    let start = Images {
+        backing: rig.backing.image(),
+        pm: Default::default(),
+    };
+    let vol = rig.init();
+    let bytes = data(77, CHUNK);
+    rig.write(&vol, 2 * BLOCKS_PER_CHUNK, &bytes).unwrap();
+    // While the volume is loaded its pm file is held.
+    assert!(rig.store.is_locked(vol.pm_path()));
+    assert_eq!(rig.load().err(), Some(Errno::EBUSY.into()));
+    // The process dies with the volume loaded: the device keeps what completed, the
+    // pm file what was persisted, and no one holds the lock any more.
+    let images = journal.replay(&start, journal.len(), Crash::Durable);
+    rig.store.power_loss();
+    assert!(!rig.store.is_locked(vol.pm_path()));
+    let after = Rig {
+        backing: MemBacking::from_image(geo.blocklen, images.backing, Mode::Deferred),
+        ..rig.clone()
+    };
+    let again = after.load().expect("the crashed volume's pm file loads");
+    assert_eq!(
+        after
+            .read(&again, 2 * BLOCKS_PER_CHUNK, BLOCKS_PER_CHUNK)
+            .unwrap(),
+        bytes
+    );
+    after.unload(&again).unwrap();
+    // The handle from before the crash is inert: dropping it takes nothing with it.
+    drop(vol);
+    let again = after.load().expect("loads again");
+    after.unload(&again).unwrap();
 }

@@ -116,7 +116,7 @@ impl Fixture {
             store: MemStore::new(),
             codec: CodecKind::Zstd,
         };
-        rig.store.insert(&self.pm_path(), self.pm.clone());
+        rig.store.insert(self.pm_path(), self.pm.clone());
         rig
     }
 
@@ -257,7 +257,7 @@ fn fixtures_read_back_exactly() {
             read_all_pieces(&rig, &vol, &f.shadow(), 1);
             rig.unload(&vol).unwrap();
             // Reading changes nothing.
-            assert_eq!(rig.store.current(&f.pm_path()).unwrap(), f.pm, "{name}");
+            assert_eq!(rig.store.current(f.pm_path()).unwrap(), f.pm, "{name}");
             assert!(rig.backing.image() == f.backing, "{name}: device changed");
         }
     }

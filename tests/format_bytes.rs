@@ -56,7 +56,7 @@ fn init_layout_backing_and_pm() {
 
     // Path region: dir + "/" + lowercase uuid, NUL, zeros to 8192.
     let path = format!("/pm/{UUID_STR}");
-    assert_eq!(vol.pm_path(), path);
+    assert_eq!(vol.pm_path(), std::path::Path::new(&path));
     assert_eq!(&image[4096..4096 + path.len()], path.as_bytes());
     assert!(image[4096 + path.len()..8192].iter().all(|&b| b == 0));
     // Nothing else written.
@@ -141,7 +141,7 @@ fn pm_dir_with_trailing_slash_and_random_uuid() {
         &hex[16..20],
         &hex[20..32]
     );
-    assert_eq!(plan.pm_path(), want);
+    assert_eq!(plan.pm_path(), std::path::Path::new(&want));
     let other = InitPlan::new(GEO.params(), 512, GEO.blockcnt(), "/some/dir/").unwrap();
     assert_ne!(other.params.uuid, uuid, "two random uuids alike");
 }
@@ -152,6 +152,15 @@ fn init_order_pm_then_path_then_superblock() {
     let s = slot();
     Volume::init(rig.plan(UUID), rig.backend(), filler(&s));
     let path = format!("/pm/{UUID_STR}");
+    // First the header already on the device is read (to refuse replacing a loaded
+    // volume), before anything is made.
+    assert_eq!(rig.backing.pending(), 1);
+    assert!(
+        rig.store.paths().is_empty(),
+        "pm file made before the header read"
+    );
+    assert!(rig.backing.poll_one());
+    assert_eq!(rig.backing.op_counts(), (1, 1));
     // Before the first backing write completes the pm file is complete and persisted.
     assert_eq!(rig.backing.pending(), 1);
     let pm = rig.store.persisted(&path).expect("pm created first");
@@ -173,7 +182,7 @@ fn init_order_pm_then_path_then_superblock() {
     assert!(rig.backing.poll_one());
     let vol = s.borrow_mut().take().unwrap().unwrap();
     check_superblock(&rig.backing.image()[..4096], 13 * 16384);
-    assert_eq!(rig.backing.op_counts(), (0, 2));
+    assert_eq!(rig.backing.op_counts(), (1, 2));
     rig.unload(&vol).unwrap();
 }
 
@@ -322,7 +331,7 @@ fn unload_and_load_keep_bytes() {
     rig.unload(&vol).unwrap();
     // Load and unload with no I/O change nothing on the device or in the pm file.
     assert_eq!(rig.backing.image(), image_before);
-    assert_eq!(rig.store.current(&rig.pm_path()).unwrap(), pm_before);
+    assert_eq!(rig.store.current(rig.pm_path()).unwrap(), pm_before);
 }
 
 #[test]
@@ -394,7 +403,7 @@ fn codec_calls_get_exactly_the_bytes_they_need() {
     // A partial write into a compressed chunk: decompress, then compress the whole.
     write(5, vec![1; 1024]);
     let pm_size = {
-        let pm = store.persisted(&vol.pm_path()).unwrap();
+        let pm = store.persisted(vol.pm_path()).unwrap();
         GEO.pm().stored(&pm)[0].size
     };
     let calls = rec.calls.borrow().clone();

@@ -66,7 +66,7 @@ impl Setup {
     }
 
     /// Writes a volume, unloads it and returns its pm path.
-    fn saved(&self) -> String {
+    fn saved(&self) -> std::path::PathBuf {
         let vol = self.init();
         write(&vol, 3, &text(4096)).unwrap();
         let path = vol.pm_path();
@@ -145,7 +145,14 @@ fn load_of_a_pm_file_of_the_wrong_size_names_the_file_and_sizes() {
     setup.store.insert(&path, pm);
     let e = refused_load(&setup);
     assert_eq!(e, Errno::EILSEQ);
-    assert_says(&e, &[&path, &(right + 64).to_string(), &right.to_string()]);
+    assert_says(
+        &e,
+        &[
+            path.to_str().unwrap(),
+            &(right + 64).to_string(),
+            &right.to_string(),
+        ],
+    );
 }
 
 #[test]
@@ -157,7 +164,7 @@ fn load_of_a_pm_file_with_another_superblock_says_so() {
     setup.store.insert(&path, pm);
     let e = refused_load(&setup);
     assert_eq!(e, Errno::EILSEQ);
-    assert_says(&e, &[&path, "superblock differs"]);
+    assert_says(&e, &[path.to_str().unwrap(), "superblock differs"]);
 }
 
 #[test]
@@ -167,7 +174,7 @@ fn load_of_a_missing_pm_file_names_it() {
     setup.store.remove(&path).unwrap();
     let e = refused_load(&setup);
     assert_eq!(e, Errno::ENOENT);
-    assert_says(&e, &["load", &path]);
+    assert_says(&e, &["load", path.to_str().unwrap()]);
 }
 
 #[test]
@@ -192,7 +199,7 @@ fn checksum_mismatch_names_the_chunk() {
     let vol = setup.init();
     write(&vol, 5, &text(4096)).unwrap();
     // Find chunk 5's first io unit through the persisted maps, and damage it.
-    let pm = setup.store.persisted(&vol.pm_path()).unwrap();
+    let pm = setup.store.persisted(vol.pm_path()).unwrap();
     let layout = PmLayout::new(Geo::small(CHUNKS), false);
     let index = layout.entry(&pm, 5).expect("chunk 5 written");
     let unit = layout.chunk_map(&pm, index).2[0];

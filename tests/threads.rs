@@ -26,7 +26,7 @@ fn one_volume(dir: &str, seed: u64) -> u64 {
         store: Box::new(FileStore),
     };
     let plan = InitPlan::new(geo.params(), geo.blocklen, geo.blockcnt(), dir).unwrap();
-    let path = plan.pm_path().to_string();
+    let path = plan.pm_path().to_path_buf();
     let slot = Rc::new(RefCell::new(None));
     Volume::init(plan, backend(), filler(&slot));
     let mut vol = rig.wait(&slot).expect("init");
@@ -61,10 +61,7 @@ fn one_volume(dir: &str, seed: u64) -> u64 {
     let slot = Rc::new(RefCell::new(None));
     Volume::destroy(backend(), filler(&slot));
     rig.wait(&slot).expect("destroy");
-    assert!(
-        !std::path::Path::new(&path).exists(),
-        "destroy left the pm file"
-    );
+    assert!(!path.exists(), "destroy left the pm file");
     3000
 }
 

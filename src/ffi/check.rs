@@ -14,7 +14,7 @@ impl From<&Report> for reduce_vol_check_report {
             chunks_in_use: r.chunks_in_use,
             io_units_referenced: r.io_units_referenced,
             chunks_read: r.chunks_read,
-            problems: r.problems.len() as u64,
+            problems: r.problem_count(),
             first_problem: [0; 256],
         };
         if let Some(p) = r.problems.first() {

@@ -13,6 +13,7 @@
 
 mod boundary;
 mod check;
+mod claim;
 mod codec;
 mod device;
 mod iov;
@@ -21,12 +22,15 @@ mod pool;
 mod types;
 
 use std::cell::Cell;
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CStr, CString, OsStr, c_char, c_int, c_void};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
 use std::ptr;
 
 use libc::iovec;
 
 use boundary::{callback, errno, guard, refuse, status};
+use claim::Claim;
 use device::CDevice;
 use iov::CUserIo;
 use types::*;
@@ -42,17 +46,21 @@ pub struct spdk_reduce_vol {
     params: spdk_reduce_vol_params,
     info: Cell<spdk_reduce_vol_info>,
     pm_path: CString,
+    /// The backing device, claimed until the handle is freed by a successful unload.
+    _claim: Claim,
 }
 
 impl spdk_reduce_vol {
-    fn boxed(vol: Volume) -> *mut spdk_reduce_vol {
+    fn boxed(vol: Volume, claim: Claim) -> *mut spdk_reduce_vol {
         let params = vol.params().into();
-        let pm_path = CString::new(vol.pm_path()).unwrap_or_default();
+        // The path's bytes as stored; the path region holds no NUL before its end.
+        let pm_path = CString::new(vol.pm_path().into_os_string().into_vec()).unwrap_or_default();
         Box::into_raw(Box::new(spdk_reduce_vol {
             vol,
             params,
             info: Cell::default(),
             pm_path,
+            _claim: claim,
         }))
     }
 }
@@ -77,15 +85,20 @@ unsafe fn volume(what: &str, vol: *const spdk_reduce_vol) -> Result<Volume> {
         .ok_or_else(|| refuse(what, "vol is NULL"))
 }
 
-/// A completion for init and load: hands C a new handle, or NULL and the error.
+/// A completion for init and load: hands C a new handle, which keeps the device's
+/// claim, or NULL and the error, the claim ended first.
 fn opened(
     cb_fn: FnOf<spdk_reduce_vol_op_with_handle_complete>,
     cb_arg: *mut c_void,
+    claim: Claim,
 ) -> impl FnOnce(Result<Volume>) {
     move |result| {
         let (handle, code) = match result {
-            Ok(vol) => (spdk_reduce_vol::boxed(vol), 0),
-            Err(e) => (ptr::null_mut(), errno(e)),
+            Ok(vol) => (spdk_reduce_vol::boxed(vol, claim), 0),
+            Err(e) => {
+                drop(claim);
+                (ptr::null_mut(), errno(e))
+            }
         };
         // SAFETY: the caller's callback with its own argument.
         unsafe { cb_fn(cb_arg, handle, code) }
@@ -104,24 +117,36 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_uuid(vol: *mut spdk_reduce_vol) -> 
 
 /// Initialize a new compressed volume on `backing_dev`, with its pm file in the
 /// directory `pm_file_dir` (a file named after the volume's uuid, created with mode
-/// 0600).
+/// 0600). `pm_file_dir` is any path the OS accepts (its bytes are kept as given, UTF-8
+/// or not); a relative one is made absolute against the current directory, so a later
+/// load does not depend on it.
 ///
 /// `params` and `pm_file_dir` are read during the call only. When they are valid, the
 /// call sets `params->vol_size` (which must be 0 on entry) to the size computed from
 /// the backing device, and replaces a zero uuid with a random one, before it returns.
 /// `backing_dev` must stay valid until the volume is unloaded.
 ///
+/// Init first reads the device's header. A volume already there is overwritten (its pm
+/// file is left in place), as in the original, unless that volume is loaded.
+///
 /// `cb_fn` gets the new volume and 0, or NULL and:
 /// - -EINVAL: `params`, `backing_dev`, one of its functions or `pm_file_dir` is NULL;
 ///   `vol_size` is not 0; a size is 0, or the chunk size is not a multiple of the io
 ///   unit and logical block sizes, or the io unit not a multiple of the device's
 ///   `blocklen`; `pm_file_dir` is empty or too long; the device holds 128 chunks or
-///   fewer;
+///   fewer; io units so small that the metadata's would eat into the room the volume
+///   needs (every chunk stored uncompressed, plus one chunk's worth so that an
+///   overwrite always finds room: with io unit = chunk, 64 bytes or less);
+/// - -EBUSY: `backing_dev` is in use in this process (a volume on it is loaded, or an
+///   init, load or destroy on it has not completed), or the volume already on the
+///   device is loaded (its pm file is locked, by this process or another). Nothing is
+///   changed;
 /// - the OS error creating the pm file: -EEXIST, -ENOENT, -EACCES, -ENOSPC, ...;
-/// - the error the device's writev completed with.
+/// - the error the device's readv or writev completed with.
 ///
 /// A failed init leaves nothing behind: no pm file, no volume signature on the device.
-/// With `cb_fn` NULL the call does nothing.
+/// While the volume is loaded its pm file is locked (`flock`), so no other handle, in
+/// this process or another, can open it. With `cb_fn` NULL the call does nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_init(
     params: *mut spdk_reduce_vol_params,
@@ -136,17 +161,18 @@ pub unsafe extern "C" fn spdk_reduce_vol_init(
         let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
             return;
         };
-        let done = opened(cb_fn, cb_arg);
         // SAFETY: NULL or valid, per the caller.
-        let prepared = unsafe { prepare_init(params, backing_dev, pm_file_dir) };
+        let prepared = unsafe { prepare_init(params, backing_dev, pm_file_dir) }
+            .and_then(|(plan, dev)| Ok((plan, dev, Claim::take(WHAT, backing_dev)?)));
         match prepared {
-            Ok((plan, dev)) => {
+            Ok((plan, dev, claim)) => {
                 // Like the original, the caller's params show the final uuid and size.
                 // SAFETY: checked non-NULL in prepare_init.
                 unsafe { *params = plan.params.into() };
-                Volume::init(plan, backend(dev), done);
+                Volume::init(plan, backend(dev), opened(cb_fn, cb_arg, claim));
             }
-            Err(e) => done(Err(e)),
+            // SAFETY: the caller's callback with its own argument.
+            Err(e) => unsafe { cb_fn(cb_arg, ptr::null_mut(), errno(e)) },
         }
     })
 }
@@ -167,9 +193,9 @@ unsafe fn prepare_init(
         return Err(refuse(WHAT, "pm_file_dir is NULL"));
     }
     // SAFETY: non-NULL and NUL-terminated, per the caller.
-    let dir = unsafe { CStr::from_ptr(pm_file_dir) }
-        .to_str()
-        .map_err(|_| refuse(WHAT, "pm_file_dir is not valid UTF-8"))?;
+    let dir = Path::new(OsStr::from_bytes(
+        unsafe { CStr::from_ptr(pm_file_dir) }.to_bytes(),
+    ));
     use crate::backing::BackingDevice;
     let plan = InitPlan::new(params.into(), dev.blocklen(), dev.blockcnt(), dir)?;
     Ok((plan, dev))
@@ -182,13 +208,17 @@ unsafe fn prepare_init(
 /// `cb_fn` gets the volume and 0, or NULL and:
 /// - -EINVAL: `backing_dev` or one of its functions is NULL, or its `blocklen` does
 ///   not divide 4096;
+/// - -EBUSY: the volume is loaded already (its pm file is locked, by this process or
+///   another), or `backing_dev` is in use in this process (a volume on it is loaded,
+///   or an init, load or destroy on it has not completed);
 /// - -EILSEQ: no valid volume: no signature, a device smaller than the stored size
 ///   needs, a pm file that does not match the device (superblock, size) or with map
 ///   entries out of range;
 /// - the OS error opening the pm file: -ENOENT, -EACCES, ...;
 /// - the error the device's readv completed with.
 ///
-/// With `cb_fn` NULL the call does nothing.
+/// The loaded volume holds its pm file locked (`flock`) until it is unloaded; a crash
+/// leaves no lock behind. With `cb_fn` NULL the call does nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_load(
     backing_dev: *mut spdk_reduce_backing_dev,
@@ -201,17 +231,20 @@ pub unsafe extern "C" fn spdk_reduce_vol_load(
         let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
             return;
         };
-        let done = opened(cb_fn, cb_arg);
         // SAFETY: NULL or valid, per the caller.
-        match unsafe { CDevice::new(WHAT, backing_dev) } {
-            Ok(dev) => Volume::load(backend(dev), done),
-            Err(e) => done(Err(e)),
+        let device = unsafe { CDevice::new(WHAT, backing_dev) }
+            .and_then(|dev| Ok((dev, Claim::take(WHAT, backing_dev)?)));
+        match device {
+            Ok((dev, claim)) => Volume::load(backend(dev), opened(cb_fn, cb_arg, claim)),
+            // SAFETY: the caller's callback with its own argument.
+            Err(e) => unsafe { cb_fn(cb_arg, ptr::null_mut(), errno(e)) },
         }
     })
 }
 
 /// Unload a volume; it stays on its device and pm file for a later load. `cb_fn` gets:
-/// - 0: the volume is closed, and `vol` freed before `cb_fn` runs;
+/// - 0: the volume is closed, its pm file unlocked and `backing_dev` free for another
+///   init, load or destroy, and `vol` freed, all before `cb_fn` runs;
 /// - -EBUSY: reads or writes are outstanding; the volume stays loaded;
 /// - -EINVAL: `vol` is NULL.
 ///
@@ -248,11 +281,17 @@ pub unsafe extern "C" fn spdk_reduce_vol_unload(
 
 /// Destroy the volume on `backing_dev`: load it, clear its signature on the device and
 /// remove its pm file. All or nothing: when it fails, the volume stays intact and
-/// loadable. `backing_dev` must stay valid until `cb_fn` runs.
+/// loadable (when the pm file cannot be removed, the superblock is written back).
+/// A crash part way leaves either the intact volume or a device without a signature
+/// (the pm file then at worst left behind), never a signature whose pm file is gone.
+/// `backing_dev` must stay valid until `cb_fn` runs.
 ///
-/// `cb_fn` gets 0, or every error of `spdk_reduce_vol_load` (-EILSEQ for a device
-/// without a volume, which is left untouched), the error of the device's writev, or
-/// the OS error removing the pm file.
+/// `cb_fn` gets 0, or every error of `spdk_reduce_vol_load` (-EBUSY for a volume that
+/// is loaded or a device in use, -EILSEQ for a device without a valid volume, which
+/// is left untouched), the error of the device's writev, or the OS error removing the
+/// pm file (-EPERM, -EACCES, -EROFS, ...). A volume whose pm file is missing or
+/// damaged fails to load, so it cannot be destroyed this way: see
+/// `reduce_vol_destroy_force`.
 ///
 /// With `cb_fn` NULL the call does nothing.
 #[unsafe(no_mangle)]
@@ -267,14 +306,79 @@ pub unsafe extern "C" fn spdk_reduce_vol_destroy(
         let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
             return;
         };
-        // SAFETY: the caller's callback with its own argument.
-        let done = move |result| unsafe { cb_fn(cb_arg, status(result)) };
         // SAFETY: NULL or valid, per the caller.
-        match unsafe { CDevice::new(WHAT, backing_dev) } {
-            Ok(dev) => Volume::destroy(backend(dev), done),
-            Err(e) => done(Err(e)),
+        match unsafe { destroy_start(WHAT, backing_dev) } {
+            Ok((dev, claim)) => Volume::destroy(backend(dev), destroyed(cb_fn, cb_arg, claim)),
+            // SAFETY: the caller's callback with its own argument.
+            Err(e) => unsafe { cb_fn(cb_arg, errno(e)) },
         }
     })
+}
+
+/// Destroy the volume on `backing_dev` whatever the state of its pm file: for a volume
+/// that `spdk_reduce_vol_destroy` refuses because its pm file is missing, damaged or
+/// of the wrong size. Removes the pm file named on the device if it exists and is a
+/// regular file, then clears the signature. Not all or nothing as the plain destroy
+/// is: a crash between the two steps leaves the signature without its pm file, which
+/// a second forced destroy clears. `backing_dev` must stay valid until `cb_fn` runs.
+///
+/// `cb_fn` gets 0, or:
+/// - -EINVAL: `backing_dev` or one of its functions is NULL, or its `blocklen` does
+///   not divide 4096;
+/// - -EBUSY: the pm file is locked (its volume is loaded, in this process or
+///   another), or `backing_dev` is in use in this process; nothing is changed;
+/// - -EILSEQ: the device has no volume signature at all; nothing is changed;
+/// - the OS error removing the pm file (nothing is changed), or the error the
+///   device's readv or writev completed with.
+///
+/// With `cb_fn` NULL the call does nothing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reduce_vol_destroy_force(
+    backing_dev: *mut spdk_reduce_backing_dev,
+    cb_fn: spdk_reduce_vol_op_complete,
+    cb_arg: *mut c_void,
+) {
+    // Safety (Rust): `backing_dev` is NULL or valid for the duration.
+    const WHAT: &str = "reduce_vol_destroy_force";
+    guard(WHAT, (), || {
+        let Some(cb_fn) = callback(WHAT, "cb_fn", cb_fn) else {
+            return;
+        };
+        // SAFETY: NULL or valid, per the caller.
+        match unsafe { destroy_start(WHAT, backing_dev) } {
+            Ok((dev, claim)) => {
+                Volume::destroy_force(backend(dev), destroyed(cb_fn, cb_arg, claim))
+            }
+            // SAFETY: the caller's callback with its own argument.
+            Err(e) => unsafe { cb_fn(cb_arg, errno(e)) },
+        }
+    })
+}
+
+/// The checked device of a destroy, claimed.
+///
+/// # Safety
+/// `backing_dev` is NULL or valid until the destroy completes.
+unsafe fn destroy_start(
+    what: &str,
+    backing_dev: *mut spdk_reduce_backing_dev,
+) -> Result<(CDevice, Claim)> {
+    // SAFETY: NULL or valid, per the caller.
+    let dev = unsafe { CDevice::new(what, backing_dev) }?;
+    Ok((dev, Claim::take(what, backing_dev)?))
+}
+
+/// The completion of a destroy: ends the device's claim, then tells the caller.
+fn destroyed(
+    cb_fn: FnOf<spdk_reduce_vol_op_complete>,
+    cb_arg: *mut c_void,
+    claim: Claim,
+) -> impl FnOnce(Result<()>) {
+    move |result| {
+        drop(claim);
+        // SAFETY: the caller's callback with its own argument.
+        unsafe { cb_fn(cb_arg, status(result)) }
+    }
 }
 
 /// A read or write, after its export's guard.
@@ -413,8 +517,9 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_params(
     })
 }
 
-/// The path of the volume's pm file, NUL-terminated, or NULL for a NULL `vol`. Valid
-/// until the volume is unloaded.
+/// The path of the volume's pm file, NUL-terminated, or NULL for a NULL `vol`: the
+/// bytes as stored on the device (not necessarily UTF-8). Valid until the volume is
+/// unloaded.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_pm_path(vol: *const spdk_reduce_vol) -> *const c_char {
     // Safety (Rust): `vol` is NULL or a live handle.

@@ -1,12 +1,16 @@
-//! pm files on a file system, mapped with memmap2 and persisted with msync.
+//! pm files on a file system, mapped with memmap2 and persisted with msync, each held
+//! with `flock(LOCK_EX | LOCK_NB)` while in use.
 
 use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
-use super::{PmRegion, PmStore};
+use super::{PmLock, PmRegion, PmStore};
 use crate::error::{Errno, Error, Result};
 
 /// The pm store of a real application: files in a directory the caller names.
@@ -15,7 +19,16 @@ pub struct FileStore;
 
 struct FileRegion {
     map: MmapMut,
+    /// The locked file: the lock lives as long as this descriptor.
+    _file: File,
 }
+
+/// A locked file, not mapped.
+struct FileLock {
+    _file: File,
+}
+
+impl PmLock for FileLock {}
 
 /// An OS error while doing `what` to the pm file.
 fn os_error(what: &str, err: &std::io::Error) -> Error {
@@ -24,15 +37,32 @@ fn os_error(what: &str, err: &std::io::Error) -> Error {
 
 fn map(file: &File) -> Result<MmapMut> {
     // SAFETY: the file is a regular file this volume created or was pointed at, and the
-    // mapping is private to one volume: libreduce's contract is that nothing else
-    // truncates or rewrites the pm file while the volume is loaded.
+    // mapping is private to one volume: we hold the file's exclusive lock, so no other
+    // volume maps it, and libreduce's contract is that nothing else truncates or
+    // rewrites the pm file while the volume is loaded.
     unsafe { MmapMut::map_mut(file) }.map_err(|e| os_error("mapping", &e))
+}
+
+/// Takes the file's exclusive lock without waiting: `EBUSY` when another open file
+/// (in this process or another) holds it.
+fn lock_exclusive(file: &File) -> Result<()> {
+    // SAFETY: a plain syscall on a file descriptor we own for the duration.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.kind() == ErrorKind::WouldBlock {
+        return Err(Error::new(
+            Errno::EBUSY,
+            "locked: its volume is loaded (in this process or another)",
+        ));
+    }
+    Err(os_error("locking", &err))
 }
 
 /// Gives the file `len` bytes with their blocks allocated, so a full file system is an
 /// `ENOSPC` now rather than a SIGBUS on the first store into a sparse mapping.
 fn reserve(file: &File, len: u64) -> Result<()> {
-    use std::os::fd::AsRawFd;
     let bytes = libc::off_t::try_from(len)
         .map_err(|_| Error::new(Errno::EINVAL, format!("{len} bytes is too large a file")))?;
     // SAFETY: a plain syscall on a file descriptor we own for the duration.
@@ -43,7 +73,7 @@ fn reserve(file: &File, len: u64) -> Result<()> {
 }
 
 impl PmStore for FileStore {
-    fn create(&self, path: &str, len: u64) -> Result<Box<dyn PmRegion>> {
+    fn create(&self, path: &Path, len: u64) -> Result<Box<dyn PmRegion>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -51,9 +81,11 @@ impl PmStore for FileStore {
             .mode(0o600)
             .open(path)
             .map_err(|e| os_error("creating", &e))?;
-        let mapped = reserve(&file, len).and_then(|()| map(&file));
+        let mapped = lock_exclusive(&file)
+            .and_then(|()| reserve(&file, len))
+            .and_then(|()| map(&file));
         match mapped {
-            Ok(map) => Ok(Box::new(FileRegion { map })),
+            Ok(map) => Ok(Box::new(FileRegion { map, _file: file })),
             Err(e) => {
                 // Nothing is left behind by a failed create; the create error is the
                 // one the caller needs.
@@ -63,12 +95,17 @@ impl PmStore for FileStore {
         }
     }
 
-    fn open(&self, path: &str, check_len: &dyn Fn(u64) -> Result<()>) -> Result<Box<dyn PmRegion>> {
+    fn open(
+        &self,
+        path: &Path,
+        check_len: &dyn Fn(u64) -> Result<()>,
+    ) -> Result<Box<dyn PmRegion>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(|e| os_error("opening", &e))?;
+        lock_exclusive(&file)?;
         let meta = file
             .metadata()
             .map_err(|e| os_error("reading the size", &e))?;
@@ -76,10 +113,32 @@ impl PmStore for FileStore {
             return Err(Error::new(Errno::EILSEQ, "not a regular file"));
         }
         check_len(meta.len())?;
-        Ok(Box::new(FileRegion { map: map(&file)? }))
+        let map = map(&file)?;
+        Ok(Box::new(FileRegion { map, _file: file }))
     }
 
-    fn remove(&self, path: &str) -> Result<()> {
+    fn lock(&self, path: &Path) -> Result<Option<Box<dyn PmLock>>> {
+        // Non-blocking, so that a FIFO at the path cannot hang the open.
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path);
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(os_error("opening", &e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| os_error("reading the type", &e))?;
+        if !meta.is_file() {
+            return Err(Error::new(Errno::EILSEQ, "not a regular file"));
+        }
+        lock_exclusive(&file)?;
+        Ok(Some(Box::new(FileLock { _file: file })))
+    }
+
+    fn remove(&self, path: &Path) -> Result<()> {
         std::fs::remove_file(path).map_err(|e| os_error("removing", &e))
     }
 }

@@ -1,7 +1,16 @@
 //! The pm file: the metadata region the volume maps whole, and where such files live.
 //!
 //! [`PmRegion`] is one mapped file: read it as bytes, write it, and `persist` a range
-//! (msync for a file). [`PmStore`] creates, opens and removes them by path. Two stores:
+//! (msync for a file). [`PmStore`] creates, opens and removes them by path. Paths are
+//! bytes, as the OS has them (`Path`), never required to be UTF-8.
+//!
+//! A volume is open at most once: a region holds an exclusive lock on its file for as
+//! long as it lives (`flock(LOCK_EX | LOCK_NB)` for a real file, which conflicts across
+//! processes and across separate opens in one process), and opening or locking a file
+//! that is held fails with `EBUSY`. The kernel drops the lock with the process, so a
+//! crash leaves no stale lock behind. The lock belongs to the open file, so a child
+//! forked while it is held holds it too until it execs (the file is close-on-exec)
+//! or exits. Two stores:
 //! [`FileStore`] (real files, memmap2) and the test kit's `MemStore` (memory, for tests
 //! and miri), which keeps apart what was written from what was persisted so a test can
 //! cut the power.
@@ -9,6 +18,8 @@
 mod file;
 
 pub use file::FileStore;
+
+use std::path::Path;
 
 use crate::error::Result;
 
@@ -47,14 +58,25 @@ pub trait PmRegion {
     }
 }
 
-/// Where pm files live.
+/// The exclusive lock on a pm file, held without mapping it: dropping it unlocks.
+pub trait PmLock {}
+
+/// Where pm files live. Every region and lock handed out holds the file's exclusive
+/// lock until dropped.
 pub trait PmStore {
-    /// Creates `path` exclusively (mode 0600), `len` bytes of zeros, and maps it. On
-    /// failure nothing is left behind. The OS errno (`EEXIST`, `ENOENT`, `EACCES`...).
-    fn create(&self, path: &str, len: u64) -> Result<Box<dyn PmRegion>>;
-    /// Opens and maps an existing file, but only a regular file (`EILSEQ` otherwise)
-    /// whose length `check_len` accepts (else its error): a file that fails is never
-    /// mapped.
-    fn open(&self, path: &str, check_len: &dyn Fn(u64) -> Result<()>) -> Result<Box<dyn PmRegion>>;
-    fn remove(&self, path: &str) -> Result<()>;
+    /// Creates `path` exclusively (mode 0600), `len` bytes of zeros, locks and maps it.
+    /// On failure nothing is left behind. The OS errno (`EEXIST`, `ENOENT`,
+    /// `EACCES`...).
+    fn create(&self, path: &Path, len: u64) -> Result<Box<dyn PmRegion>>;
+    /// Opens, locks and maps an existing file, but only a regular file (`EILSEQ`
+    /// otherwise) whose length `check_len` accepts (else its error): a file that fails
+    /// is never mapped. `EBUSY`, before anything else is looked at, when another
+    /// holder has it locked.
+    fn open(&self, path: &Path, check_len: &dyn Fn(u64) -> Result<()>)
+    -> Result<Box<dyn PmRegion>>;
+    /// Locks an existing pm file without mapping it (to keep it from being loaded while
+    /// its volume is replaced or destroyed): `None` when there is no file at `path`,
+    /// `EBUSY` when it is held, `EILSEQ` when it is not a regular file.
+    fn lock(&self, path: &Path) -> Result<Option<Box<dyn PmLock>>>;
+    fn remove(&self, path: &Path) -> Result<()>;
 }

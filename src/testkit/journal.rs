@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 /// One step on the clock.
@@ -18,21 +19,21 @@ use std::rc::Rc;
 pub enum Entry {
     /// A pm file was created, `len` bytes of zeros.
     PmCreate {
-        path: String,
+        path: PathBuf,
         len: usize,
     },
     PmRemove {
-        path: String,
+        path: PathBuf,
     },
     /// Bytes written into a mapped pm file (not yet durable).
     PmWrite {
-        path: String,
+        path: PathBuf,
         offset: usize,
         bytes: Vec<u8>,
     },
     /// A persisted range of a pm file: durable from here on.
     PmPersist {
-        path: String,
+        path: PathBuf,
         offset: usize,
         len: usize,
     },
@@ -62,7 +63,7 @@ pub enum Crash {
 #[derive(Clone, Debug, Default)]
 pub struct Images {
     pub backing: Vec<u8>,
-    pub pm: BTreeMap<String, Vec<u8>>,
+    pub pm: BTreeMap<PathBuf, Vec<u8>>,
 }
 
 /// A shared, append-only clock. Clones record into the same journal.
@@ -165,7 +166,7 @@ mod tests {
     #[test]
     fn replay_keeps_only_what_was_durable_unless_landed() {
         let j = Journal::new();
-        let p = "pm".to_string();
+        let p = PathBuf::from("pm");
         j.push(Entry::PmCreate {
             path: p.clone(),
             len: 4,

@@ -4,6 +4,7 @@
 //! unnoticed.
 
 use std::cell::RefCell;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use super::backing::{MemBacking, Mode};
@@ -259,7 +260,7 @@ impl Rig {
     }
 
     /// The pm file's path (there is exactly one).
-    pub fn pm_path(&self) -> String {
+    pub fn pm_path(&self) -> PathBuf {
         let paths = self.store.paths();
         assert_eq!(paths.len(), 1, "pm files: {paths:?}");
         paths[0].clone()
@@ -267,6 +268,6 @@ impl Rig {
 
     /// The persisted pm image.
     pub fn pm_persisted(&self) -> Vec<u8> {
-        self.store.persisted(&self.pm_path()).unwrap()
+        self.store.persisted(self.pm_path()).unwrap()
     }
 }

@@ -1,28 +1,37 @@
 //! pm files in memory. Each file keeps two images: `current` (what a reopen sees after
 //! a clean unload, like a page cache) and `persisted` (only ranges passed to
 //! `persist`). [`MemStore::power_loss`] throws away everything not persisted.
+//!
+//! The lock is modelled as a real store has it: a mapped or locked file is held, and
+//! opening or locking it again fails with `EBUSY` until its holder drops. A power loss
+//! ends every holder, as a crash ends the process holding a file lock.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use super::journal::{Entry, Journal};
-use crate::error::{Errno, Result};
-use crate::pm::{PmRegion, PmStore};
+use crate::error::{Errno, Error, Result};
+use crate::pm::{PmLock, PmRegion, PmStore};
 
 #[derive(Default)]
 struct MemFile {
     current: Vec<u8>,
     persisted: Vec<u8>,
-    /// Set while a region maps the file: its bytes live in the region until it drops.
-    mapped: bool,
+    /// The region or lock holding the file, by its token. While a region maps the
+    /// file, its bytes live in the region until it drops.
+    holder: Option<u64>,
 }
 
 #[derive(Default)]
 struct Files {
-    files: HashMap<String, MemFile>,
+    files: HashMap<PathBuf, MemFile>,
     fail_persist: bool,
+    fail_remove: Option<Errno>,
     journal: Option<Journal>,
+    /// The last holder token handed out.
+    tokens: u64,
 }
 
 impl Files {
@@ -31,6 +40,20 @@ impl Files {
             j.push(entry());
         }
     }
+
+    fn next_token(&mut self) -> u64 {
+        self.tokens += 1;
+        self.tokens
+    }
+
+    /// The file at `path` if `token` still holds it (not removed, no power loss since).
+    fn held_by(&mut self, path: &Path, token: u64) -> Option<&mut MemFile> {
+        self.files.get_mut(path).filter(|f| f.holder == Some(token))
+    }
+}
+
+fn busy() -> Error {
+    Error::new(Errno::EBUSY, "locked: its volume is loaded")
 }
 
 /// An in-memory pm store. Clones share the same files.
@@ -40,10 +63,19 @@ pub struct MemStore {
 }
 
 struct MemRegion {
-    path: String,
+    path: PathBuf,
+    token: u64,
     bytes: Vec<u8>,
     store: MemStore,
 }
+
+struct MemLock {
+    path: PathBuf,
+    token: u64,
+    store: MemStore,
+}
+
+impl PmLock for MemLock {}
 
 impl MemStore {
     pub fn new() -> MemStore {
@@ -51,41 +83,55 @@ impl MemStore {
     }
 
     /// The persisted image of `path`, as a power loss now would leave it.
-    pub fn persisted(&self, path: &str) -> Option<Vec<u8>> {
+    pub fn persisted(&self, path: impl AsRef<Path>) -> Option<Vec<u8>> {
         self.inner
             .borrow()
             .files
-            .get(path)
+            .get(path.as_ref())
             .map(|f| f.persisted.clone())
     }
 
     /// The image a reopen would see now (for an unmapped file).
-    pub fn current(&self, path: &str) -> Option<Vec<u8>> {
+    pub fn current(&self, path: impl AsRef<Path>) -> Option<Vec<u8>> {
         self.inner
             .borrow()
             .files
-            .get(path)
+            .get(path.as_ref())
             .map(|f| f.current.clone())
     }
 
     /// Puts a file in place, as if persisted (for loading prepared images).
-    pub fn insert(&self, path: &str, bytes: Vec<u8>) {
+    pub fn insert(&self, path: impl AsRef<Path>, bytes: Vec<u8>) {
         let file = MemFile {
             current: bytes.clone(),
             persisted: bytes,
-            mapped: false,
+            holder: None,
         };
-        self.inner.borrow_mut().files.insert(path.to_string(), file);
+        self.inner
+            .borrow_mut()
+            .files
+            .insert(path.as_ref().to_path_buf(), file);
     }
 
-    pub fn paths(&self) -> Vec<String> {
+    pub fn paths(&self) -> Vec<PathBuf> {
         self.inner.borrow().files.keys().cloned().collect()
     }
 
-    /// Every file falls back to what was persisted.
+    /// Whether a region or a lock holds the file at `path`.
+    pub fn is_locked(&self, path: impl AsRef<Path>) -> bool {
+        self.inner
+            .borrow()
+            .files
+            .get(path.as_ref())
+            .is_some_and(|f| f.holder.is_some())
+    }
+
+    /// Every file falls back to what was persisted, and every holder is gone, as when
+    /// the process dies: regions and locks still alive are inert from now on.
     pub fn power_loss(&self) {
         for f in self.inner.borrow_mut().files.values_mut() {
             f.current = f.persisted.clone();
+            f.holder = None;
         }
     }
 
@@ -98,53 +144,90 @@ impl MemStore {
     pub fn set_fail_persist(&self, fail: bool) {
         self.inner.borrow_mut().fail_persist = fail;
     }
+
+    /// Makes every later `remove` fail with `errno` (as in a directory made immutable
+    /// or read-only), or succeed again with `None`.
+    pub fn set_fail_remove(&self, errno: Option<Errno>) {
+        self.inner.borrow_mut().fail_remove = errno;
+    }
 }
 
 impl PmStore for MemStore {
-    fn create(&self, path: &str, len: u64) -> Result<Box<dyn PmRegion>> {
+    fn create(&self, path: &Path, len: u64) -> Result<Box<dyn PmRegion>> {
         let len = usize::try_from(len).map_err(|_| Errno::ENOMEM)?;
         let mut inner = self.inner.borrow_mut();
         if inner.files.contains_key(path) {
             return Err(Errno::EEXIST.into());
         }
+        let token = inner.next_token();
         let file = MemFile {
             current: Vec::new(),
             persisted: vec![0; len],
-            mapped: true,
+            holder: Some(token),
         };
-        inner.files.insert(path.to_string(), file);
+        inner.files.insert(path.to_path_buf(), file);
         inner.record(|| Entry::PmCreate {
-            path: path.to_string(),
+            path: path.to_path_buf(),
             len,
         });
         Ok(Box::new(MemRegion {
-            path: path.to_string(),
+            path: path.to_path_buf(),
+            token,
             bytes: vec![0; len],
             store: self.clone(),
         }))
     }
 
-    fn open(&self, path: &str, check_len: &dyn Fn(u64) -> Result<()>) -> Result<Box<dyn PmRegion>> {
+    fn open(
+        &self,
+        path: &Path,
+        check_len: &dyn Fn(u64) -> Result<()>,
+    ) -> Result<Box<dyn PmRegion>> {
         let mut inner = self.inner.borrow_mut();
+        let token = inner.next_token();
         let file = inner.files.get_mut(path).ok_or(Errno::ENOENT)?;
-        if file.mapped {
-            return Err(Errno::EBUSY.into());
+        if file.holder.is_some() {
+            return Err(busy());
         }
         check_len(file.current.len() as u64)?;
-        file.mapped = true;
+        file.holder = Some(token);
         let bytes = std::mem::take(&mut file.current);
         Ok(Box::new(MemRegion {
-            path: path.to_string(),
+            path: path.to_path_buf(),
+            token,
             bytes,
             store: self.clone(),
         }))
     }
 
-    fn remove(&self, path: &str) -> Result<()> {
+    fn lock(&self, path: &Path) -> Result<Option<Box<dyn PmLock>>> {
         let mut inner = self.inner.borrow_mut();
-        inner.files.remove(path).ok_or(Errno::ENOENT)?;
+        let token = inner.next_token();
+        let Some(file) = inner.files.get_mut(path) else {
+            return Ok(None);
+        };
+        if file.holder.is_some() {
+            return Err(busy());
+        }
+        file.holder = Some(token);
+        Ok(Some(Box::new(MemLock {
+            path: path.to_path_buf(),
+            token,
+            store: self.clone(),
+        })))
+    }
+
+    fn remove(&self, path: &Path) -> Result<()> {
+        let mut inner = self.inner.borrow_mut();
+        if !inner.files.contains_key(path) {
+            return Err(Errno::ENOENT.into());
+        }
+        if let Some(errno) = inner.fail_remove {
+            return Err(errno.into());
+        }
+        inner.files.remove(path);
         inner.record(|| Entry::PmRemove {
-            path: path.to_string(),
+            path: path.to_path_buf(),
         });
         Ok(())
     }
@@ -173,7 +256,7 @@ impl PmRegion for MemRegion {
         if inner.fail_persist {
             return Err(Errno::EIO.into());
         }
-        if let Some(file) = inner.files.get_mut(&self.path) {
+        if let Some(file) = inner.held_by(&self.path, self.token) {
             file.persisted[offset..offset + len].copy_from_slice(&self.bytes[offset..offset + len]);
         }
         inner.record(|| Entry::PmPersist {
@@ -187,10 +270,29 @@ impl PmRegion for MemRegion {
 
 impl Drop for MemRegion {
     fn drop(&mut self) {
-        // A removed file stays removed; otherwise the bytes go back like a page cache.
-        if let Some(file) = self.store.inner.borrow_mut().files.get_mut(&self.path) {
+        // A removed file stays removed, and a region that outlived a power loss has no
+        // say; otherwise the bytes go back like a page cache and the lock is released.
+        if let Some(file) = self
+            .store
+            .inner
+            .borrow_mut()
+            .held_by(&self.path, self.token)
+        {
             file.current = std::mem::take(&mut self.bytes);
-            file.mapped = false;
+            file.holder = None;
+        }
+    }
+}
+
+impl Drop for MemLock {
+    fn drop(&mut self) {
+        if let Some(file) = self
+            .store
+            .inner
+            .borrow_mut()
+            .held_by(&self.path, self.token)
+        {
+            file.holder = None;
         }
     }
 }

@@ -1,18 +1,40 @@
 //! Init, load, unload and destroy: the steps before and after a volume serves I/O.
 //!
 //! ```text
-//! init:    create + fill + persist pm ─► write path region ─► write superblock ─► Ready
-//! load:    read superblock + path ─► check params, size, pm file ─► rebuild maps ─► Ready
+//! init:    read the header there ─► lock its pm file (EBUSY if held) ─► create + fill
+//!          + persist pm ─► write path region ─► write superblock ─► Ready
+//! load:    read superblock + path ─► lock + check pm file ─► rebuild maps ─► Ready
 //! destroy: load ─► write zeroed superblock ─► remove pm file
-//! unload:  Ready, nothing outstanding ─► Closed
+//!                  (removal fails ─► write the superblock back ─► the removal's error)
+//! force:   read header ─► lock pm file if any (EBUSY if held) ─► remove it ─► write
+//!          zeroed superblock
+//! unload:  Ready, nothing outstanding ─► Closed (the pm file's lock goes with it)
 //! ```
 //!
 //! Init writes the superblock last, so an image is loadable only once complete; any
 //! failure removes the pm file it made. Every refusal says which check failed, in the
 //! error and in the log.
+//!
+//! One owner per volume: a loaded volume's pm file is locked (see `crate::pm`), so a
+//! second load, a destroy, or an init over it (init reads the superblock already on the
+//! device and locks the pm file it names for the length of the init) fails with
+//! `EBUSY` before changing anything. A device whose superblock names no pm file, or an
+//! unlocked one, is overwritten by init, as in the original.
+//!
+//! Destroy is all or nothing. It clears the signature first and then removes the pm
+//! file; if the removal fails it writes the original superblock back and reports the
+//! removal's error, leaving the volume intact and loadable. A crash between the steps
+//! leaves a device without a signature and, at worst, an orphaned pm file, never a
+//! signature naming a pm file that is gone. `destroy_force` is for a volume whose pm
+//! file is missing or damaged (so that load, and with it destroy, refuses it): it
+//! removes the pm file first and then clears the signature, so a failed removal changes
+//! nothing, and a crash between the two leaves a signature without a pm file, which a
+//! second forced destroy clears.
+
+use std::path::{Path, PathBuf};
 
 use super::request::Engine;
-use super::{Action, DoneCallback, Event, Info, OpenCallback};
+use super::{Action, Backend, DoneCallback, Event, Info, OpenCallback, Shared, Volume};
 use crate::backing::{BackingDevice, BackingIo, Extent};
 use crate::check::{self, Report};
 use crate::completion::Token;
@@ -23,7 +45,7 @@ use crate::format::{
 };
 use crate::log::{self, Level};
 use crate::maps::Metadata;
-use crate::pm::PmStore;
+use crate::pm::{PmLock, PmStore};
 
 /// A validated init request: final params (uuid chosen, `vol_size` computed) and the
 /// pm file path. Made before anything is written, so bad params leave no trace.
@@ -31,18 +53,26 @@ use crate::pm::PmStore;
 pub struct InitPlan {
     pub params: Params,
     geo: Geometry,
-    path: String,
+    path: PathBuf,
 }
 
 impl InitPlan {
     /// Checks `params` (whose `vol_size` must be 0) against a backing device of
     /// `blockcnt` blocks of `blocklen`; a zero uuid becomes a random one. `EINVAL`,
-    /// saying which check failed.
-    pub fn new(params: Params, blocklen: u32, blockcnt: u64, pm_dir: &str) -> Result<InitPlan> {
-        Self::check(params, blocklen, blockcnt, pm_dir).map_err(|e| e.context("init").logged())
+    /// saying which check failed. `pm_dir` may be any path the OS accepts; a relative
+    /// one is made absolute here, so a later load does not depend on the working
+    /// directory.
+    pub fn new(
+        params: Params,
+        blocklen: u32,
+        blockcnt: u64,
+        pm_dir: impl AsRef<Path>,
+    ) -> Result<InitPlan> {
+        Self::check(params, blocklen, blockcnt, pm_dir.as_ref())
+            .map_err(|e| e.context("init").logged())
     }
 
-    fn check(mut params: Params, blocklen: u32, blockcnt: u64, pm_dir: &str) -> Result<InitPlan> {
+    fn check(mut params: Params, blocklen: u32, blockcnt: u64, pm_dir: &Path) -> Result<InitPlan> {
         let invalid = |why: String| Err(Error::new(Errno::EINVAL, why));
         if params.vol_size != 0 {
             return invalid(format!(
@@ -70,11 +100,22 @@ impl InitPlan {
             params.uuid = *uuid::Uuid::new_v4().as_bytes();
         }
         let geo = Geometry::new(params, blocklen)?;
-        let path = format::pm_path(pm_dir, &params.uuid)?;
+        geo.check_room()?;
+        let dir = if pm_dir.is_relative() && !pm_dir.as_os_str().is_empty() {
+            std::path::absolute(pm_dir).map_err(|e| {
+                Error::new(
+                    Errno::from_io(&e),
+                    format!("making pm_file_dir {} absolute", pm_dir.display()),
+                )
+            })?
+        } else {
+            pm_dir.to_path_buf()
+        };
+        let path = format::pm_path(&dir, &params.uuid)?;
         Ok(InitPlan { params, geo, path })
     }
 
-    pub fn pm_path(&self) -> &str {
+    pub fn pm_path(&self) -> &Path {
         &self.path
     }
 }
@@ -85,23 +126,43 @@ enum AfterLoad {
     Destroy(DoneCallback),
 }
 
+/// A new volume between creating its pm file and writing its superblock.
+struct Making {
+    meta: Metadata,
+    path: PathBuf,
+    cb: OpenCallback,
+    /// The lock on the pm file of the volume being replaced, if any: held until init
+    /// ends so that volume cannot be loaded meanwhile.
+    _replaced: Option<Box<dyn PmLock>>,
+}
+
+/// A destroy in progress: the volume stays loaded (its pm file locked) to the end.
+struct Destroying {
+    /// Held for its lock: the volume cannot be loaded while it is being destroyed.
+    _meta: Metadata,
+    path: PathBuf,
+    /// The superblock as it was, to write back if the pm file cannot be removed.
+    superblock: Vec<u8>,
+    cb: DoneCallback,
+}
+
 enum Phase {
     InitStart(InitPlan, OpenCallback),
-    InitWritingPath {
-        meta: Metadata,
-        path: String,
-        cb: OpenCallback,
-    },
-    InitWritingSuper {
-        meta: Metadata,
-        path: String,
-        cb: OpenCallback,
-    },
+    InitReadingOld(InitPlan, OpenCallback),
+    InitWritingPath(Making),
+    InitWritingSuper(Making),
     LoadStart(AfterLoad),
     LoadReadingHeader(AfterLoad),
-    DestroyClearingSuper {
-        path: String,
+    /// A forced destroy needs only the header, not a loadable volume.
+    ForceStart(DoneCallback),
+    ForceReadingHeader(DoneCallback),
+    DestroyClearingSuper(Destroying),
+    /// The pm file could not be removed (`err`): putting the superblock back.
+    DestroyRestoringSuper(Destroying, Error),
+    ForceClearingSuper {
         cb: DoneCallback,
+        /// The pm file's lock, held until the signature is gone.
+        _lock: Option<Box<dyn PmLock>>,
     },
     Ready(Engine),
     Closed,
@@ -115,7 +176,7 @@ pub(crate) struct Core {
     phase: Phase,
     /// Params and pm path once known, kept after unload for late queries.
     params: Params,
-    path: String,
+    path: PathBuf,
 }
 
 impl Core {
@@ -126,7 +187,7 @@ impl Core {
             blockcnt,
             phase,
             params: Params::default(),
-            path: String::new(),
+            path: PathBuf::new(),
         }
     }
 
@@ -165,11 +226,24 @@ impl Core {
         )
     }
 
+    pub(crate) fn destroy_force(
+        store: Box<dyn PmStore>,
+        backing: &dyn BackingDevice,
+        cb: DoneCallback,
+    ) -> Core {
+        Core::new(
+            store,
+            backing.blocklen(),
+            backing.blockcnt(),
+            Phase::ForceStart(cb),
+        )
+    }
+
     pub(crate) fn params(&self) -> Params {
         self.params
     }
 
-    pub(crate) fn pm_path(&self) -> String {
+    pub(crate) fn pm_path(&self) -> PathBuf {
         self.path.clone()
     }
 
@@ -220,7 +294,7 @@ impl Core {
                 geo.total_chunk_maps,
                 geo.chunks,
                 geo.chunk_map_stride,
-                self.path,
+                self.path.display(),
                 engine.meta.pm().len(),
                 format::LOGICAL_MAP_OFFSET,
                 geo.chunk_maps_offset,
@@ -302,53 +376,121 @@ impl Core {
         }
     }
 
+    /// Reads the superblock and path region at the start of the device.
+    fn read_header(&self, out: &mut Vec<Action>) {
+        let header = vec![0u8; METADATA_SIZE as usize];
+        out.push(Action::Read(self.metadata_io(header, 0), Token::Lifecycle));
+    }
+
+    /// Writes `superblock` (the original, or zeros to clear the signature).
+    fn write_superblock(&self, superblock: Vec<u8>, out: &mut Vec<Action>) {
+        out.push(Action::Write(
+            self.metadata_io(superblock, 0),
+            Token::Lifecycle,
+        ));
+    }
+
     fn begin(&mut self, out: &mut Vec<Action>) {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::InitStart(plan, cb) => {
-                let created = format::encode_path(&plan.path)
-                    .and_then(|region| Ok((self.create_pm(&plan)?, region)));
-                match created {
-                    Ok((meta, region)) => {
-                        out.push(Action::Write(
-                            self.metadata_io(region, PATH_OFFSET),
-                            Token::Lifecycle,
-                        ));
-                        let path = plan.path;
-                        self.phase = Phase::InitWritingPath { meta, path, cb };
-                    }
-                    Err(e) => out.push(Action::Opened(cb, Err(e.context("init").logged()))),
-                }
+                // The plan's geometry leaves room past the metadata, so the device
+                // holds a whole header.
+                self.read_header(out);
+                self.phase = Phase::InitReadingOld(plan, cb);
             }
-            Phase::LoadStart(then) => {
-                // Metadata is addressed in whole blocks; a device too small for it
-                // cannot hold a volume.
-                let (blocklen, bytes) = (self.blocklen, self.backing_bytes());
-                if blocklen == 0 || SUPERBLOCK_SIZE as u32 % blocklen != 0 {
-                    let why = format!(
-                        "backing block length {blocklen} does not divide the {SUPERBLOCK_SIZE}-byte superblock"
-                    );
-                    return self.fail_load(then, Error::new(Errno::EINVAL, why), out);
+            Phase::LoadStart(then) => match self.header_readable() {
+                Ok(()) => {
+                    self.read_header(out);
+                    self.phase = Phase::LoadReadingHeader(then);
                 }
-                if bytes < METADATA_SIZE {
-                    let why = format!(
-                        "backing device of {bytes} bytes is smaller than the {METADATA_SIZE}-byte volume header"
-                    );
-                    return self.fail_load(then, Error::new(Errno::EILSEQ, why), out);
+                Err(e) => self.fail_load(then, e, out),
+            },
+            Phase::ForceStart(cb) => match self.header_readable() {
+                Ok(()) => {
+                    self.read_header(out);
+                    self.phase = Phase::ForceReadingHeader(cb);
                 }
-                let header = vec![0u8; METADATA_SIZE as usize];
-                out.push(Action::Read(self.metadata_io(header, 0), Token::Lifecycle));
-                self.phase = Phase::LoadReadingHeader(then);
-            }
+                Err(e) => out.push(Action::Done(cb, Err(force_failed(e)))),
+            },
             other => self.phase = other,
         }
+    }
+
+    /// Whether the device can hold a volume header: metadata is addressed in whole
+    /// blocks (`EINVAL` otherwise), and a device too small for it holds no volume
+    /// (`EILSEQ`).
+    fn header_readable(&self) -> Result<()> {
+        let (blocklen, bytes) = (self.blocklen, self.backing_bytes());
+        if blocklen == 0 || SUPERBLOCK_SIZE as u32 % blocklen != 0 {
+            let why = format!(
+                "backing block length {blocklen} does not divide the {SUPERBLOCK_SIZE}-byte superblock"
+            );
+            return Err(Error::new(Errno::EINVAL, why));
+        }
+        if bytes < METADATA_SIZE {
+            let why = format!(
+                "backing device of {bytes} bytes is smaller than the {METADATA_SIZE}-byte volume header"
+            );
+            return Err(Error::new(Errno::EILSEQ, why));
+        }
+        Ok(())
     }
 
     fn backing_bytes(&self) -> u64 {
         self.blockcnt.saturating_mul(u64::from(self.blocklen))
     }
 
+    /// Init's first step, once the device's header is read: refuse (`EBUSY`) to
+    /// replace a volume that is loaded, then create the pm file and write the path
+    /// region.
+    fn init_over(
+        &mut self,
+        plan: InitPlan,
+        cb: OpenCallback,
+        header: &[u8],
+        out: &mut Vec<Action>,
+    ) {
+        let made = self.lock_replaced(header).and_then(|replaced| {
+            let region = format::encode_path(&plan.path)?;
+            let meta = self.create_pm(&plan)?;
+            Ok((replaced, region, meta))
+        });
+        match made {
+            Ok((replaced, region, meta)) => {
+                out.push(Action::Write(
+                    self.metadata_io(region, PATH_OFFSET),
+                    Token::Lifecycle,
+                ));
+                self.phase = Phase::InitWritingPath(Making {
+                    meta,
+                    path: plan.path,
+                    cb,
+                    _replaced: replaced,
+                });
+            }
+            Err(e) => out.push(Action::Opened(cb, Err(e.context("init").logged()))),
+        }
+    }
+
+    /// Locks the pm file that the superblock in `header` names, if there is one:
+    /// `EBUSY` when its volume is loaded. A header without a volume, or naming a pm
+    /// file that is missing or unusable, is no obstacle: init overwrites it.
+    fn lock_replaced(&self, header: &[u8]) -> Result<Option<Box<dyn PmLock>>> {
+        let Some(path) = named_pm_file(header) else {
+            return Ok(None);
+        };
+        match self.store.lock(&path) {
+            Err(e) if e.errno() == Errno::EBUSY => Err(e.context(format_args!(
+                "the device holds a volume that is loaded (pm file {})",
+                path.display()
+            ))),
+            Ok(lock) => Ok(lock),
+            Err(_) => Ok(None),
+        }
+    }
+
     fn create_pm(&self, plan: &InitPlan) -> Result<Metadata> {
-        let in_file = |e: Error| e.context(format_args!("pm file {}", plan.path));
+        let in_file = |e: Error| e.context(format_args!("pm file {}", plan.path.display()));
         let pm = self
             .store
             .create(&plan.path, plan.geo.pm_size)
@@ -360,7 +502,7 @@ impl Core {
         })
     }
 
-    /// Reports a refused load or destroy (which begins with a load).
+    /// Reports a refused load or destroy (which begins with reading the header).
     fn fail_load(&mut self, then: AfterLoad, err: Error, out: &mut Vec<Action>) {
         self.phase = Phase::Closed;
         out.push(match then {
@@ -371,29 +513,43 @@ impl Core {
 
     fn lifecycle_done(&mut self, io: BackingIo, result: Result<()>, out: &mut Vec<Action>) {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
-            Phase::InitWritingPath { meta, path, cb } => match result {
+            Phase::InitReadingOld(plan, cb) => match result {
+                Ok(()) => self.init_over(plan, cb, &io.buf, out),
+                Err(e) => {
+                    let e = e.context("init: reading the header already on the device");
+                    out.push(Action::Opened(cb, Err(e.logged())));
+                }
+            },
+            Phase::InitWritingPath(making) => match result {
                 Ok(()) => {
-                    let superblock = format::encode_superblock(&meta.geo.params);
-                    out.push(Action::Write(
-                        self.metadata_io(superblock, 0),
-                        Token::Lifecycle,
-                    ));
-                    self.phase = Phase::InitWritingSuper { meta, path, cb };
+                    let superblock = format::encode_superblock(&making.meta.geo.params);
+                    self.write_superblock(superblock, out);
+                    self.phase = Phase::InitWritingSuper(making);
                 }
                 Err(e) => {
                     let e = e.context("writing the pm file path to the backing device");
-                    self.abandon_init(meta, &path, cb, e, out)
+                    self.abandon_init(making, e, out)
                 }
             },
-            Phase::InitWritingSuper { meta, path, cb } => match result {
+            Phase::InitWritingSuper(making) => match result {
                 Ok(()) => {
-                    self.phase = Phase::Ready(Engine::new(meta));
-                    out.push(Action::Opened(cb, Ok(())));
+                    self.phase = Phase::Ready(Engine::new(making.meta));
+                    out.push(Action::Opened(making.cb, Ok(())));
                 }
                 Err(e) => {
                     let e = e.context("writing the superblock");
-                    self.abandon_init(meta, &path, cb, e, out)
+                    self.abandon_init(making, e, out)
                 }
+            },
+            Phase::ForceReadingHeader(cb) => match result
+                .map_err(|e| e.context("reading the volume header"))
+                .and_then(|()| self.remove_for_force(&io.buf))
+            {
+                Ok(lock) => {
+                    self.write_superblock(vec![0u8; SUPERBLOCK_SIZE], out);
+                    self.phase = Phase::ForceClearingSuper { cb, _lock: lock };
+                }
+                Err(e) => out.push(Action::Done(cb, Err(force_failed(e)))),
             },
             Phase::LoadReadingHeader(then) => match result
                 .map_err(|e| e.context("reading the volume header"))
@@ -408,26 +564,50 @@ impl Core {
                             out.push(Action::Opened(cb, Ok(())));
                         }
                         AfterLoad::Destroy(cb) => {
-                            drop(meta);
-                            let zeros = vec![0u8; SUPERBLOCK_SIZE];
-                            out.push(Action::Write(self.metadata_io(zeros, 0), Token::Lifecycle));
-                            self.phase = Phase::DestroyClearingSuper { path, cb };
+                            self.write_superblock(vec![0u8; SUPERBLOCK_SIZE], out);
+                            self.phase = Phase::DestroyClearingSuper(Destroying {
+                                _meta: meta,
+                                path,
+                                superblock: io.buf[..SUPERBLOCK_SIZE].to_vec(),
+                                cb,
+                            });
                         }
                     }
                 }
                 Err(e) => self.fail_load(then, e, out),
             },
-            Phase::DestroyClearingSuper { path, cb } => {
+            Phase::DestroyClearingSuper(d) => {
                 let removed = result
                     .map_err(|e| e.context("clearing the superblock"))
                     .and_then(|()| {
-                        let in_file = |e: Error| e.context(format_args!("pm file {path}"));
-                        self.store.remove(&path).map_err(in_file)
+                        self.store.remove(&d.path).map_err(|e| {
+                            e.context(format_args!("removing pm file {}", d.path.display()))
+                        })
                     });
-                out.push(Action::Done(
-                    cb,
-                    removed.map_err(|e| e.context("destroy").logged()),
-                ));
+                match removed {
+                    Ok(()) => out.push(Action::Done(d.cb, Ok(()))),
+                    // A failed clear may have written part of the block: the original
+                    // goes back in either case.
+                    Err(e) => {
+                        self.write_superblock(d.superblock.clone(), out);
+                        self.phase = Phase::DestroyRestoringSuper(d, e);
+                    }
+                }
+            }
+            Phase::DestroyRestoringSuper(d, err) => {
+                let err = match result {
+                    Ok(()) => err.context("destroy (the volume is intact)"),
+                    Err(e) => err.context(format_args!(
+                        "destroy: writing the superblock back failed too ({e}); the device has no volume signature and pm file {} is left",
+                        d.path.display()
+                    )),
+                };
+                out.push(Action::Done(d.cb, Err(err.logged())));
+            }
+            Phase::ForceClearingSuper { cb, .. } => {
+                let cleared =
+                    result.map_err(|e| force_failed(e.context("clearing the superblock")));
+                out.push(Action::Done(cb, cleared));
             }
             other => {
                 stray("backing", Token::Lifecycle);
@@ -436,24 +616,42 @@ impl Core {
         }
     }
 
-    fn abandon_init(
-        &mut self,
-        meta: Metadata,
-        path: &str,
-        cb: OpenCallback,
-        err: Error,
-        out: &mut Vec<Action>,
-    ) {
+    fn abandon_init(&mut self, making: Making, err: Error, out: &mut Vec<Action>) {
+        let Making { meta, path, cb, .. } = making;
         drop(meta);
-        let _ = self.store.remove(path);
+        let _ = self.store.remove(&path);
         out.push(Action::Opened(cb, Err(err.context("init").logged())));
+    }
+
+    /// A forced destroy's first step, given the device's header: `EILSEQ` without a
+    /// signature; `EBUSY` when the pm file is locked; else removes the pm file when it
+    /// is a regular file (a failed removal is the error, with nothing changed) and
+    /// returns its lock, to hold while the signature is cleared. A path region that
+    /// names nothing, or a pm file that is missing or not a regular file, leaves only
+    /// the signature to clear.
+    fn remove_for_force(&self, header: &[u8]) -> Result<Option<Box<dyn PmLock>>> {
+        format::decode_superblock(&header[..SUPERBLOCK_SIZE])?;
+        let Some(path) = named_pm_file(header) else {
+            return Ok(None);
+        };
+        let in_file = |e: Error| e.context(format_args!("pm file {}", path.display()));
+        let lock = match self.store.lock(&path) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Ok(None),
+            Err(e) if e.errno() == Errno::EILSEQ => return Ok(None),
+            Err(e) => return Err(in_file(e)),
+        };
+        self.store
+            .remove(&path)
+            .map_err(|e| in_file(e.context("removing")))?;
+        Ok(Some(lock))
     }
 
     /// Checks a superblock + path region read from the device and opens the pm file it
     /// names. Nothing from the disk is trusted until checked: bad params, a device too
     /// small, a pm file of the wrong size or with another superblock, map entries out of
-    /// range or shared are all `EILSEQ`.
-    fn open_pm(&self, header: &[u8]) -> Result<(Metadata, String)> {
+    /// range or shared are all `EILSEQ`; a pm file in use is `EBUSY`.
+    fn open_pm(&self, header: &[u8]) -> Result<(Metadata, PathBuf)> {
         let superblock = &header[..SUPERBLOCK_SIZE];
         let params = format::decode_superblock(superblock)?;
         let geo = Geometry::new(params, self.blocklen).map_err(|e| {
@@ -473,7 +671,7 @@ impl Core {
         }
         let path =
             format::decode_path(&header[SUPERBLOCK_SIZE..SUPERBLOCK_SIZE + REDUCE_PATH_MAX])?;
-        let in_file = |e: Error| e.context(format_args!("pm file {path}"));
+        let in_file = |e: Error| e.context(format_args!("pm file {}", path.display()));
         let check_len = |len: u64| match geo.chunk_maps_in_file(len) {
             Some(_) => Ok(()),
             None => Err(Error::new(
@@ -493,6 +691,29 @@ impl Core {
         }
         let meta = Metadata::rebuild(geo, pm).map_err(in_file)?;
         Ok((meta, path))
+    }
+}
+
+fn force_failed(err: Error) -> Error {
+    err.context("forced destroy").logged()
+}
+
+/// The pm file a device's header names: `None` without a signature or a readable path.
+fn named_pm_file(header: &[u8]) -> Option<PathBuf> {
+    format::decode_superblock(&header[..SUPERBLOCK_SIZE]).ok()?;
+    format::decode_path(&header[SUPERBLOCK_SIZE..SUPERBLOCK_SIZE + REDUCE_PATH_MAX]).ok()
+}
+
+impl Volume {
+    /// Destroys the volume on `backend.backing` whatever the state of its pm file
+    /// (missing, damaged, of the wrong size), for when [`Volume::destroy`] refuses it:
+    /// removes the pm file if it exists and is a regular file, then clears the
+    /// signature. `EBUSY` when the pm file is locked (its volume is loaded); `EILSEQ`
+    /// when the device has no signature at all; a pm file that cannot be removed is
+    /// the error, with nothing changed.
+    pub fn destroy_force(backend: Backend, cb: impl FnOnce(Result<()>) + 'static) {
+        let core = Core::destroy_force(backend.store, backend.backing.as_ref(), Box::new(cb));
+        Shared::start(core, backend.backing, backend.codec);
     }
 }
 

@@ -262,8 +262,8 @@ impl Volume {
         self.shared.core.borrow().params()
     }
 
-    /// The pm file's path.
-    pub fn pm_path(&self) -> String {
+    /// The pm file's path, bytes as stored on the device.
+    pub fn pm_path(&self) -> std::path::PathBuf {
         self.shared.core.borrow().pm_path()
     }
 

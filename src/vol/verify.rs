@@ -38,7 +38,7 @@ impl UserIo for Probe {
             let mut run = self.run.borrow_mut();
             match result {
                 Ok(()) => run.report.chunks_read += 1,
-                Err(e) => run.report.problems.push(Problem::Unreadable {
+                Err(e) => run.report.add(Problem::Unreadable {
                     chunk: self.chunk,
                     errno: e.negated(),
                 }),

@@ -763,7 +763,7 @@ static double g_lib_ratio[WL_COUNT], g_codec_ratio[WL_COUNT];
 /* The pool section: sequential 16K writes and random 16K reads. */
 static const enum wl g_pool_wl[2] = {SEQ16W, RAND16R};
 struct pool_cell {
-	struct series mbps, vs_codec, vs_inline, cores;
+	struct series mbps, vs_codec, vs_inline, cores, per_cpu;
 };
 static struct pool_cell g_pool[2][2][MODES];
 
@@ -860,6 +860,9 @@ static void run_mode(int mode, struct reduce_codec_pool *pool)
 				add(&c->vs_codec, mbps(ps) / mbps(cs));
 				add(&c->vs_inline, mbps(ps) / mbps(ls));
 				add(&c->cores, ps.cores);
+				/* Bytes per CPU-second against the inline codec's: what the pool
+				 * costs beyond the codec, whatever cores the machine lent it. */
+				add(&c->per_cpu, mbps(ps) / ps.cores / (mbps(ls) / ls.cores));
 			}
 		}
 		printf(".");
@@ -1109,19 +1112,21 @@ pool:
 	}
 	printf("\n| codec pool, %d worker%s + the poller | qd | MB/s, inline / deferred completion "
 	       "| × single-thread codec, inline / deferred | × inline codec, inline / deferred "
-	       "| cores busy, inline / deferred |\n",
+	       "| cores busy, inline / deferred | MB per CPU-second ÷ inline codec's, inline / "
+	       "deferred |\n",
 	       g_pool_threads, g_pool_threads == 1 ? "" : "s");
-	printf("|---|---|---|---|---|---|\n");
+	printf("|---|---|---|---|---|---|---|\n");
 	for (int p = 0; p < 2; p++) {
 		for (int q = 0; q < 2; q++) {
 			struct pool_cell *i = &g_pool[p][q][M_INLINE], *e = &g_pool[p][q][M_DEFERRED];
-			char f[64], g[64], h[64], k[64];
-			printf("| %s | %d | %s / %s | %s / %s | %s / %s | %s / %s |\n",
+			char f[64], g[64], h[64], k[64], l[64], o[64];
+			printf("| %s | %d | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s |\n",
 			       g_wl[g_pool_wl[p]].name, g_qds[q], fmt(&i->mbps, 0, a, sizeof(a)),
 			       fmt(&e->mbps, 0, b, sizeof(b)), fmt(&i->vs_codec, 2, c, sizeof(c)),
 			       fmt(&e->vs_codec, 2, d, sizeof(d)), fmt(&i->vs_inline, 2, f, sizeof(f)),
 			       fmt(&e->vs_inline, 2, g, sizeof(g)), fmt(&i->cores, 1, h, sizeof(h)),
-			       fmt(&e->cores, 1, k, sizeof(k)));
+			       fmt(&e->cores, 1, k, sizeof(k)), fmt(&i->per_cpu, 2, l, sizeof(l)),
+			       fmt(&e->per_cpu, 2, o, sizeof(o)));
 		}
 	}
 	/* The pool needs the machine's cores: say when it did not get them. */

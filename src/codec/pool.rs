@@ -23,6 +23,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::{Codec, CodecDone, CodecIo, SyncCodec};
 use crate::error::{Errno, Error, Result};
@@ -31,6 +32,10 @@ use crate::log::{Level, emit};
 /// The codec a pool runs on every thread: shared, so it keeps any per-thread state
 /// (zstd's contexts) itself.
 pub(crate) type SharedCodec = Arc<dyn SyncCodec + Send + Sync>;
+
+/// How long an idle worker spins for the next job before it sleeps: about a poller's
+/// round of deliveries, short of a scheduler tick, so a busy machine loses little.
+const LINGER: Duration = Duration::from_micros(30);
 
 /// One codec operation, carried to a thread of the pool and back.
 pub(crate) trait Job: Send + 'static {
@@ -42,8 +47,11 @@ pub(crate) trait Job: Send + 'static {
 
 struct Queue<J> {
     jobs: VecDeque<J>,
-    /// Workers waiting for a job.
+    /// Workers asleep and not yet signalled.
     idle: usize,
+    /// Signals sent and not yet taken by a waking worker: a worker woken without one
+    /// (a spurious wakeup) was still counted idle.
+    signals: usize,
     stop: bool,
 }
 
@@ -73,8 +81,13 @@ impl<J: Job> Shared<J> {
         let mut q = lock(&self.queue);
         q.jobs.push_back(job);
         self.queued.store(q.jobs.len(), Ordering::Release);
-        // The first job is the poller's (see the module comment).
+        // The first job is the poller's (see the module comment). A worker is signalled
+        // once: more signals to a waking worker would be system calls for nothing.
         let wake = q.jobs.len() > 1 && q.idle > 0;
+        if wake {
+            q.idle -= 1;
+            q.signals += 1;
+        }
         drop(q);
         if wake {
             self.work.notify_one();
@@ -96,6 +109,16 @@ impl<J: Job> Shared<J> {
         if catch_unwind(AssertUnwindSafe(|| job.run(self.codec.as_ref()))).is_err() {
             let err = Error::new(Errno::EIO, "codec pool: the codec panicked").logged();
             job.fail(err);
+        }
+    }
+
+    /// Spins until a job is queued, for at most [`LINGER`].
+    fn linger(&self) {
+        let start = Instant::now();
+        while self.queued.load(Ordering::Acquire) == 0 && start.elapsed() < LINGER {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
         }
     }
 
@@ -126,9 +149,21 @@ impl<J: Job> Shared<J> {
                 if q.stop {
                     return;
                 }
+                // The poller submits in bursts, as it delivers: wait a little for the
+                // next one before sleeping, which costs the poller a wakeup call.
+                drop(q);
+                self.linger();
+                q = lock(&self.queue);
+                if !q.jobs.is_empty() || q.stop {
+                    continue;
+                }
                 q.idle += 1;
                 q = self.work.wait(q).unwrap_or_else(PoisonError::into_inner);
-                q.idle -= 1;
+                if q.signals > 0 {
+                    q.signals -= 1;
+                } else {
+                    q.idle -= 1;
+                }
             };
             drop(q);
             let mut job = job;
@@ -173,6 +208,7 @@ impl<J: Job> Engine<J> {
                 queue: Mutex::new(Queue {
                     jobs: VecDeque::new(),
                     idle: 0,
+                    signals: 0,
                     stop: false,
                 }),
                 work: Condvar::new(),

@@ -21,7 +21,10 @@ struct pending {
 	uint32_t lba_count;
 	struct spdk_reduce_vol_cb_args *args;
 	int injected;
-	int status; /* the injected status */
+	int status; /* the injected status, or an echo's */
+	/* A second delivery (see twice[] in harness.h): calls echo_fn(echo_arg, status). */
+	spdk_reduce_dev_cpl echo_fn;
+	void *echo_arg;
 };
 
 static void protocol_error(struct mem_dev *d, const char *what, uint64_t a, uint64_t b)
@@ -111,9 +114,16 @@ static int codec(struct mem_dev *d, const struct pending *p)
 	return res[0];
 }
 
+static void enqueue(struct mem_dev *d, const struct pending *p);
+
 static void run(struct mem_dev *d, struct pending *p)
 {
 	int status;
+	if (p->echo_fn) {
+		d->duplicates++;
+		p->echo_fn(p->echo_arg, p->status);
+		return;
+	}
 	if (p->injected) {
 		status = p->status;
 	} else if (p->kind == OP_COMPRESS || p->kind == OP_DECOMPRESS) {
@@ -121,7 +131,15 @@ static void run(struct mem_dev *d, struct pending *p)
 	} else {
 		status = block_io(d, p);
 	}
+	struct pending echo = {.kind = p->kind, .status = status, .echo_fn = p->args->cb_fn,
+			       .echo_arg = p->args->cb_arg};
 	p->args->cb_fn(p->args->cb_arg, status);
+	if (d->twice[p->kind] && !d->deferred) {
+		d->duplicates++;
+		p->args->cb_fn(p->args->cb_arg, status);
+	} else if (d->twice[p->kind]) {
+		enqueue(d, &echo);
+	}
 }
 
 static void submit(struct mem_dev *d, struct pending *p)
@@ -140,6 +158,11 @@ static void submit(struct mem_dev *d, struct pending *p)
 		run(d, p);
 		return;
 	}
+	enqueue(d, p);
+}
+
+static void enqueue(struct mem_dev *d, const struct pending *p)
+{
 	struct pending *q = malloc(sizeof(*q));
 	if (!q) {
 		abort();

@@ -7,7 +7,8 @@
  *   (the data copy of a read or a write, the codec call) happens at delivery time,
  *   through the library's own iovec arrays and cb_args, as a DMA engine or an
  *   accelerator would: the library must keep them alive until the completion.
- * - Fault injection: the Nth operation of a kind completes with a chosen status.
+ * - Fault injection: the Nth operation of a kind completes with a chosen status; every
+ *   completion of a kind delivered twice (twice[kind]).
  * - Synchronous wrappers (h_init, h_write, ...) that poll until the callback ran.
  * - A tiny test framework: TEST(name) registers a test run in both completion modes,
  *   CHECK/CHECK_EQ record failures with file:line and continue.
@@ -41,6 +42,12 @@ struct mem_dev {
 	int fail_status[OP_KINDS];    /* what the injected operation completes with */
 	uint32_t chunk_size;          /* when set: codec calls are checked against it */
 	uint64_t protocol_errors;     /* malformed calls the device saw (bad lba, iov...) */
+	/* When set, every completion of the kind is delivered twice, as a buggy device
+	 * might: IMMEDIATE calls args->cb_fn(args->cb_arg, ...) again right after the
+	 * first call; DEFERRED keeps cb_fn and cb_arg and queues the second call at the
+	 * back, after whatever is pending by then. */
+	int twice[OP_KINDS];
+	uint64_t duplicates; /* second deliveries made */
 };
 
 void mem_dev_init(struct mem_dev *d, uint32_t blocklen, uint64_t blockcnt, int deferred);

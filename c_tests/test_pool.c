@@ -132,7 +132,10 @@ static void pool_verify(struct reduce_codec_pool *pool, struct mem_dev *d,
 	free(got);
 }
 
-TEST(pool_shadow_random_io)
+/* One shadow run with a pool of `algo` at `level`, whose superblock must record
+ * `algo_id` at `recorded`. */
+static void pool_shadow(int deferred, const char *algo, int level, uint32_t algo_id,
+			uint32_t recorded)
 {
 	struct mem_dev d;
 	struct spdk_reduce_vol_params p;
@@ -140,9 +143,9 @@ TEST(pool_shadow_random_io)
 	char dir[64];
 	uint8_t *model = calloc(POOL_CHUNKS, DEF_CHUNK);
 	uint64_t rng = 99 + (uint64_t)deferred;
-	int in_flight = 0, errors = 0, wrong_thread = 0, most = 0;
-	int ops = SCALE(2000, 300);
-	struct reduce_codec_pool *pool = reduce_codec_pool_create("zstd", 1, 1);
+	int in_flight = 0, errors = 0, wrong_thread = 0, most = 0, before = g_test_failures;
+	int ops = SCALE(1500, 200);
+	struct reduce_codec_pool *pool = reduce_codec_pool_create(algo, level, 1);
 
 	REQUIRE_EQ(pool != NULL, 1, out);
 	make_tmpdir(dir, sizeof(dir));
@@ -150,6 +153,8 @@ TEST(pool_shadow_random_io)
 	CHECK_EQ(reduce_codec_pool_attach(pool, &d.dev), 0);
 	default_params(&p);
 	REQUIRE_EQ(h_init(&d, &p, dir, &vol), 0, close);
+	CHECK_EQ(spdk_reduce_vol_get_info(vol)->comp_algo, algo_id);
+	CHECK_EQ(spdk_reduce_vol_get_info(vol)->comp_level, recorded);
 
 	for (int op = 0; op < ops; op++) {
 		uint64_t chunk = rng_next(&rng) % 4 == 0 ? rng_next(&rng) % 3
@@ -223,10 +228,19 @@ TEST(pool_shadow_random_io)
 	CHECK_EQ(pool_check(pool, &d, vol), 0);
 	pool_verify(pool, &d, vol, model, POOL_CHUNKS);
 close:
+	if (g_test_failures != before) {
+		fprintf(stderr, "    (pool of %s at level %d)\n", algo, level);
+	}
 	rig_close(&d, vol, dir);
 	reduce_codec_pool_destroy(pool);
 out:
 	free(model);
+}
+
+TEST(pool_shadow_random_io)
+{
+	pool_shadow(deferred, "zstd", 3, REDUCE_COMP_ALGO_ZSTD, 3);
+	pool_shadow(deferred, "lz4", 0, REDUCE_COMP_ALGO_LZ4, 1);
 }
 
 struct counted {
@@ -346,7 +360,8 @@ TEST_ONCE(pool_refuses_bad_arguments)
 	CHECK_REFUSED(reduce_codec_pool_create("gzip", 1, 1), NULL, "gzip");
 	CHECK_REFUSED(reduce_codec_pool_create("", 1, 1), NULL, "algo");
 	CHECK_REFUSED(reduce_codec_pool_create("zstd", 23, 1), NULL, "level");
-	CHECK_REFUSED(reduce_codec_pool_create("zstd", -200000, 1), NULL, "level");
+	CHECK_REFUSED(reduce_codec_pool_create("zstd", -1, 1), NULL, "level");
+	CHECK_REFUSED(reduce_codec_pool_create("lz4", 2, 1), NULL, "lz4 level");
 	CHECK_REFUSED(reduce_codec_pool_create("zstd", 1, 0), NULL, "threads");
 	CHECK_REFUSED(reduce_codec_pool_create("zstd", 1, (unsigned)-1), NULL, "threads");
 

@@ -51,6 +51,25 @@ struct spdk_reduce_backing_dev;
 
 
 /**
+ * `comp_algo` value: deflate (SPDK's `SPDK_ACCEL_COMP_ALGO_DEFLATE`). Also what a
+ * volume holds whose creator recorded no algorithm: the 2019 original, or a caller's
+ * own codec.
+ */
+#define REDUCE_COMP_ALGO_DEFLATE 0
+
+/**
+ * `comp_algo` value: LZ4, one raw LZ4 block per chunk (SPDK's
+ * `SPDK_ACCEL_COMP_ALGO_LZ4`).
+ */
+#define REDUCE_COMP_ALGO_LZ4 1
+
+/**
+ * `comp_algo` value: zstd, one frame per chunk (this library's own value: SPDK has
+ * none for zstd).
+ */
+#define REDUCE_COMP_ALGO_ZSTD 128
+
+/**
  * A message about a failure: an init or load refused and why, an -EIO, a call
  * refused because of its arguments.
  */
@@ -70,6 +89,13 @@ struct reduce_codec_pool;
 /**
  * A loaded volume. Opaque: the init and load callbacks hand out pointers to it, valid
  * until a successful unload completes.
+ *
+ * A volume belongs to the thread that loaded it (the one that called init or load).
+ * Reads, writes, unload, check, `spdk_reduce_vol_get_info` and
+ * `spdk_reduce_vol_print_info` called on another thread are refused and logged: -EPERM
+ * through the callback, on the calling thread (NULL, or nothing, for the functions
+ * without one). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
+ * `spdk_reduce_vol_get_pm_path` may be called from any thread.
  */
 struct spdk_reduce_vol;
 
@@ -115,9 +141,22 @@ typedef void (*spdk_reduce_dev_cpl)(void *cb_arg, int reduce_errno);
 
 /**
  * How a backing device operation reports back: call `cb_fn(cb_arg, status)` exactly
- * once, inside the operation's call or later on the volume's thread. The structure
- * belongs to the library and stays valid until that call, which may free it: read
- * both members before calling, and do not touch the structure after.
+ * once, inside the operation's call or later, on the volume's thread (the thread that
+ * called init, load or destroy). The structure belongs to the library; it stays valid
+ * until the volume is unloaded (or its init, load or destroy has completed), and each
+ * call into the device gets its own.
+ *
+ * The library checks completions instead of trusting them:
+ * - a completion delivered twice, or for an operation no longer in flight, is logged
+ *   (`REDUCE_LOG_WARN`) and ignored;
+ * - a completion on another thread is logged (`REDUCE_LOG_ERROR`) and ignored, since
+ *   the volume is not safe to touch from there: the operation stays in flight until
+ *   it is completed on the volume's thread.
+ *
+ * Limits: structures are reused oldest first, and only after at least 256 later
+ * operations have completed; a duplicate arriving after its structure was reused is
+ * taken as the completion of the operation now using it, which cannot be told apart.
+ * No completion may come once the volume is unloaded: the structures are freed then.
  */
 struct spdk_reduce_vol_cb_args {
     /**
@@ -171,7 +210,8 @@ typedef void (*reduce_backing_unmap_fn)(struct spdk_reduce_backing_dev *dev,
  * destination of `chunk_size` bytes, and must complete with `chunk_size`. A negative
  * errno or any other count fails the read with -EIO.
  *
- * `reduce_zstd_compress` and `reduce_zstd_decompress` have this type.
+ * `reduce_zstd_compress`, `reduce_zstd_decompress`, `reduce_lz4_compress` and
+ * `reduce_lz4_decompress` have this type (see also `reduce_backing_dev_set_codec`).
  */
 typedef void (*reduce_backing_codec_fn)(struct spdk_reduce_backing_dev *dev,
                                         struct iovec *src_iov,
@@ -191,9 +231,12 @@ typedef void (*reduce_backing_codec_fn)(struct spdk_reduce_backing_dev *dev,
  * unloaded (or the init, load or destroy has failed or completed).
  *
  * Each function completes through its `args` (see `struct spdk_reduce_vol_cb_args`),
- * inside the call or later, on the volume's thread. All five must be set: init, load
- * and destroy refuse a device with a NULL member (-EINVAL). The library supplies
- * `reduce_zstd_compress` and `reduce_zstd_decompress` for the codec members.
+ * inside the call or later, on the volume's thread: a completion delivered twice, or
+ * on another thread, is logged and ignored. All five must be set: init, load and
+ * destroy refuse a device with a NULL member (-EINVAL). The library supplies
+ * built-in codecs for the codec members: `reduce_zstd_compress` and
+ * `reduce_zstd_decompress`, `reduce_lz4_compress` and `reduce_lz4_decompress`, or
+ * any of them at a chosen level through `reduce_backing_dev_set_codec`.
  */
 struct spdk_reduce_backing_dev {
     /**
@@ -247,13 +290,27 @@ typedef void (*spdk_reduce_vol_op_with_handle_complete)(void *ctx,
 typedef void (*spdk_reduce_vol_op_complete)(void *ctx, int reduce_errno);
 
 /**
- * Volume statistics, as later SPDK releases report them.
+ * Volume statistics, as later SPDK releases report them (`allocated_io_units`), and
+ * what this library adds after them.
  */
 struct spdk_reduce_vol_info {
     /**
      * Backing io units holding chunk data.
      */
     uint64_t allocated_io_units;
+    /**
+     * The compression level recorded in the superblock at init (`comp_level`, where
+     * later SPDK releases keep it): the zstd level, or 1 for LZ4. 0 when not recorded.
+     */
+    uint32_t comp_level;
+    /**
+     * The compression algorithm recorded in the superblock at init (`comp_algo`):
+     * `REDUCE_COMP_ALGO_ZSTD` or `REDUCE_COMP_ALGO_LZ4` when the volume was made with
+     * a built-in codec; `REDUCE_COMP_ALGO_DEFLATE` (0) when it was made with the
+     * caller's own codec or by the original library, which record nothing; or
+     * another value written by later SPDK.
+     */
+    uint32_t comp_algo;
 };
 
 /**
@@ -286,7 +343,8 @@ struct reduce_vol_check_report {
  * Completion of `reduce_vol_check`: `ctx` is the caller's `cb_arg`; `reduce_errno` is
  * 0 when the volume is clean, -EILSEQ for metadata problems, -EIO when only data
  * failed to read back, or the error that kept the check from running (-EINVAL for a
- * NULL volume, -EBUSY with I/O outstanding). `report` is valid during the call only.
+ * NULL volume, -EBUSY with I/O outstanding, -EPERM on a thread other than the
+ * volume's). `report` is valid during the call only.
  */
 typedef void (*reduce_vol_check_complete)(void *ctx,
                                           int reduce_errno,
@@ -322,6 +380,13 @@ const struct spdk_uuid *spdk_reduce_vol_get_uuid(struct spdk_reduce_vol *vol);
  *
  * Init first reads the device's header. A volume already there is overwritten (its pm
  * file is left in place), as in the original, unless that volume is loaded.
+ *
+ * The superblock records the codec, where later SPDK releases keep it: when
+ * `backing_dev->compress` is a built-in function (`reduce_zstd_compress`,
+ * `reduce_lz4_compress`, or one that `reduce_backing_dev_set_codec` assigned), its
+ * algorithm and level; for the caller's own codec, zeros, as the original wrote (and
+ * later SPDK writes for a caller that sets nothing). `spdk_reduce_vol_get_info`
+ * reports them.
  *
  * `cb_fn` gets the new volume and 0, or NULL and:
  * - -EINVAL: `params`, `backing_dev`, one of its functions or `pm_file_dir` is NULL;
@@ -377,7 +442,8 @@ void spdk_reduce_vol_load(struct spdk_reduce_backing_dev *backing_dev,
  * - 0: the volume is closed, its pm file unlocked and `backing_dev` free for another
  *   init, load or destroy, and `vol` freed, all before `cb_fn` runs;
  * - -EBUSY: reads or writes are outstanding; the volume stays loaded;
- * - -EINVAL: `vol` is NULL.
+ * - -EINVAL: `vol` is NULL;
+ * - -EPERM: called on a thread other than the volume's.
  *
  * With `cb_fn` NULL the call does nothing (the volume stays loaded).
  */
@@ -439,7 +505,10 @@ void reduce_vol_destroy_force(struct spdk_reduce_backing_dev *backing_dev,
  * - -EINVAL: `vol` is NULL; a bad iovec array (negative `iovcnt`, `iov` NULL, an
  *   `iov_base` NULL with a length); buffers that do not hold exactly `length` blocks;
  *   a range past the end of the volume or across a chunk boundary;
- * - -EIO: stored data that fails its checksum or does not decompress to a chunk;
+ * - -EPERM: called on a thread other than the volume's;
+ * - -EIO: stored data that fails its checksum or does not decompress to a chunk, or
+ *   map entries in the pm file that name something no chunk may use (an entry out of
+ *   range, a free chunk map or io unit);
  * - the error the device's readv completed with.
  *
  * With `cb_fn` NULL the call does nothing.
@@ -461,10 +530,16 @@ void spdk_reduce_vol_readv(struct spdk_reduce_vol *vol,
  * never mixed.
  *
  * `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
- * - -EINVAL: as for `spdk_reduce_vol_readv`;
- * - -ENOSPC: no free io unit or chunk map;
+ * - -EINVAL, -EPERM: as for `spdk_reduce_vol_readv`;
+ * - -ENOSPC: a write to a chunk that holds no data, when the free chunk maps are all
+ *   held back for overwrites. A write never replaces a chunk in place, so overwriting
+ *   needs a spare chunk map (and io units) until it frees the old one; the library
+ *   holds back one spare for each chunk holding data, up to 128 (the writes that can
+ *   be in flight), so a write to a chunk that holds data always finds room, whatever
+ *   the size of the pm file. With a pm file of the original's smaller size this caps
+ *   the chunks that can hold data;
  * - -EIO: a partial-chunk write whose old data fails its checksum or does not
- *   decompress;
+ *   decompress, or whose map entries are out of range (as for readv);
  * - the error the device's readv or writev completed with, or the OS error
  *   persisting the pm file.
  *
@@ -480,7 +555,8 @@ void spdk_reduce_vol_writev(struct spdk_reduce_vol *vol,
 
 /**
  * The parameters of a volume, or NULL for a NULL `vol`. Valid until the volume is
- * unloaded.
+ * unloaded. All 40 bytes are defined: the padding after `chunk_size` is zeros, so the
+ * structure can be compared with memcmp.
  */
 const struct spdk_reduce_vol_params *spdk_reduce_vol_get_params(struct spdk_reduce_vol *vol);
 
@@ -492,13 +568,15 @@ const struct spdk_reduce_vol_params *spdk_reduce_vol_get_params(struct spdk_redu
 const char *spdk_reduce_vol_get_pm_path(const struct spdk_reduce_vol *vol);
 
 /**
- * Current statistics of the volume, or NULL for a NULL `vol`. Valid until the next
- * call of this function on the volume, or until it is unloaded.
+ * Current statistics of the volume, and the compression recorded in its superblock,
+ * or NULL for a NULL `vol` or on a thread other than the volume's. Valid until the
+ * next call of this function on the volume, or until it is unloaded.
  */
 const struct spdk_reduce_vol_info *spdk_reduce_vol_get_info(const struct spdk_reduce_vol *vol);
 
 /**
- * Print the volume's geometry and pm layout to stderr (nothing for a NULL `vol`).
+ * Print the volume's geometry, recorded compression and pm layout to stderr (nothing
+ * for a NULL `vol`, or on a thread other than the volume's).
  */
 void spdk_reduce_vol_print_info(struct spdk_reduce_vol *vol);
 
@@ -518,9 +596,9 @@ void reduce_vol_check(struct spdk_reduce_vol *vol,
  * inside the call: with the compressed size, -ENOSPC when the frame does not fit in
  * `dst_iov` (the volume then stores the chunk uncompressed), or -EINVAL for a bad
  * iovec array. The device is not used. With `args` or `args->cb_fn` NULL it does
- * nothing.
+ * nothing. `reduce_backing_dev_set_codec` offers the other levels.
  */
-void reduce_zstd_compress(struct spdk_reduce_backing_dev *_dev,
+void reduce_zstd_compress(struct spdk_reduce_backing_dev *dev,
                           struct iovec *src_iov,
                           int src_iovcnt,
                           struct iovec *dst_iov,
@@ -529,10 +607,10 @@ void reduce_zstd_compress(struct spdk_reduce_backing_dev *_dev,
 
 /**
  * zstd with the type of the `decompress` member (`reduce_backing_codec_fn`): exactly
- * one frame in `src_iov`. Completes inside the call: with the decompressed size, -EIO
- * for anything malformed or too large for `dst_iov`, or -EINVAL for a bad iovec
- * array. The device is not used. With `args` or `args->cb_fn` NULL it does
- * nothing.
+ * one frame in `src_iov`, of any level. Completes inside the call: with the
+ * decompressed size, -EIO for anything malformed or too large for `dst_iov`, or
+ * -EINVAL for a bad iovec array. The device is not used. With `args` or
+ * `args->cb_fn` NULL it does nothing.
  */
 void reduce_zstd_decompress(struct spdk_reduce_backing_dev *_dev,
                             struct iovec *src_iov,
@@ -540,6 +618,56 @@ void reduce_zstd_decompress(struct spdk_reduce_backing_dev *_dev,
                             struct iovec *dst_iov,
                             int dst_iovcnt,
                             struct spdk_reduce_vol_cb_args *args);
+
+/**
+ * LZ4 with the type of the `compress` member (`reduce_backing_codec_fn`): one raw LZ4
+ * block (the LZ4 block format, no frame), as later SPDK's LZ4 stores a chunk, at
+ * LZ4's default speed (acceleration 1). Completes inside the call: with the
+ * compressed size, -ENOSPC when the block does not fit in `dst_iov` (the volume then
+ * stores the chunk uncompressed), or -EINVAL for a bad iovec array. The device is not
+ * used. With `args` or `args->cb_fn` NULL it does nothing.
+ */
+void reduce_lz4_compress(struct spdk_reduce_backing_dev *_dev,
+                         struct iovec *src_iov,
+                         int src_iovcnt,
+                         struct iovec *dst_iov,
+                         int dst_iovcnt,
+                         struct spdk_reduce_vol_cb_args *args);
+
+/**
+ * LZ4 with the type of the `decompress` member (`reduce_backing_codec_fn`): exactly
+ * one raw LZ4 block in `src_iov` (whatever wrote it: this library, or the reference
+ * LZ4 library under later SPDK). Completes inside the call: with the decompressed
+ * size, -EIO for anything malformed or too large for `dst_iov`, or -EINVAL for a bad
+ * iovec array. The device is not used. With `args` or `args->cb_fn` NULL it does
+ * nothing.
+ */
+void reduce_lz4_decompress(struct spdk_reduce_backing_dev *_dev,
+                           struct iovec *src_iov,
+                           int src_iovcnt,
+                           struct iovec *dst_iov,
+                           int dst_iovcnt,
+                           struct spdk_reduce_vol_cb_args *args);
+
+/**
+ * Set `dev->compress` and `dev->decompress` to the built-in codec `algo` ("zstd" or
+ * "lz4") at `level`:
+ * - zstd: 1 (fastest) to 22 (smallest), or 0 for the default, 1;
+ * - lz4: 0 or 1 (one raw LZ4 block per chunk, at LZ4's default acceleration, 1).
+ *
+ * The level is carried by the function assigned to `dev->compress` (each zstd level
+ * has its own), so the setting belongs to the device structure alone: nothing is
+ * registered, copying the structure copies it, and there is nothing to undo before
+ * freeing the device. It takes effect at the next init or load on the device; init
+ * records the algorithm and level in the volume's superblock (see
+ * `spdk_reduce_vol_get_info`).
+ *
+ * Returns 0, or -EINVAL (logged, `dev` unchanged) for a NULL `dev` or `algo`, an
+ * unknown algorithm, or a level out of range.
+ */
+int reduce_backing_dev_set_codec(struct spdk_reduce_backing_dev *dev,
+                                 const char *algo,
+                                 int level);
 
 /**
  * Send the library's messages to `log_fn`: why an init or load was refused (which
@@ -556,9 +684,11 @@ void reduce_zstd_decompress(struct spdk_reduce_backing_dev *_dev,
 void reduce_set_log_fn(reduce_log_fn log_fn, void *ctx);
 
 /**
- * Create a pool of `threads` worker threads that compress with `algo` at `level`:
- * "zstd", levels -131072..22 (1 is what `reduce_zstd_compress` runs; 0 is zstd's
- * default, 3), frames that `reduce_zstd_decompress` reads and vice versa.
+ * Create a pool of `threads` worker threads that compress with `algo` at `level`, as
+ * `reduce_backing_dev_set_codec` would assign them: "zstd", levels 1 to 22 or 0 for
+ * the default, 1 (frames that `reduce_zstd_decompress` reads); "lz4", level 0 or 1
+ * (blocks that `reduce_lz4_decompress` reads). A volume initialized on an attached
+ * device records the pool's algorithm and level in its superblock.
  *
  * Attach it to backing devices with `reduce_codec_pool_attach`, and call
  * `reduce_codec_pool_poll` from the thread of the volumes on those devices: the

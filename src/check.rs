@@ -26,22 +26,30 @@ pub enum Problem {
     Map(MapProblem),
     /// Marked in use but referenced by no chunk: lost space.
     LeakedChunkMap {
+        /// The chunk map.
         index: u64,
     },
+    /// Marked in use but referenced by no chunk: lost space.
     LeakedIoUnit {
+        /// The io unit.
         unit: u64,
     },
     /// Referenced but marked free: a later write could overwrite live data.
     FreeChunkMapInUse {
+        /// The chunk map.
         index: u64,
     },
+    /// Referenced but marked free: a later write could overwrite live data.
     FreeIoUnitInUse {
+        /// The io unit.
         unit: u64,
     },
     /// Reading the chunk back failed: `EIO` for a checksum mismatch or data that does
     /// not decompress to a whole chunk, or the backing device's error.
     Unreadable {
+        /// The logical chunk.
         chunk: u64,
+        /// The read's status: a negative errno.
         errno: i32,
     },
 }
@@ -86,6 +94,7 @@ pub struct Report {
 }
 
 impl Report {
+    /// True when nothing was found wrong.
     pub fn is_clean(&self) -> bool {
         self.problem_count() == 0
     }

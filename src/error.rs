@@ -12,14 +12,23 @@ use crate::log::{self, Level};
 pub struct Errno(pub i32);
 
 impl Errno {
+    /// A bad argument or parameter.
     pub const EINVAL: Errno = Errno(libc::EINVAL);
+    /// No valid volume: a bad signature, superblock or pm file.
     pub const EILSEQ: Errno = Errno(libc::EILSEQ);
+    /// No free io unit or chunk map; a compressed chunk that does not fit.
     pub const ENOSPC: Errno = Errno(libc::ENOSPC);
+    /// Stored data that does not read back; a device's failure.
     pub const EIO: Errno = Errno(libc::EIO);
+    /// Requests outstanding, or a volume already open.
     pub const EBUSY: Errno = Errno(libc::EBUSY);
+    /// Out of memory.
     pub const ENOMEM: Errno = Errno(libc::ENOMEM);
+    /// No such file or directory.
     pub const ENOENT: Errno = Errno(libc::ENOENT);
+    /// The pm file exists already.
     pub const EEXIST: Errno = Errno(libc::EEXIST);
+    /// The volume is not loaded.
     pub const ENODEV: Errno = Errno(libc::ENODEV);
 
     /// The value as the C API reports it: `-errno`.
@@ -82,6 +91,7 @@ pub struct Error {
 }
 
 impl Error {
+    /// An error of `errno` saying what failed (an empty `detail` says nothing).
     pub fn new(errno: Errno, detail: impl Into<String>) -> Error {
         let detail: String = detail.into();
         Error {
@@ -90,6 +100,7 @@ impl Error {
         }
     }
 
+    /// The error's errno.
     pub fn errno(&self) -> Errno {
         self.errno
     }
@@ -170,6 +181,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The library's result: a value or an [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use crate::codec::{CompAlgo, Compression};
 use crate::error::{Errno, Error, Result};
 
 /// `"SPDKREDU"`, the first 8 bytes of both superblock copies.
@@ -34,6 +35,10 @@ pub const SUPERBLOCK_SIZE: usize = 4096;
 /// Where the params sit in the superblock, and their size (`spdk_reduce_vol_params`).
 pub const PARAMS_OFFSET: usize = SIGNATURE.len();
 pub const PARAMS_SIZE: usize = 40;
+/// Where later SPDK releases keep the compression level (u32) and algorithm (u8),
+/// in what the original left as reserved zeros.
+pub const COMP_LEVEL_OFFSET: usize = 48;
+pub const COMP_ALGO_OFFSET: usize = 52;
 
 /// The pm file path region on the backing device follows the superblock.
 pub const PATH_OFFSET: u64 = SUPERBLOCK_SIZE as u64;
@@ -75,14 +80,27 @@ pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
 /// superblock asking for more is refused rather than mapped.
 pub const MAX_PM_SIZE: u64 = 1 << 40;
 
-/// The volume parameters, as `struct spdk_reduce_vol_params` holds them.
+/// The volume parameters, as the superblock holds them: the fields of the original's
+/// `struct spdk_reduce_vol_params`, and the compression that later SPDK releases added
+/// after them.
+///
+/// At init, `uuid` may be zeros (a random one is chosen) and `vol_size` must be 0 (it
+/// is computed from the device). `compression` is recorded as given unless the codec
+/// reports its own (see [`Codec::compression`](crate::Codec::compression)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Params {
+    /// The volume's identity; its pm file is named after it.
     pub uuid: [u8; 16],
+    /// The unit of allocation and of I/O on the backing device, in bytes.
     pub backing_io_unit_size: u32,
+    /// The unit of reads and writes of the volume, in bytes.
     pub logical_block_size: u32,
+    /// The unit of compression, in bytes: a multiple of both sizes above.
     pub chunk_size: u32,
+    /// The volume's size in bytes, a multiple of `chunk_size`.
     pub vol_size: u64,
+    /// The algorithm and level the chunks are stored with, as recorded at init.
+    pub compression: Compression,
 }
 
 fn round_up(value: u64, align: u64) -> Option<u64> {
@@ -304,11 +322,15 @@ impl Geometry {
     }
 }
 
-/// Encodes the 4096-byte superblock: signature, params, zeros.
+/// Encodes the 4096-byte superblock: signature, params, compression level and
+/// algorithm, zeros.
 pub fn encode_superblock(params: &Params) -> Vec<u8> {
     let mut sb = vec![0u8; SUPERBLOCK_SIZE];
     sb[..PARAMS_OFFSET].copy_from_slice(SIGNATURE);
     sb[PARAMS_OFFSET..PARAMS_OFFSET + PARAMS_SIZE].copy_from_slice(&encode_params(params));
+    let Compression { algo, level } = params.compression;
+    sb[COMP_LEVEL_OFFSET..COMP_LEVEL_OFFSET + 4].copy_from_slice(&level.to_le_bytes());
+    sb[COMP_ALGO_OFFSET] = algo.0;
     sb
 }
 
@@ -333,7 +355,8 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 }
 
 /// Decodes a superblock. `EILSEQ` when it is short or lacks the signature; the params
-/// are not validated here (see [`Geometry::new`]).
+/// are not validated here (see [`Geometry::new`]), and the compression is taken as it
+/// is: any value loads.
 pub fn decode_superblock(sb: &[u8]) -> Result<Params> {
     if sb.len() < SUPERBLOCK_SIZE {
         return Err(Error::new(
@@ -354,6 +377,10 @@ pub fn decode_superblock(sb: &[u8]) -> Result<Params> {
         logical_block_size: u32_at(p, 20),
         chunk_size: u32_at(p, 24),
         vol_size: u64_at(p, 32),
+        compression: Compression {
+            algo: CompAlgo(sb[COMP_ALGO_OFFSET]),
+            level: u32_at(sb, COMP_LEVEL_OFFSET),
+        },
     })
 }
 
@@ -443,6 +470,7 @@ mod tests {
             logical_block_size: lbs,
             chunk_size: chunk,
             vol_size: vol,
+            compression: Compression::UNRECORDED,
         }
     }
 
@@ -483,6 +511,29 @@ mod tests {
         assert_eq!(&sb[8..48], &b);
         assert!(sb[48..].iter().all(|&x| x == 0));
         assert_eq!(decode_superblock(&sb), Ok(p));
+    }
+
+    #[test]
+    fn compression_sits_where_later_spdk_keeps_it() {
+        let p = Params {
+            compression: Compression {
+                algo: CompAlgo::LZ4,
+                level: 0x0102_0304,
+            },
+            ..params(4096, 512, 16384, 1 << 20)
+        };
+        let sb = encode_superblock(&p);
+        assert_eq!(&sb[8..48], &encode_params(&p));
+        assert_eq!(&sb[48..53], &[4, 3, 2, 1, 1]);
+        assert!(sb[53..].iter().all(|&x| x == 0));
+        assert_eq!(decode_superblock(&sb), Ok(p));
+        // Any algorithm byte loads, known or not.
+        let mut odd = sb.clone();
+        odd[52] = 0x7F;
+        assert_eq!(
+            decode_superblock(&odd).unwrap().compression.algo,
+            CompAlgo(0x7F)
+        );
     }
 
     #[test]

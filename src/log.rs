@@ -19,6 +19,7 @@ pub enum Level {
 }
 
 impl Level {
+    /// "error" or "warning".
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Error => "error",

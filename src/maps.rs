@@ -17,6 +17,7 @@ use smallvec::SmallVec;
 use crate::alloc::FreeMap;
 use crate::error::{Errno, Error, Result};
 use crate::format::{EMPTY_ENTRY, Geometry, NO_CHECKSUM, SUPERBLOCK_SIZE};
+use crate::log::{self, Level};
 use crate::pm::PmRegion;
 
 /// Problems a scan or a check report lists; beyond these it only counts them.
@@ -306,20 +307,46 @@ impl Metadata {
     }
 
     /// The chunk currently stored for logical chunk `chunk`: `None` if it was never
-    /// written, `EIO` if its entry names an invalid chunk map.
+    /// written, `EIO` if its entry names a chunk map that no chunk may use (see
+    /// [`Metadata::in_use`]).
     pub fn lookup(&self, chunk: u64) -> Result<Option<ChunkMap>> {
-        let view = self.view();
-        let Some(index) = view.logical_entry(chunk) else {
+        let Some(index) = self.logical_entry(chunk) else {
             return Ok(None);
         };
-        view.read_chunk_map(index).map(Some).ok_or_else(|| {
+        self.in_use(index).map(Some).map_err(|why| {
             Error::new(
                 Errno::EIO,
                 format!(
-                    "chunk {chunk}: its logical map entry names chunk map {index}, which is invalid"
+                    "chunk {chunk}: its logical map entry names chunk map {index}, which {why}"
                 ),
             )
         })
+    }
+
+    /// Chunk map `index` as a chunk holding data may name it: within the file, valid,
+    /// and allocated along with every io unit it lists (load built the free maps from
+    /// the maps, and every write since kept them in step). Anything else is a map entry
+    /// scribbled while loaded, and must lead neither to a free io unit nor off the file:
+    /// the error says which check failed.
+    fn in_use(&self, index: u64) -> std::result::Result<ChunkMap, &'static str> {
+        if index >= self.chunk_maps_usable() {
+            return Err("lies beyond the pm file");
+        }
+        if !self.chunk_maps.is_used(index as usize) {
+            return Err("is free");
+        }
+        let map = self
+            .view()
+            .read_chunk_map(index)
+            .ok_or("has an invalid size or io unit")?;
+        if !map
+            .io_units
+            .iter()
+            .all(|&u| self.io_units.is_used(u as usize))
+        {
+            return Err("lists a free io unit");
+        }
+        Ok(map)
     }
 
     /// Reserves a chunk map and `io_unit_count` io units, all or nothing (`ENOSPC`).
@@ -378,13 +405,20 @@ impl Metadata {
                 "chunk {chunk}: persisting its logical map entry"
             )));
         }
-        if let Some(old_index) = old {
-            let old_units = self
-                .view()
-                .read_chunk_map(old_index)
-                .map(|m| m.io_units)
-                .unwrap_or_default();
-            self.release(old_index, &old_units);
+        // Only a valid old map is freed: freeing what a scribbled entry names could free
+        // another chunk's map, or the one just written.
+        match old.map(|old_index| (old_index, self.in_use(old_index))) {
+            Some((old_index, Ok(old_map))) if old_index != index => {
+                self.release(old_index, &old_map.io_units)
+            }
+            Some((old_index, found)) => log::emit(
+                Level::Error,
+                format_args!(
+                    "chunk {chunk}: the chunk map it replaced, {old_index}, {}; nothing of it was freed",
+                    found.err().unwrap_or("is the new one")
+                ),
+            ),
+            None => {}
         }
         Ok(())
     }
@@ -443,6 +477,7 @@ mod tests {
             logical_block_size: 512,
             chunk_size: 4096,
             vol_size: chunks * 4096,
+            ..Params::default()
         };
         let geo = Geometry::new(params, 512).unwrap();
         let mut pm = vec![0xFF; geo.pm_size as usize];
@@ -526,6 +561,7 @@ mod tests {
             logical_block_size: 512,
             chunk_size: 16384,
             vol_size: 45_000 * 16384,
+            ..Params::default()
         };
         let geo = Geometry::new(params, 512).unwrap();
         let len = geo.pm_size as usize;

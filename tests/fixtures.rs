@@ -1,7 +1,8 @@
 //! The three volumes written by the original C library (tests/fixtures): load, read
 //! back exactly `expected.img`, write, reload; and on their undersized pm files
-//! (original size formula) writes that need a chunk map beyond the file fail with
-//! ENOSPC while the file never grows.
+//! (original size formula) writes to chunks never written fail with ENOSPC once only
+//! the chunk maps overwrites need are left, overwrites keep working, and the file never
+//! grows.
 
 mod common;
 
@@ -246,6 +247,10 @@ fn fixtures_read_back_exactly() {
                 string(&f.manifest, "uuid"),
                 "{name}: uuid"
             );
+            // The original left comp_level @48 and comp_algo @52 as reserved zeros: no
+            // compression recorded, whatever codec wrote the chunks.
+            assert!(f.backing[48..56].iter().all(|&b| b == 0), "{name}");
+            assert_eq!(p.compression, reduce::Compression::UNRECORDED, "{name}");
             let info = vol.info();
             assert_eq!(info.chunks_in_use, num(&f.manifest, "chunks_written"));
             assert_eq!(info.allocated_io_units, num(&f.manifest, "io_units_in_use"));
@@ -323,36 +328,54 @@ fn write_then_fill(name: &'static str, mode: Mode) {
     let vol = rig.load().unwrap();
     shadow.verify(&rig, &vol);
 
-    // Fill every chunk: exactly as many as the file has chunk maps.
+    // Fill chunks never written, until the file's chunk maps are down to the spares
+    // overwrites need (one per chunk holding data, up to 128): then ENOSPC for them.
     let usable = vol.info().chunk_maps_usable;
     assert_eq!(usable, geo.chunks);
+    let fresh_limit = usable - 128;
     for chunk in 0..geo.chunks {
         let bpc_bytes = geo.chunk as usize;
         if shadow.expect(chunk * bpc, bpc).iter().all(|&b| b == 0) {
             // Never written (or written with zeros): write it now.
             let data = any_data(&mut rng, bpc_bytes);
+            let in_use = vol.info().chunks_in_use;
             match rig.write(&vol, chunk * bpc, &data) {
                 Ok(()) => shadow.write(chunk * bpc, &data),
-                Err(e) => panic!("{name}: fill chunk {chunk}: {e:?}"),
+                Err(e) if in_use == fresh_limit && e == Errno::ENOSPC => {}
+                Err(e) => panic!("{name}: fill chunk {chunk} with {in_use} in use: {e:?}"),
             }
         }
     }
     let info = vol.info();
-    assert_eq!(info.chunks_in_use, geo.chunks, "{name}");
+    assert_eq!(info.chunks_in_use, fresh_limit, "{name}");
     let pm_full = rig.pm_persisted();
     assert_eq!(pm_full.len(), f.pm.len());
+    let fresh: Vec<u64> = (0..geo.chunks)
+        .filter(|&c| layout.entry(&pm_full, c).is_none())
+        .collect();
 
-    // Now every write needs a chunk map beyond the file: ENOSPC, nothing changes.
-    for (offset, length) in [(0, bpc), (7 * bpc + 1, 1), ((geo.chunks - 1) * bpc, bpc)] {
-        let data = vec![0x3C; (length * u64::from(geo.lbs)) as usize];
-        assert_eq!(
-            rig.write(&vol, offset, &data),
-            Err(Errno::ENOSPC.into()),
-            "{name}: write at {offset}"
-        );
-        assert_eq!(vol.info(), info, "{name}: counters changed");
-    }
+    // A chunk never written: ENOSPC, nothing changes.
+    let data = vec![0x3C; geo.chunk as usize];
+    assert_eq!(
+        rig.write(&vol, fresh[0] * bpc, &data),
+        Err(Errno::ENOSPC.into()),
+        "{name}: fresh write"
+    );
+    assert_eq!(vol.info(), info, "{name}: counters changed");
     assert_eq!(rig.pm_persisted(), pm_full, "{name}: pm changed");
+    // Every chunk holding data can still be overwritten, whole or in part.
+    for chunk in (0..geo.chunks).filter(|c| !fresh.contains(c)) {
+        let (offset, length) = if chunk % 2 == 0 {
+            (chunk * bpc, bpc)
+        } else {
+            (chunk * bpc + 1, 1)
+        };
+        let data = any_data(&mut rng, (length * u64::from(geo.lbs)) as usize);
+        rig.write(&vol, offset, &data)
+            .unwrap_or_else(|e| panic!("{name}: overwrite of chunk {chunk}: {e:?}"));
+        shadow.write(offset, &data);
+    }
+    assert_eq!(vol.info().chunks_in_use, fresh_limit, "{name}");
     shadow.verify(&rig, &vol);
     rig.unload(&vol).unwrap();
     let pm_now = rig.store.current(&path).unwrap();

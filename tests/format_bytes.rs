@@ -36,8 +36,11 @@ fn check_superblock(sb: &[u8], vol_size: u64) {
     assert_eq!(le32(sb, 32), 16384, "chunk @32");
     assert_eq!(&sb[36..40], &[0; 4], "padding @36");
     assert_eq!(u64_at(sb, 40), vol_size, "vol_size @40");
+    // The rig's built-in zstd at level 1: comp_level @48, comp_algo @52 (zstd, 0x80).
+    assert_eq!(le32(sb, 48), 1, "comp_level @48");
+    assert_eq!(sb[52], 0x80, "comp_algo @52");
     assert!(
-        sb[48..4096].iter().all(|&b| b == 0),
+        sb[53..4096].iter().all(|&b| b == 0),
         "reserved bytes not zero"
     );
 }

@@ -349,3 +349,33 @@ fn codec_failures_and_panics_in_the_pool() {
 fn zero_threads_is_einval() {
     assert_eq!(errno_of(CodecPool::new(ZstdCodec, 0)), Errno::EINVAL);
 }
+
+/// A pool stores chunks as its codec does, so init records the codec's algorithm and
+/// level in the superblock, and a reload reads them back.
+#[test]
+fn init_records_the_pools_codec() {
+    let zstd9 = Compression {
+        algo: CompAlgo::ZSTD,
+        level: 9,
+    };
+    records(ZstdCodec::new(9).unwrap(), zstd9);
+    let lz4 = Compression {
+        algo: CompAlgo::LZ4,
+        level: 1,
+    };
+    records(Lz4Codec, lz4);
+}
+
+fn records(codec: impl SyncCodec + Send + Sync + 'static, want: Compression) {
+    let geo = Geo::small(8);
+    let d = Driver::new(geo, Mode::Deferred, CodecPool::new(codec, 1).unwrap());
+    let vol = d.init();
+    assert_eq!(vol.params().compression, want);
+    let data = text(3, geo.chunk as usize);
+    d.write(&vol, 0, &data).unwrap();
+    d.unload(&vol);
+    let vol = d.load();
+    assert_eq!(vol.params().compression, want);
+    assert_eq!(d.read(&vol, 0, geo.blocks_per_chunk()).unwrap(), data);
+    d.unload(&vol);
+}

@@ -1,16 +1,23 @@
 //! Fault-injection soak: random reads, writes and overwrites at queue depth 32 against
 //! a shadow copy of the volume, with about 1 % of backing reads, backing writes,
-//! compressions and decompressions failing, in both completion modes, with unload and
-//! load cycles. Checked: every read that succeeds returns exactly the model's bytes;
-//! every failure carries an injected error and no more requests fail than faults were
+//! compressions and decompressions failing, and about 1 % of their completions
+//! delivered twice (to be ignored), in both completion modes, with unload and load
+//! cycles. Checked: every read that succeeds returns exactly the model's bytes; every
+//! failure carries an injected error and no more requests fail than faults were
 //! injected (no stale error); the checker finds nothing wrong at every cycle (no leaked
-//! io unit or chunk map); nothing is ever full.
+//! io unit or chunk map). On a pm file of the fixed size nothing is ever full; a third
+//! run has the original's smaller pm file, room for 48 of the 64 chunks plus the spare
+//! chunk maps of their overwrites: there writes to chunks never written may get ENOSPC,
+//! overwrites never.
 //!
-//! `REDUCE_SOAK_OPS` sets the operations per mode (`make soak` runs 10^6 each).
+//! `REDUCE_SOAK_OPS` sets the operations per run (`make soak` runs 10^6 each).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+mod common;
+
+use common::PmLayout;
 use reduce::testkit::*;
 use reduce::*;
 
@@ -28,12 +35,16 @@ struct Counts {
     reads: u64,
     writes: u64,
     failed: u64,
+    /// Writes to chunks holding no data refused for space.
+    enospc: u64,
     reloads: u64,
 }
 
 /// The shadow model and the counts, shared with completion callbacks.
 struct Model {
     bytes: Vec<u8>,
+    /// Chunks holding data (written successfully at least once).
+    held: [bool; CHUNKS as usize],
     counts: Counts,
 }
 
@@ -42,6 +53,17 @@ fn ops_per_mode() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40_000)
+}
+
+/// Duplicate functions delivering about 1 % of completions twice.
+fn duplicate(rig: &Rig, seed: u64) {
+    let mut rng = Rng::new(seed ^ 0xD0B1E);
+    rig.backing
+        .set_duplicate(Some(Box::new(move |_, _| rng.chance(1))));
+    let mut rng = Rng::new(seed ^ 0xD0B1E ^ 0xC0DEC);
+    rig.codec
+        .double()
+        .set_duplicate(Some(Box::new(move |_, _| rng.chance(1))));
 }
 
 /// Fault functions failing about 1 % of operations, counting what they inject.
@@ -62,14 +84,36 @@ fn inject(rig: &Rig, seed: u64, faults: &Rc<Cell<u64>>) {
     })));
 }
 
-fn soak(mode: Mode, seed: u64) {
+/// The pm file of the original's size: the fixed one, its chunk-map region counted
+/// without each entry's 8-byte header (tests/common's layout).
+fn shrink_pm(rig: &Rig) {
+    let path = rig.pm_path();
+    let mut pm = rig.store.current(&path).unwrap();
+    pm.truncate(PmLayout::new(rig.geo, true).size);
+    rig.store.insert(&path, pm);
+}
+
+fn soak(mode: Mode, seed: u64, original_pm: bool) {
     let ops = ops_per_mode();
-    let rig = Rig::new(Geo::small(CHUNKS), mode, CodecKind::test(mode));
+    // One io unit a chunk: the original's pm file holds half the chunk maps it needs.
+    let geo = match original_pm {
+        false => Geo::small(CHUNKS),
+        true => Geo::new(512, 4096, 4096, 512, CHUNKS),
+    };
+    let rig = Rig::new(geo, mode, CodecKind::test(mode));
     let mut vol = rig.init();
+    if original_pm {
+        rig.unload(&vol).unwrap();
+        shrink_pm(&rig);
+        vol = rig.load().unwrap();
+        assert_eq!(vol.info().chunk_maps_usable, 96);
+    }
     let faults = Rc::new(Cell::new(0u64));
     inject(&rig, seed, &faults);
+    duplicate(&rig, seed);
     let model = Rc::new(RefCell::new(Model {
         bytes: vec![0; CHUNKS as usize * BLOCKS_PER_CHUNK as usize * LBS],
+        held: [false; CHUNKS as usize],
         counts: Counts::default(),
     }));
     let in_flight = Rc::new(Cell::new(0usize));
@@ -97,23 +141,30 @@ fn soak(mode: Mode, seed: u64) {
             model.borrow_mut().counts.reloads += 1;
         }
     }
+    rig.drain();
     rig.backing.set_fault(None);
     rig.codec.double().set_fault(None);
+    rig.backing.set_duplicate(None);
+    rig.codec.double().set_duplicate(None);
     let m = model.borrow();
     for chunk in 0..CHUNKS {
         let want = &m.bytes[(chunk * BLOCKS_PER_CHUNK) as usize * LBS..][..4096];
         let got = rig.read(&vol, chunk * BLOCKS_PER_CHUNK, BLOCKS_PER_CHUNK);
         assert_eq!(got.as_deref(), Ok(want), "chunk {chunk} after the soak");
     }
+    let duplicates = rig.backing.duplicates() + rig.codec.double().duplicates();
+    let pm = if original_pm { "original" } else { "fixed" };
     eprintln!(
-        "soak {mode:?}: {} ops ({} reads, {} writes) at queue depth {QUEUE_DEPTH}, {} faults \
-         injected, {} requests failed with them, {} unload/load cycles, {} checker runs \
-         clean, 0 mismatches",
+        "soak {mode:?}, {pm} pm file: {} ops ({} reads, {} writes) at queue depth \
+         {QUEUE_DEPTH}, {} faults injected, {} requests failed with them, {duplicates} \
+         completions delivered twice and ignored, {} fresh-chunk writes refused for space, \
+         {} unload/load cycles, {} checker runs clean, 0 mismatches",
         ops,
         m.counts.reads,
         m.counts.writes,
         faults.get(),
         m.counts.failed,
+        m.counts.enospc,
         m.counts.reloads,
         checks
     );
@@ -121,6 +172,8 @@ fn soak(mode: Mode, seed: u64) {
         faults.get() > 0 && m.counts.failed > 0,
         "no fault was exercised"
     );
+    assert!(duplicates > 0, "no duplicate was delivered");
+    assert_eq!(m.counts.enospc > 0, original_pm, "space refusals");
 }
 
 /// Loads again; a load that meets an injected read fault fails with it and is retried.
@@ -167,7 +220,12 @@ fn submit(
             let mut m = model.borrow_mut();
             m.counts.writes += 1;
             match r {
-                Ok(()) => m.bytes[range].copy_from_slice(&bytes),
+                Ok(()) => {
+                    m.bytes[range].copy_from_slice(&bytes);
+                    m.held[chunk as usize] = true;
+                }
+                // Only a chunk holding no data may be refused for space.
+                Err(e) if e == Errno::ENOSPC && !m.held[chunk as usize] => m.counts.enospc += 1,
                 Err(e) => expect_injected(&mut m, e.errno(), true),
             }
             in_flight.set(in_flight.get() - 1);
@@ -217,10 +275,15 @@ fn audit(rig: &Rig, vol: &Volume, model: &Rc<RefCell<Model>>, faults: &Rc<Cell<u
 
 #[test]
 fn soak_immediate() {
-    soak(Mode::Immediate, 1);
+    soak(Mode::Immediate, 1, false);
 }
 
 #[test]
 fn soak_deferred() {
-    soak(Mode::Deferred, 2);
+    soak(Mode::Deferred, 2, false);
+}
+
+#[test]
+fn soak_deferred_original_pm_file() {
+    soak(Mode::Deferred, 3, true);
 }

@@ -3,6 +3,10 @@
 //! back with the completion, so the device owns them while the operation runs and no
 //! borrow spans the wait.
 
+mod file;
+
+pub use file::FileDevice;
+
 use smallvec::SmallVec;
 
 use std::rc::Rc;
@@ -13,8 +17,11 @@ use crate::error::Result;
 /// One contiguous run of blocks, and where its bytes sit in the operation's buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
+    /// The first block.
     pub lba: u64,
+    /// How many blocks.
     pub lba_count: u32,
+    /// Where the run's `lba_count * blocklen` bytes start in the buffer.
     pub buf_offset: usize,
 }
 
@@ -22,7 +29,9 @@ pub struct Extent {
 /// be contiguous on the device, so one operation may hold several runs.
 #[derive(Debug)]
 pub struct BackingIo {
+    /// The data: written from, or read into.
     pub buf: Vec<u8>,
+    /// The block runs, each with its place in `buf`.
     pub extents: SmallVec<[Extent; 4]>,
 }
 
@@ -40,10 +49,68 @@ impl IoDone {
     }
 }
 
-/// A block device. Reads and writes of whole blocks of `blocklen` bytes.
+/// A block device. Reads and writes of whole blocks of `blocklen` bytes, each completed
+/// exactly once through its [`IoDone`], inside the call or later on the volume's
+/// thread. A write must complete only once its data is durable: the volume then
+/// switches its maps to the new data.
+///
+/// [`FileDevice`] is one. A device in memory, completing inside the call (note that it
+/// releases its own borrow before completing: the completion may start the next
+/// operation at once):
+///
+/// ```
+/// use std::cell::RefCell;
+/// use reduce::{BackingDevice, BackingIo, IoDone, Lz4Codec, Params};
+///
+/// struct Ram(RefCell<Vec<u8>>);
+///
+/// impl BackingDevice for Ram {
+///     fn blocklen(&self) -> u32 {
+///         512
+///     }
+///     fn blockcnt(&self) -> u64 {
+///         self.0.borrow().len() as u64 / 512
+///     }
+///     fn read(&self, mut io: BackingIo, done: IoDone) {
+///         for e in &io.extents {
+///             let (at, n) = (e.lba as usize * 512, e.lba_count as usize * 512);
+///             io.buf[e.buf_offset..][..n].copy_from_slice(&self.0.borrow()[at..at + n]);
+///         }
+///         done.complete(io, Ok(()));
+///     }
+///     fn write(&self, io: BackingIo, done: IoDone) {
+///         for e in &io.extents {
+///             let (at, n) = (e.lba as usize * 512, e.lba_count as usize * 512);
+///             self.0.borrow_mut()[at..at + n].copy_from_slice(&io.buf[e.buf_offset..][..n]);
+///         }
+///         done.complete(io, Ok(()));
+///     }
+/// }
+///
+/// let pm_dir = tempfile::tempdir()?;
+/// let params = Params {
+///     backing_io_unit_size: 4096,
+///     logical_block_size: 512,
+///     chunk_size: 16384,
+///     ..Params::default()
+/// };
+/// let ram = Ram(RefCell::new(vec![0; (128 + 8) * 16384]));
+/// let vol = reduce::blocking::Volume::init(params, ram, Lz4Codec, pm_dir.path())?;
+/// vol.write(0, &[42; 4096])?;
+/// let mut back = [0; 4096];
+/// vol.read(0, &mut back)?;
+/// assert_eq!(back, [42; 4096]);
+/// vol.unload()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait BackingDevice {
+    /// Size of a block in bytes: the unit of every [`Extent`].
     fn blocklen(&self) -> u32;
+    /// Size of the device in blocks.
     fn blockcnt(&self) -> u64;
+    /// Fills `io.buf` from the device's blocks, then completes `done` with `io`.
     fn read(&self, io: BackingIo, done: IoDone);
+    /// Stores `io.buf` in the device's blocks, then completes `done` with `io` once the
+    /// data is durable.
     fn write(&self, io: BackingIo, done: IoDone);
 }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Codec, CodecDone, CodecIo, SyncCodec};
+use super::{Codec, CodecDone, CodecIo, Compression, SyncCodec};
 use crate::error::{Errno, Error, Result};
 use crate::log::{Level, emit};
 
@@ -193,6 +193,11 @@ impl<J: Job> Submitter<J> {
     pub(crate) fn submit(&self, job: J) {
         self.0.submit(job);
     }
+
+    /// What the engine's codec stores chunks with.
+    pub(crate) fn compression(&self) -> Compression {
+        self.0.codec.compression()
+    }
 }
 
 impl<J: Job> Engine<J> {
@@ -233,6 +238,11 @@ impl<J: Job> Engine<J> {
             lock(&engine.workers).push(worker);
         }
         Ok(engine)
+    }
+
+    /// What the engine's codec stores chunks with.
+    pub(crate) fn compression(&self) -> Compression {
+        self.shared.codec.compression()
     }
 
     pub(crate) fn submitter(&self) -> Submitter<J> {
@@ -443,6 +453,11 @@ impl Codec for CodecPool {
 
     fn decompress(&self, io: CodecIo, done: CodecDone) {
         self.submit(Direction::Decompress, io, done);
+    }
+
+    /// The pool stores chunks as its codec does.
+    fn compression(&self) -> Compression {
+        self.local.engine.compression()
     }
 }
 

@@ -7,10 +7,13 @@
 //! - what the boundary refuses itself (a NULL argument, bad iovecs) is logged and
 //!   becomes `EINVAL` ([`refuse`]);
 //! - statuses cross in both directions only through [`errno`], [`status`],
-//!   [`codec_status`], [`io_result`] and [`codec_result`].
+//!   [`codec_status`], [`io_result`] and [`codec_result`];
+//! - a volume belongs to the thread that made it: a call on another thread is refused
+//!   with `EPERM` ([`on_owner_thread`]).
 
 use std::ffi::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::thread::{self, ThreadId};
 
 use crate::error::{Errno, Error, Result};
 use crate::log::{Level, emit};
@@ -43,6 +46,28 @@ pub(crate) fn callback<F>(what: &str, name: &str, cb_fn: Option<F>) -> Option<F>
 /// error the caller's callback gets (`EINVAL`).
 pub(crate) fn refuse(what: &str, why: &str) -> Error {
     Error::new(Errno::EINVAL, format!("{what}: {why}")).logged()
+}
+
+thread_local! {
+    static THIS_THREAD: ThreadId = thread::current().id();
+}
+
+/// The calling thread, cheaply: every read or write checks it.
+pub(crate) fn this_thread() -> ThreadId {
+    THIS_THREAD.with(|id| *id)
+}
+
+/// Refuses (`EPERM`, logged) a call of `what` on a volume owned by `owner` when it is
+/// made on another thread: a volume's state is not safe to touch from there.
+pub(crate) fn on_owner_thread(what: &str, owner: ThreadId) -> Result<()> {
+    if owner == this_thread() {
+        return Ok(());
+    }
+    Err(Error::new(
+        Errno(libc::EPERM),
+        format!("{what}: called on a thread other than the volume's (which loaded it); refused"),
+    )
+    .logged())
 }
 
 /// A failure as C sees it: `-errno`.

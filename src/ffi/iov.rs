@@ -1,9 +1,10 @@
-//! The caller's iovecs: checked once, then copied to and from by the volume, and the
-//! C completion of a read or write.
+//! The caller's iovecs: checked and copied once, at submission; then the volume copies
+//! to and from the buffers they describe. And the C completion of a read or write.
 
 use std::ffi::{c_int, c_void};
 
 use libc::iovec;
+use smallvec::SmallVec;
 
 use super::boundary::status;
 use super::types::{FnOf, spdk_reduce_vol_op_complete};
@@ -41,10 +42,12 @@ pub(crate) unsafe fn checked<'a>(
     Ok((list, total))
 }
 
-/// A C read or write: its iovecs and completion callback.
+/// A C read or write: a copy of its iovec array (the caller's may be gone once the call
+/// returns, for instance an array on the stack of the callback that submitted it, while
+/// the request waits), and its completion callback.
 pub(crate) struct CUserIo {
-    iov: *const iovec,
-    iovcnt: usize,
+    /// Inline for a few iovecs: no allocation per request.
+    iovs: SmallVec<[iovec; 4]>,
     len: usize,
     cb_fn: FnOf<spdk_reduce_vol_op_complete>,
     cb_arg: *mut c_void,
@@ -63,8 +66,7 @@ impl CUserIo {
         cb_arg: *mut c_void,
     ) -> std::result::Result<CUserIo, (CUserIo, &'static str)> {
         let empty = CUserIo {
-            iov: std::ptr::null(),
-            iovcnt: 0,
+            iovs: SmallVec::new(),
             len: 0,
             cb_fn,
             cb_arg,
@@ -72,22 +74,12 @@ impl CUserIo {
         // SAFETY: forwarded from the caller.
         match unsafe { checked(iov, iovcnt) } {
             Ok((list, len)) => Ok(CUserIo {
-                iov,
-                iovcnt: list.len(),
+                iovs: SmallVec::from_slice(list),
                 len,
                 ..empty
             }),
             Err(why) => Err((empty, why)),
         }
-    }
-
-    fn list(&self) -> &[iovec] {
-        if self.iovcnt == 0 {
-            return &[];
-        }
-        // SAFETY: checked at construction; the caller keeps the array valid until
-        // completion.
-        unsafe { std::slice::from_raw_parts(self.iov, self.iovcnt) }
     }
 }
 
@@ -97,10 +89,11 @@ impl UserIo for CUserIo {
     }
 
     fn gather(&self, offset: usize, dst: &mut [u8]) {
-        let list = self.list();
+        let list = &self.iovs;
         for (i, seg, buf) in segment_pieces(list.iter().map(|v| v.iov_len), offset, dst.len()) {
-            // SAFETY: `seg` lies within iovec `i`, whose base is non-NULL (it has bytes)
-            // and valid for reads until completion; `dst` is our own buffer, disjoint.
+            // SAFETY: `seg` lies within iovec `i` (checked at submission), whose base is
+            // non-NULL (it has bytes) and valid for reads until completion; `dst` is our
+            // own buffer, disjoint.
             let src = unsafe {
                 std::slice::from_raw_parts(list[i].iov_base.cast::<u8>().add(seg.start), seg.len())
             };
@@ -109,7 +102,7 @@ impl UserIo for CUserIo {
     }
 
     fn scatter(&mut self, offset: usize, src: &[u8]) {
-        let list = self.list();
+        let list = &self.iovs;
         for (i, seg, buf) in segment_pieces(list.iter().map(|v| v.iov_len), offset, src.len()) {
             // SAFETY: as in `gather`, for writes; `src` is our own buffer, disjoint.
             unsafe {

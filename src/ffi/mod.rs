@@ -19,6 +19,7 @@ mod device;
 mod iov;
 mod logging;
 mod pool;
+mod slab;
 mod types;
 
 use std::cell::Cell;
@@ -26,6 +27,7 @@ use std::ffi::{CStr, CString, OsStr, c_char, c_int, c_void};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::ptr;
+use std::thread::ThreadId;
 
 use libc::iovec;
 
@@ -36,14 +38,24 @@ use iov::CUserIo;
 use types::*;
 
 use crate::error::Result;
+use crate::format::Params;
 use crate::pm::FileStore;
 use crate::vol::{Backend, InitPlan, Op, Volume};
 
 /// A loaded volume. Opaque: the init and load callbacks hand out pointers to it, valid
 /// until a successful unload completes.
+///
+/// A volume belongs to the thread that loaded it (the one that called init or load).
+/// Reads, writes, unload, check, `spdk_reduce_vol_get_info` and
+/// `spdk_reduce_vol_print_info` called on another thread are refused and logged: -EPERM
+/// through the callback, on the calling thread (NULL, or nothing, for the functions
+/// without one). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
+/// `spdk_reduce_vol_get_pm_path` may be called from any thread.
 pub struct spdk_reduce_vol {
     vol: Volume,
-    params: spdk_reduce_vol_params,
+    /// The thread the volume belongs to: every call that touches it must come from here.
+    owner: ThreadId,
+    params: ParamsBytes,
     info: Cell<spdk_reduce_vol_info>,
     pm_path: CString,
     /// The backing device, claimed until the handle is freed by a successful unload.
@@ -57,6 +69,7 @@ impl spdk_reduce_vol {
         let pm_path = CString::new(vol.pm_path().into_os_string().into_vec()).unwrap_or_default();
         Box::into_raw(Box::new(spdk_reduce_vol {
             vol,
+            owner: boundary::this_thread(),
             params,
             info: Cell::default(),
             pm_path,
@@ -67,22 +80,42 @@ impl spdk_reduce_vol {
 
 fn backend(dev: CDevice) -> Backend {
     Backend {
+        codec: Box::new(dev.clone()),
         backing: Box::new(dev),
-        codec: Box::new(dev),
         store: Box::new(FileStore),
     }
 }
 
 /// The volume behind a handle, cloned so no reference to the handle outlives this
-/// line: an unload run from inside the call may free it. A NULL handle is refused.
+/// line: an unload run from inside the call may free it. A NULL handle is refused, and
+/// so is a call on a thread other than the volume's (`EPERM`).
 ///
 /// # Safety
 /// `vol` is NULL or a live handle.
 unsafe fn volume(what: &str, vol: *const spdk_reduce_vol) -> Result<Volume> {
     // SAFETY: NULL or live, per the caller.
-    unsafe { vol.as_ref() }
-        .map(|h| h.vol.clone())
-        .ok_or_else(|| refuse(what, "vol is NULL"))
+    let h = unsafe { owned(what, vol) }?.ok_or_else(|| refuse(what, "vol is NULL"))?;
+    Ok(h.vol.clone())
+}
+
+/// The handle, when the call is on the volume's thread (else `EPERM`, logged); `None`
+/// for a NULL `vol`. The owner is read before anything else: the rest of the handle is
+/// not safe to touch from another thread.
+///
+/// # Safety
+/// `vol` is NULL or a live handle.
+unsafe fn owned<'a>(
+    what: &str,
+    vol: *const spdk_reduce_vol,
+) -> Result<Option<&'a spdk_reduce_vol>> {
+    if vol.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: live, per the caller; `owner` is set once, so reading it races with
+    // nothing.
+    boundary::on_owner_thread(what, unsafe { (*vol).owner })?;
+    // SAFETY: live, and this is its thread.
+    Ok(unsafe { vol.as_ref() })
 }
 
 /// A completion for init and load: hands C a new handle, which keeps the device's
@@ -111,7 +144,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_uuid(vol: *mut spdk_reduce_vol) -> 
     // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_get_uuid", ptr::null(), || {
         // SAFETY: NULL or live, per the caller.
-        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| &h.params.uuid)
+        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| h.params.uuid())
     })
 }
 
@@ -128,6 +161,13 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_uuid(vol: *mut spdk_reduce_vol) -> 
 ///
 /// Init first reads the device's header. A volume already there is overwritten (its pm
 /// file is left in place), as in the original, unless that volume is loaded.
+///
+/// The superblock records the codec, where later SPDK releases keep it: when
+/// `backing_dev->compress` is a built-in function (`reduce_zstd_compress`,
+/// `reduce_lz4_compress`, or one that `reduce_backing_dev_set_codec` assigned), its
+/// algorithm and level; for the caller's own codec, zeros, as the original wrote (and
+/// later SPDK writes for a caller that sets nothing). `spdk_reduce_vol_get_info`
+/// reports them.
 ///
 /// `cb_fn` gets the new volume and 0, or NULL and:
 /// - -EINVAL: `params`, `backing_dev`, one of its functions or `pm_file_dir` is NULL;
@@ -197,7 +237,12 @@ unsafe fn prepare_init(
         unsafe { CStr::from_ptr(pm_file_dir) }.to_bytes(),
     ));
     use crate::backing::BackingDevice;
-    let plan = InitPlan::new(params.into(), dev.blocklen(), dev.blockcnt(), dir)?;
+    let params = Params {
+        // SAFETY: non-NULL (CDevice::new checked it) and valid, per the caller.
+        compression: unsafe { pool::device_compression(backing_dev) },
+        ..params.into()
+    };
+    let plan = InitPlan::new(params, dev.blocklen(), dev.blockcnt(), dir)?;
     Ok((plan, dev))
 }
 
@@ -246,7 +291,8 @@ pub unsafe extern "C" fn spdk_reduce_vol_load(
 /// - 0: the volume is closed, its pm file unlocked and `backing_dev` free for another
 ///   init, load or destroy, and `vol` freed, all before `cb_fn` runs;
 /// - -EBUSY: reads or writes are outstanding; the volume stays loaded;
-/// - -EINVAL: `vol` is NULL.
+/// - -EINVAL: `vol` is NULL;
+/// - -EPERM: called on a thread other than the volume's.
 ///
 /// With `cb_fn` NULL the call does nothing (the volume stays loaded).
 #[unsafe(no_mangle)]
@@ -424,7 +470,10 @@ unsafe fn submit(
 /// - -EINVAL: `vol` is NULL; a bad iovec array (negative `iovcnt`, `iov` NULL, an
 ///   `iov_base` NULL with a length); buffers that do not hold exactly `length` blocks;
 ///   a range past the end of the volume or across a chunk boundary;
-/// - -EIO: stored data that fails its checksum or does not decompress to a chunk;
+/// - -EPERM: called on a thread other than the volume's;
+/// - -EIO: stored data that fails its checksum or does not decompress to a chunk, or
+///   map entries in the pm file that name something no chunk may use (an entry out of
+///   range, a free chunk map or io unit);
 /// - the error the device's readv completed with.
 ///
 /// With `cb_fn` NULL the call does nothing.
@@ -466,10 +515,16 @@ pub unsafe extern "C" fn spdk_reduce_vol_readv(
 /// never mixed.
 ///
 /// `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
-/// - -EINVAL: as for `spdk_reduce_vol_readv`;
-/// - -ENOSPC: no free io unit or chunk map;
+/// - -EINVAL, -EPERM: as for `spdk_reduce_vol_readv`;
+/// - -ENOSPC: a write to a chunk that holds no data, when the free chunk maps are all
+///   held back for overwrites. A write never replaces a chunk in place, so overwriting
+///   needs a spare chunk map (and io units) until it frees the old one; the library
+///   holds back one spare for each chunk holding data, up to 128 (the writes that can
+///   be in flight), so a write to a chunk that holds data always finds room, whatever
+///   the size of the pm file. With a pm file of the original's smaller size this caps
+///   the chunks that can hold data;
 /// - -EIO: a partial-chunk write whose old data fails its checksum or does not
-///   decompress;
+///   decompress, or whose map entries are out of range (as for readv);
 /// - the error the device's readv or writev completed with, or the OS error
 ///   persisting the pm file.
 ///
@@ -505,7 +560,8 @@ pub unsafe extern "C" fn spdk_reduce_vol_writev(
 }
 
 /// The parameters of a volume, or NULL for a NULL `vol`. Valid until the volume is
-/// unloaded.
+/// unloaded. All 40 bytes are defined: the padding after `chunk_size` is zeros, so the
+/// structure can be compared with memcmp.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_params(
     vol: *mut spdk_reduce_vol,
@@ -513,7 +569,7 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_params(
     // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_get_params", ptr::null(), || {
         // SAFETY: NULL or live, per the caller.
-        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| &h.params)
+        unsafe { vol.as_ref() }.map_or(ptr::null(), |h| h.params.as_ptr())
     })
 }
 
@@ -529,8 +585,9 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_pm_path(vol: *const spdk_reduce_vol
     })
 }
 
-/// Current statistics of the volume, or NULL for a NULL `vol`. Valid until the next
-/// call of this function on the volume, or until it is unloaded.
+/// Current statistics of the volume, and the compression recorded in its superblock,
+/// or NULL for a NULL `vol` or on a thread other than the volume's. Valid until the
+/// next call of this function on the volume, or until it is unloaded.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     vol: *const spdk_reduce_vol,
@@ -538,23 +595,27 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_get_info", ptr::null(), || {
         // SAFETY: NULL or live, per the caller.
-        let Some(h) = (unsafe { vol.as_ref() }) else {
+        let Ok(Some(h)) = (unsafe { owned("spdk_reduce_vol_get_info", vol) }) else {
             return ptr::null();
         };
+        let compression = h.vol.params().compression;
         h.info.set(spdk_reduce_vol_info {
             allocated_io_units: h.vol.info().allocated_io_units,
+            comp_level: compression.level,
+            comp_algo: compression.algo.0.into(),
         });
         h.info.as_ptr().cast_const()
     })
 }
 
-/// Print the volume's geometry and pm layout to stderr (nothing for a NULL `vol`).
+/// Print the volume's geometry, recorded compression and pm layout to stderr (nothing
+/// for a NULL `vol`, or on a thread other than the volume's).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_print_info(vol: *mut spdk_reduce_vol) {
     // Safety (Rust): `vol` is NULL or a live handle.
     guard("spdk_reduce_vol_print_info", (), || {
         // SAFETY: NULL or live, per the caller.
-        let Some(h) = (unsafe { vol.as_ref() }) else {
+        let Ok(Some(h)) = (unsafe { owned("spdk_reduce_vol_print_info", vol) }) else {
             return;
         };
         eprint!("{}", h.vol.describe());

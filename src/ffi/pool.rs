@@ -4,21 +4,23 @@
 //! here, which find the pool again from the device pointer they receive (a registry
 //! keyed by that pointer), so nothing is embedded in the caller's structure.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::ptr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use libc::iovec;
 use smallvec::SmallVec;
-use zstd::bulk::Compressor;
 
 use super::boundary::{callback, codec_status, errno, guard, refuse};
-use super::codec::apply;
+use super::codec::{apply, builtin_compression};
 use super::iov::checked;
-use super::types::{FnOf, spdk_reduce_backing_dev, spdk_reduce_dev_cpl, spdk_reduce_vol_cb_args};
+use super::types::{
+    FnOf, reduce_backing_codec_fn, spdk_reduce_backing_dev, spdk_reduce_dev_cpl,
+    spdk_reduce_vol_cb_args,
+};
 use crate::codec::pool::{Direction, Engine, Job, SharedCodec, Submitter};
-use crate::codec::{SyncCodec, zstd_decompress};
+use crate::codec::{Compression, Lz4Codec, SyncCodec, ZstdCodec};
 use crate::error::{Errno, Error, Result};
 
 /// A pool of codec threads (see `reduce_codec_pool_create`). Opaque.
@@ -107,61 +109,51 @@ fn find(list: &[Attached], dev: *mut spdk_reduce_backing_dev) -> Option<&Attache
     list.iter().find(|a| a.dev == dev as usize)
 }
 
-/// zstd at a chosen level, one frame per call like the built-in `reduce_zstd_*`
-/// (which run level 1); decompression is the built-in's.
-struct ZstdAt(i32);
-
-thread_local! {
-    // Contexts are costly to make; each thread keeps one, for the last level it ran.
-    static AT_LEVEL: RefCell<Option<(i32, Compressor<'static>)>> = const { RefCell::new(None) };
-}
-
-impl SyncCodec for ZstdAt {
-    fn compress_buf(&self, src: &[u8], dst: &mut [u8]) -> Result<usize> {
-        AT_LEVEL.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_some_and(|(level, _)| *level != self.0) {
-                *slot = None;
-            }
-            let (_, c) = match slot.as_mut() {
-                Some(c) => c,
-                None => slot.insert((self.0, Compressor::new(self.0).map_err(Errno::from)?)),
-            };
-            c.compress_to_buffer(src, dst)
-                .map_err(|_| Errno::ENOSPC.into())
-        })
-    }
-
-    fn decompress_buf(&self, src: &[u8], dst: &mut [u8]) -> Result<usize> {
-        zstd_decompress(src, dst)
-    }
-}
-
-/// The codec called `algo` at `level`, or why there is none.
+/// The codec called `algo` at `level`, with the levels of `reduce_backing_dev_set_codec`
+/// (0: the algorithm's default), or why there is none.
 fn named_codec(algo: &[u8], level: c_int) -> std::result::Result<SharedCodec, String> {
     match algo {
-        b"zstd" => {
-            let levels = zstd::compression_level_range();
-            if levels.contains(&level) {
-                Ok(Arc::new(ZstdAt(level)))
-            } else {
-                Err(format!(
-                    "zstd level {level} is outside {}..={}",
-                    levels.start(),
-                    levels.end()
-                ))
-            }
-        }
+        b"zstd" => match u32::try_from(level) {
+            Ok(0) => Ok(Arc::new(ZstdCodec)),
+            Ok(l) => ZstdCodec::new(l)
+                .map(|c| Arc::new(c) as SharedCodec)
+                .map_err(|_| format!("zstd level {level}: levels are 1 to 22, or 0 for 1")),
+            Err(_) => Err(format!(
+                "zstd level {level}: levels are 1 to 22, or 0 for 1"
+            )),
+        },
+        b"lz4" => match level {
+            0 | 1 => Ok(Arc::new(Lz4Codec)),
+            _ => Err(format!(
+                "lz4 level {level}: the built-in LZ4 has one speed (0 or 1)"
+            )),
+        },
         _ => Err(format!(
-            "unknown algo \"{}\" (known: \"zstd\")",
+            "unknown algo \"{}\" (known: \"zstd\", \"lz4\")",
             String::from_utf8_lossy(algo)
         )),
     }
 }
 
-/// Create a pool of `threads` worker threads that compress with `algo` at `level`:
-/// "zstd", levels -131072..22 (1 is what `reduce_zstd_compress` runs; 0 is zstd's
-/// default, 3), frames that `reduce_zstd_decompress` reads and vice versa.
+/// What init records in the superblock for `dev`: its pool's algorithm and level when
+/// its `compress` member is the pool's, else what the built-in functions record.
+///
+/// # Safety
+/// `dev` is valid.
+pub(super) unsafe fn device_compression(dev: *mut spdk_reduce_backing_dev) -> Compression {
+    // SAFETY: valid, per the caller.
+    let compress = unsafe { (*dev).compress };
+    match (compress, find(&registry(), dev)) {
+        (Some(f), Some(a)) if std::ptr::fn_addr_eq(f, POOL_COMPRESS) => a.submitter.compression(),
+        _ => builtin_compression(compress),
+    }
+}
+
+/// Create a pool of `threads` worker threads that compress with `algo` at `level`, as
+/// `reduce_backing_dev_set_codec` would assign them: "zstd", levels 1 to 22 or 0 for
+/// the default, 1 (frames that `reduce_zstd_decompress` reads); "lz4", level 0 or 1
+/// (blocks that `reduce_lz4_decompress` reads). A volume initialized on an attached
+/// device records the pool's algorithm and level in its superblock.
 ///
 /// Attach it to backing devices with `reduce_codec_pool_attach`, and call
 /// `reduce_codec_pool_poll` from the thread of the volumes on those devices: the
@@ -418,6 +410,11 @@ unsafe fn offload(
     }
 }
 
+type CodecFn = FnOf<reduce_backing_codec_fn>;
+
+/// What `reduce_codec_pool_attach` assigns, for comparison by address.
+static POOL_COMPRESS: CodecFn = pool_compress;
+
 /// The `compress` member of an attached device.
 unsafe extern "C" fn pool_compress(
     dev: *mut spdk_reduce_backing_dev,
@@ -471,34 +468,26 @@ unsafe extern "C" fn pool_decompress(
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
+    use crate::codec::CompAlgo;
 
     #[test]
-    fn zstd_at_any_level_reads_back_with_the_built_in() {
-        let src: Vec<u8> = (0..16384u32).map(|i| (i / 100) as u8).collect();
-        for level in [-5, 0, 1, 3, 19] {
-            let codec = named_codec(b"zstd", level).unwrap();
-            let mut packed = vec![0u8; 16384];
-            let n = codec.compress_buf(&src, &mut packed).unwrap();
-            let mut out = vec![0u8; 16384];
-            assert_eq!(zstd_decompress(&packed[..n], &mut out), Ok(16384));
-            assert_eq!(out, src, "level {level}");
+    fn names_and_levels_as_set_codec_takes_them() {
+        let zstd = |level| named_codec(b"zstd", level).map(|c| c.compression());
+        assert_eq!(zstd(0), Ok(ZstdCodec.compression()));
+        assert_eq!(zstd(19).map(|c| c.level), Ok(19));
+        assert_eq!(
+            named_codec(b"lz4", 0).map(|c| c.compression().algo),
+            Ok(CompAlgo::LZ4)
+        );
+        for (algo, level) in [
+            (&b"zstd"[..], 23),
+            (b"zstd", -1),
+            (b"zstd", i32::MIN),
+            (b"lz4", 2),
+            (b"gzip", 1),
+            (b"", 1),
+        ] {
+            assert!(named_codec(algo, level).is_err(), "{algo:?} {level}");
         }
-        // Level 1 is the built-in's.
-        let mut ours = vec![0u8; 16384];
-        let mut builtin = vec![0u8; 16384];
-        let n = named_codec(b"zstd", 1)
-            .unwrap()
-            .compress_buf(&src, &mut ours)
-            .unwrap();
-        let m = crate::codec::zstd_compress(&src, &mut builtin).unwrap();
-        assert_eq!(ours[..n], builtin[..m]);
-    }
-
-    #[test]
-    fn unknown_names_and_levels_are_refused() {
-        assert!(named_codec(b"zstd", 23).is_err());
-        assert!(named_codec(b"zstd", i32::MIN).is_err());
-        assert!(named_codec(b"gzip", 1).is_err());
-        assert!(named_codec(b"", 1).is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::ffi::{c_char, c_int, c_void};
 
 use libc::iovec;
 
+use crate::codec::{CompAlgo, Compression};
 use crate::format::Params;
 
 /// `struct spdk_uuid` (a union of `uint8_t raw[16]` in SPDK; the same 16 bytes).
@@ -46,6 +47,8 @@ impl From<&spdk_reduce_vol_params> for Params {
             logical_block_size: p.logical_block_size,
             chunk_size: p.chunk_size,
             vol_size: p.vol_size,
+            // The 2019 struct has no room for it; init takes it from the codec.
+            compression: Compression::UNRECORDED,
         }
     }
 }
@@ -62,12 +65,91 @@ impl From<Params> for spdk_reduce_vol_params {
     }
 }
 
-/// Volume statistics, as later SPDK releases report them.
+/// `struct spdk_reduce_vol_params` as the library hands it out: the struct's bytes,
+/// padding included (zeros). Kept as bytes because a Rust value of the struct may lose
+/// what its padding holds whenever it is moved, and C may compare all 40 bytes.
+#[repr(align(8))]
+pub(crate) struct ParamsBytes([u8; size_of::<spdk_reduce_vol_params>()]);
+
+impl From<Params> for ParamsBytes {
+    fn from(p: Params) -> ParamsBytes {
+        use std::mem::offset_of;
+        let c = spdk_reduce_vol_params::from(p);
+        let mut b = [0u8; size_of::<spdk_reduce_vol_params>()];
+        let mut put = |offset: usize, bytes: &[u8]| {
+            b[offset..offset + bytes.len()].copy_from_slice(bytes);
+        };
+        put(offset_of!(spdk_reduce_vol_params, uuid), &c.uuid.raw);
+        put(
+            offset_of!(spdk_reduce_vol_params, backing_io_unit_size),
+            &c.backing_io_unit_size.to_ne_bytes(),
+        );
+        put(
+            offset_of!(spdk_reduce_vol_params, logical_block_size),
+            &c.logical_block_size.to_ne_bytes(),
+        );
+        put(
+            offset_of!(spdk_reduce_vol_params, chunk_size),
+            &c.chunk_size.to_ne_bytes(),
+        );
+        put(
+            offset_of!(spdk_reduce_vol_params, vol_size),
+            &c.vol_size.to_ne_bytes(),
+        );
+        ParamsBytes(b)
+    }
+}
+
+impl ParamsBytes {
+    /// The struct, for C to read.
+    pub(crate) fn as_ptr(&self) -> *const spdk_reduce_vol_params {
+        self.0.as_ptr().cast()
+    }
+
+    /// Its `uuid` member.
+    pub(crate) fn uuid(&self) -> *const spdk_uuid {
+        self.0[std::mem::offset_of!(spdk_reduce_vol_params, uuid)..]
+            .as_ptr()
+            .cast()
+    }
+}
+
+/// `comp_algo` value: deflate (SPDK's `SPDK_ACCEL_COMP_ALGO_DEFLATE`). Also what a
+/// volume holds whose creator recorded no algorithm: the 2019 original, or a caller's
+/// own codec.
+pub const REDUCE_COMP_ALGO_DEFLATE: u32 = 0;
+
+/// `comp_algo` value: LZ4, one raw LZ4 block per chunk (SPDK's
+/// `SPDK_ACCEL_COMP_ALGO_LZ4`).
+pub const REDUCE_COMP_ALGO_LZ4: u32 = 1;
+
+/// `comp_algo` value: zstd, one frame per chunk (this library's own value: SPDK has
+/// none for zstd).
+pub const REDUCE_COMP_ALGO_ZSTD: u32 = 128;
+
+// The header spells the values out; they are the core's.
+const _: () = assert!(
+    REDUCE_COMP_ALGO_DEFLATE == CompAlgo::DEFLATE.0 as u32
+        && REDUCE_COMP_ALGO_LZ4 == CompAlgo::LZ4.0 as u32
+        && REDUCE_COMP_ALGO_ZSTD == CompAlgo::ZSTD.0 as u32
+);
+
+/// Volume statistics, as later SPDK releases report them (`allocated_io_units`), and
+/// what this library adds after them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct spdk_reduce_vol_info {
     /// Backing io units holding chunk data.
     pub allocated_io_units: u64,
+    /// The compression level recorded in the superblock at init (`comp_level`, where
+    /// later SPDK releases keep it): the zstd level, or 1 for LZ4. 0 when not recorded.
+    pub comp_level: u32,
+    /// The compression algorithm recorded in the superblock at init (`comp_algo`):
+    /// `REDUCE_COMP_ALGO_ZSTD` or `REDUCE_COMP_ALGO_LZ4` when the volume was made with
+    /// a built-in codec; `REDUCE_COMP_ALGO_DEFLATE` (0) when it was made with the
+    /// caller's own codec or by the original library, which record nothing; or
+    /// another value written by later SPDK.
+    pub comp_algo: u32,
 }
 
 /// What `reduce_vol_check` found (this library's extension; not in the original).
@@ -89,7 +171,8 @@ pub struct reduce_vol_check_report {
 /// Completion of `reduce_vol_check`: `ctx` is the caller's `cb_arg`; `reduce_errno` is
 /// 0 when the volume is clean, -EILSEQ for metadata problems, -EIO when only data
 /// failed to read back, or the error that kept the check from running (-EINVAL for a
-/// NULL volume, -EBUSY with I/O outstanding). `report` is valid during the call only.
+/// NULL volume, -EBUSY with I/O outstanding, -EPERM on a thread other than the
+/// volume's). `report` is valid during the call only.
 pub type reduce_vol_check_complete = Option<
     unsafe extern "C" fn(
         ctx: *mut c_void,
@@ -121,9 +204,22 @@ pub type spdk_reduce_dev_cpl =
     Option<unsafe extern "C" fn(cb_arg: *mut c_void, reduce_errno: c_int)>;
 
 /// How a backing device operation reports back: call `cb_fn(cb_arg, status)` exactly
-/// once, inside the operation's call or later on the volume's thread. The structure
-/// belongs to the library and stays valid until that call, which may free it: read
-/// both members before calling, and do not touch the structure after.
+/// once, inside the operation's call or later, on the volume's thread (the thread that
+/// called init, load or destroy). The structure belongs to the library; it stays valid
+/// until the volume is unloaded (or its init, load or destroy has completed), and each
+/// call into the device gets its own.
+///
+/// The library checks completions instead of trusting them:
+/// - a completion delivered twice, or for an operation no longer in flight, is logged
+///   (`REDUCE_LOG_WARN`) and ignored;
+/// - a completion on another thread is logged (`REDUCE_LOG_ERROR`) and ignored, since
+///   the volume is not safe to touch from there: the operation stays in flight until
+///   it is completed on the volume's thread.
+///
+/// Limits: structures are reused oldest first, and only after at least 256 later
+/// operations have completed; a duplicate arriving after its structure was reused is
+/// taken as the completion of the operation now using it, which cannot be told apart.
+/// No completion may come once the volume is unloaded: the structures are freed then.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct spdk_reduce_vol_cb_args {
@@ -177,7 +273,8 @@ pub type reduce_backing_unmap_fn = Option<
 /// destination of `chunk_size` bytes, and must complete with `chunk_size`. A negative
 /// errno or any other count fails the read with -EIO.
 ///
-/// `reduce_zstd_compress` and `reduce_zstd_decompress` have this type.
+/// `reduce_zstd_compress`, `reduce_zstd_decompress`, `reduce_lz4_compress` and
+/// `reduce_lz4_decompress` have this type (see also `reduce_backing_dev_set_codec`).
 pub type reduce_backing_codec_fn = Option<
     unsafe extern "C" fn(
         dev: *mut spdk_reduce_backing_dev,
@@ -199,9 +296,12 @@ pub type reduce_backing_codec_fn = Option<
 /// unloaded (or the init, load or destroy has failed or completed).
 ///
 /// Each function completes through its `args` (see `struct spdk_reduce_vol_cb_args`),
-/// inside the call or later, on the volume's thread. All five must be set: init, load
-/// and destroy refuse a device with a NULL member (-EINVAL). The library supplies
-/// `reduce_zstd_compress` and `reduce_zstd_decompress` for the codec members.
+/// inside the call or later, on the volume's thread: a completion delivered twice, or
+/// on another thread, is logged and ignored. All five must be set: init, load and
+/// destroy refuse a device with a NULL member (-EINVAL). The library supplies
+/// built-in codecs for the codec members: `reduce_zstd_compress` and
+/// `reduce_zstd_decompress`, `reduce_lz4_compress` and `reduce_lz4_decompress`, or
+/// any of them at a chosen level through `reduce_backing_dev_set_codec`.
 #[repr(C)]
 #[derive(Debug)]
 pub struct spdk_reduce_backing_dev {
@@ -268,5 +368,28 @@ mod tests {
         assert_eq!(offset_of!(spdk_reduce_backing_dev, blockcnt), 40);
         assert_eq!(offset_of!(spdk_reduce_backing_dev, blocklen), 48);
         assert_eq!(size_of::<spdk_reduce_backing_dev>(), 56);
+        assert_eq!(size_of::<ParamsBytes>(), 40);
+        assert_eq!(std::mem::align_of::<ParamsBytes>(), 8);
+        assert_eq!(offset_of!(spdk_reduce_vol_info, comp_level), 8);
+        assert_eq!(offset_of!(spdk_reduce_vol_info, comp_algo), 12);
+        assert_eq!(size_of::<spdk_reduce_vol_info>(), 16);
+    }
+
+    #[test]
+    fn handed_out_params_have_zero_padding() {
+        let p = Params {
+            uuid: [0xAB; 16],
+            backing_io_unit_size: 4096,
+            logical_block_size: 512,
+            chunk_size: 16384,
+            vol_size: 0x0102_0304_0506_0708,
+            compression: Compression::UNRECORDED,
+        };
+        let b = ParamsBytes::from(p);
+        assert_eq!(&b.0[0..16], &[0xAB; 16]);
+        assert_eq!(&b.0[16..28], &[0, 0x10, 0, 0, 0, 2, 0, 0, 0, 0x40, 0, 0]);
+        assert_eq!(&b.0[28..32], &[0; 4]);
+        assert_eq!(&b.0[32..40], &0x0102_0304_0506_0708u64.to_ne_bytes());
+        assert_eq!(b.uuid().cast::<u8>(), b.as_ptr().cast::<u8>());
     }
 }

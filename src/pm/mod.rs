@@ -25,7 +25,9 @@ use crate::error::Result;
 
 /// One mapped pm file. Offsets and ranges are always within `bytes()`.
 pub trait PmRegion {
+    /// The whole file, as it is now in memory.
     fn bytes(&self) -> &[u8];
+    /// Copies `data` in at `offset` (not yet durable: see `persist`).
     fn write(&mut self, offset: usize, data: &[u8]);
     /// Writes an aligned 8-byte word with a single store, so the logical map entry
     /// switches from old to new chunk map and is never seen torn.
@@ -33,14 +35,17 @@ pub trait PmRegion {
     /// Makes `len` bytes at `offset` durable.
     fn persist(&mut self, offset: usize, len: usize) -> Result<()>;
 
+    /// The file's size in bytes.
     fn len(&self) -> usize {
         self.bytes().len()
     }
 
+    /// True for an empty file.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The little-endian u64 at `offset`.
     fn read_u64(&self, offset: usize) -> u64 {
         u64::from_le_bytes(
             self.bytes()[offset..offset + 8]
@@ -49,6 +54,7 @@ pub trait PmRegion {
         )
     }
 
+    /// The little-endian u32 at `offset`.
     fn read_u32(&self, offset: usize) -> u32 {
         u32::from_le_bytes(
             self.bytes()[offset..offset + 4]
@@ -78,5 +84,6 @@ pub trait PmStore {
     /// its volume is replaced or destroyed): `None` when there is no file at `path`,
     /// `EBUSY` when it is held, `EILSEQ` when it is not a regular file.
     fn lock(&self, path: &Path) -> Result<Option<Box<dyn PmLock>>>;
+    /// Removes the file at `path`: the OS errno when it cannot.
     fn remove(&self, path: &Path) -> Result<()>;
 }

@@ -1,6 +1,7 @@
 //! An in-memory backing device for tests: completes inside the call or from `poll`,
-//! can fail chosen operations, and records which writes have completed so a test can
-//! cut the power between any two of them.
+//! can fail chosen operations, misbehave as a buggy device would (deliver a completion
+//! twice, hand back a mangled buffer), and records which writes have completed so a
+//! test can cut the power between any two of them.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -24,12 +25,27 @@ pub enum Mode {
 /// the operation's number since the device was made.
 pub type FaultFn = Box<dyn FnMut(bool, u64) -> Option<Errno>>;
 
+/// Decides which completions are delivered twice: `true` for (is_write, operation
+/// number). The second delivery carries a copy of the buffer and changes nothing on the
+/// device; it comes right after the first in [`Mode::Immediate`], and in
+/// [`Mode::Deferred`] from the back of the queue: after what is pending when the first
+/// is delivered, before what that delivery sets off.
+pub type DuplicateFn = Box<dyn FnMut(bool, u64) -> bool>;
+
+/// Mangles what an operation hands back (is_write, operation number, the operation), as
+/// a device with a bug might: the volume must treat it as its own bug, not crash.
+pub type TamperFn = Box<dyn FnMut(bool, u64, &mut BackingIo)>;
+
 struct Pending {
     id: u64,
     write: bool,
     io: BackingIo,
     done: IoDone,
     result: Result<()>,
+    /// Deliver a second time.
+    twice: bool,
+    /// This is the second delivery: completes, touches nothing.
+    echo: bool,
 }
 
 struct State {
@@ -37,6 +53,9 @@ struct State {
     mode: Mode,
     pending: VecDeque<Pending>,
     fault: Option<FaultFn>,
+    duplicate: Option<DuplicateFn>,
+    tamper: Option<TamperFn>,
+    duplicates: u64,
     ops: u64,
     /// Completed writes so far (each write is applied to `image` when it completes).
     writes_completed: u64,
@@ -68,6 +87,9 @@ impl MemBacking {
             mode,
             pending: VecDeque::new(),
             fault: None,
+            duplicate: None,
+            tamper: None,
+            duplicates: 0,
             ops: 0,
             writes_completed: 0,
             reads: 0,
@@ -96,6 +118,21 @@ impl MemBacking {
     /// Removes the fault function and returns it, to put back later.
     pub fn take_fault(&self) -> Option<FaultFn> {
         self.state.borrow_mut().fault.take()
+    }
+
+    /// Delivers the completions `duplicate` picks twice (see [`DuplicateFn`]).
+    pub fn set_duplicate(&self, duplicate: Option<DuplicateFn>) {
+        self.state.borrow_mut().duplicate = duplicate;
+    }
+
+    /// Second deliveries made so far.
+    pub fn duplicates(&self) -> u64 {
+        self.state.borrow().duplicates
+    }
+
+    /// Mangles what operations hand back (see [`TamperFn`]).
+    pub fn set_tamper(&self, tamper: Option<TamperFn>) {
+        self.state.borrow_mut().tamper = tamper;
     }
 
     /// A copy of the device's bytes: what completed writes left.
@@ -171,12 +208,15 @@ impl MemBacking {
                 });
             }
         }
+        let twice = s.duplicate.as_mut().is_some_and(|f| f(write, op));
         let p = Pending {
             id: op,
             write,
             io,
             done,
             result,
+            twice,
+            echo: false,
         };
         if s.mode == Mode::Deferred {
             s.pending.push_back(p);
@@ -214,6 +254,10 @@ impl MemBacking {
     /// Applies (write) or fills (read) the operation's data, then completes it. The
     /// device's borrow is released before the completion runs, so it may submit more.
     fn finish(&self, mut p: Pending) {
+        if p.echo {
+            self.state.borrow_mut().duplicates += 1;
+            return p.done.complete(p.io, p.result);
+        }
         if p.result.is_ok() {
             let mut s = self.state.borrow_mut();
             for (dev, buf) in self.runs(&p.io.extents) {
@@ -230,7 +274,35 @@ impl MemBacking {
                 }
             }
         }
+        if let Some(tamper) = &mut self.state.borrow_mut().tamper {
+            tamper(p.write, p.id, &mut p.io);
+        }
+        let echo = p.twice.then(|| Pending {
+            io: BackingIo {
+                buf: p.io.buf.clone(),
+                extents: p.io.extents.clone(),
+            },
+            done: IoDone {
+                receiver: p.done.receiver.clone(),
+                token: p.done.token,
+            },
+            result: p.result.clone(),
+            twice: false,
+            echo: true,
+            ..p
+        });
+        // Deferred: queued first, so it comes before whatever this completion sets off.
+        let echo = match echo {
+            Some(echo) if self.state.borrow().mode == Mode::Deferred => {
+                self.state.borrow_mut().pending.push_back(echo);
+                None
+            }
+            other => other,
+        };
         p.done.complete(p.io, p.result);
+        if let Some(echo) = echo {
+            self.finish(echo);
+        }
     }
 }
 

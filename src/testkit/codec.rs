@@ -1,19 +1,26 @@
 //! A codec test double: wraps a [`SyncCodec`], completes inside the call or from
-//! [`TestCodec::poll_one`], and fails chosen operations — the codec side of the fault
-//! injection that [`MemBacking`](super::MemBacking) does for the device.
+//! [`TestCodec::poll_one`], fails chosen operations, and misbehaves as a buggy codec
+//! would (a completion delivered twice, mangled buffers or counts) — the codec side of
+//! the fault injection that [`MemBacking`](super::MemBacking) does for the device.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use super::backing::{FaultFn, Mode};
+use super::backing::{DuplicateFn, FaultFn, Mode};
 use crate::codec::{Codec, CodecDone, CodecIo, SyncCodec};
 use crate::error::Result;
+
+/// Mangles what an operation hands back (is_compress, operation number, the operation,
+/// its result), as a codec with a bug might.
+pub type CodecTamperFn = Box<dyn FnMut(bool, u64, &mut CodecIo, &mut Result<usize>)>;
 
 struct Pending {
     io: CodecIo,
     done: CodecDone,
     result: Result<usize>,
+    /// Deliver a second time (a copy, later in [`Mode::Deferred`]).
+    twice: bool,
 }
 
 struct State {
@@ -21,6 +28,9 @@ struct State {
     pending: VecDeque<Pending>,
     /// Arguments: is_compress, the operation's number.
     fault: Option<FaultFn>,
+    duplicate: Option<DuplicateFn>,
+    tamper: Option<CodecTamperFn>,
+    duplicates: u64,
     ops: u64,
 }
 
@@ -39,6 +49,9 @@ impl TestCodec {
                 mode,
                 pending: VecDeque::new(),
                 fault: None,
+                duplicate: None,
+                tamper: None,
+                duplicates: 0,
                 ops: 0,
             })),
         }
@@ -58,6 +71,27 @@ impl TestCodec {
         self.state.borrow_mut().fault.take()
     }
 
+    /// Delivers the completions `duplicate(is_compress, op)` picks twice, as
+    /// [`MemBacking::set_duplicate`](super::MemBacking::set_duplicate) does.
+    pub fn set_duplicate(&self, duplicate: Option<DuplicateFn>) {
+        self.state.borrow_mut().duplicate = duplicate;
+    }
+
+    /// Second deliveries made so far.
+    pub fn duplicates(&self) -> u64 {
+        self.state.borrow().duplicates
+    }
+
+    /// Mangles what operations hand back (see [`CodecTamperFn`]).
+    pub fn set_tamper(&self, tamper: Option<CodecTamperFn>) {
+        self.state.borrow_mut().tamper = tamper;
+    }
+
+    /// Operations started so far: the number the next one gets.
+    pub fn ops(&self) -> u64 {
+        self.state.borrow().ops
+    }
+
     pub fn pending(&self) -> usize {
         self.state.borrow().pending.len()
     }
@@ -67,10 +101,42 @@ impl TestCodec {
         let next = self.state.borrow_mut().pending.pop_front();
         match next {
             Some(p) => {
-                p.done.complete(p.io, p.result);
+                self.deliver(p);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Completes `p`, and its second delivery when it gets one: right away, or queued.
+    fn deliver(&self, p: Pending) {
+        let echo = p.twice.then(|| Pending {
+            io: CodecIo {
+                src: p.io.src.clone(),
+                src_len: p.io.src_len,
+                dst: p.io.dst.clone(),
+            },
+            done: CodecDone {
+                receiver: p.done.receiver.clone(),
+                token: p.done.token,
+            },
+            result: p.result.clone(),
+            twice: false,
+        });
+        let mut s = self.state.borrow_mut();
+        s.duplicates += u64::from(echo.is_some());
+        // Deferred: queued first, so it comes before whatever this completion sets off.
+        let echo = match echo {
+            Some(echo) if s.mode == Mode::Deferred => {
+                s.pending.push_back(echo);
+                None
+            }
+            other => other,
+        };
+        drop(s);
+        p.done.complete(p.io, p.result);
+        if let Some(echo) = echo {
+            echo.done.complete(echo.io, echo.result);
         }
     }
 
@@ -79,19 +145,28 @@ impl TestCodec {
         let op = s.ops;
         s.ops += 1;
         let injected = s.fault.as_mut().and_then(|f| f(compress, op));
-        let result = match injected {
+        let mut result = match injected {
             Some(e) => Err(e.into()),
             None if compress => self.codec.compress_buf(&io.src[..io.src_len], &mut io.dst),
             None => self
                 .codec
                 .decompress_buf(&io.src[..io.src_len], &mut io.dst),
         };
-        let p = Pending { io, done, result };
+        if let Some(tamper) = &mut s.tamper {
+            tamper(compress, op, &mut io, &mut result);
+        }
+        let twice = s.duplicate.as_mut().is_some_and(|f| f(compress, op));
+        let p = Pending {
+            io,
+            done,
+            result,
+            twice,
+        };
         if s.mode == Mode::Deferred {
             s.pending.push_back(p);
         } else {
             drop(s);
-            p.done.complete(p.io, p.result);
+            self.deliver(p);
         }
     }
 }

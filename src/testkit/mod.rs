@@ -22,8 +22,8 @@ mod rig;
 mod rle;
 mod store;
 
-pub use backing::{FaultFn, MemBacking, Mode};
-pub use codec::TestCodec;
+pub use backing::{DuplicateFn, FaultFn, MemBacking, Mode, TamperFn};
+pub use codec::{CodecTamperFn, TestCodec};
 pub use data::{Rng, any_data, data, prose, range_in_chunk, split, split_lens, text};
 pub use geo::Geo;
 pub use journal::{Crash, Entry, Images, Journal};

@@ -37,6 +37,7 @@ use super::request::Engine;
 use super::{Action, Backend, DoneCallback, Event, Info, OpenCallback, Shared, Volume};
 use crate::backing::{BackingDevice, BackingIo, Extent};
 use crate::check::{self, Report};
+use crate::codec::Compression;
 use crate::completion::Token;
 use crate::error::{Errno, Error, Result};
 use crate::format::{
@@ -51,6 +52,7 @@ use crate::pm::{PmLock, PmStore};
 /// pm file path. Made before anything is written, so bad params leave no trace.
 #[derive(Clone, Debug)]
 pub struct InitPlan {
+    /// The params the volume will have: uuid chosen, `vol_size` computed.
     pub params: Params,
     geo: Geometry,
     path: PathBuf,
@@ -115,8 +117,18 @@ impl InitPlan {
         Ok(InitPlan { params, geo, path })
     }
 
+    /// Where the pm file will be made: the directory, `/`, the uuid.
     pub fn pm_path(&self) -> &Path {
         &self.path
+    }
+
+    /// The superblock records the codec's compression; a codec that reports none
+    /// leaves the params' own.
+    pub(crate) fn record(&mut self, codec: Compression) {
+        if !codec.is_unrecorded() {
+            self.params.compression = codec;
+            self.geo.params.compression = codec;
+        }
     }
 }
 
@@ -279,12 +291,14 @@ impl Core {
     pub(crate) fn describe(&self) -> String {
         let p = &self.params;
         let mut s = format!(
-            "vol info:\n\tuuid = {}\n\tbacking_io_unit_size = 0x{:x}\n\tlogical_block_size = 0x{:x}\n\tchunk_size = 0x{:x}\n\tvol_size = 0x{:x}\n",
+            "vol info:\n\tuuid = {}\n\tbacking_io_unit_size = 0x{:x}\n\tlogical_block_size = 0x{:x}\n\tchunk_size = 0x{:x}\n\tvol_size = 0x{:x}\n\tcomp_algo = {}\n\tcomp_level = {}\n",
             uuid::Uuid::from_bytes(p.uuid).hyphenated(),
             p.backing_io_unit_size,
             p.logical_block_size,
             p.chunk_size,
-            p.vol_size
+            p.vol_size,
+            p.compression.algo,
+            p.compression.level
         );
         if let Phase::Ready(engine) = &self.phase {
             let geo = &engine.meta.geo;
@@ -305,6 +319,14 @@ impl Core {
             );
         }
         s
+    }
+
+    /// The request engine, once the volume is loaded.
+    pub(crate) fn engine(&mut self) -> Option<&mut Engine> {
+        match &mut self.phase {
+            Phase::Ready(engine) => Some(engine),
+            _ => None,
+        }
     }
 
     /// The state machine's one entry: turns an event into actions, calling nothing

@@ -9,6 +9,10 @@
 //! event and returns at once, because the volume is already draining. So the stack
 //! stays flat however many requests chain from callbacks, and no borrow is held across
 //! a call to the outside.
+//!
+//! A panic while handling an event is a bug in this library; the drain loop stops it
+//! there, fails the request the engine had in hand with `EIO` (releasing what it held)
+//! and goes on, so one bug costs one request, not the volume.
 
 mod lifecycle;
 mod request;
@@ -23,15 +27,18 @@ pub use user::{Segments, UserIo, segment_pieces};
 
 pub(crate) use lifecycle::Core;
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 
 use crate::backing::{BackingDevice, BackingIo, IoDone};
 use crate::codec::{Codec, CodecDone, CodecIo};
-use crate::completion::{Receiver, Token};
+use crate::completion::{Receiver, Ticket, Token};
 use crate::error::{Error, Result};
 use crate::format::Params;
+use crate::log::{self, Level};
 use crate::pm::PmStore;
 
 /// Completion of init or load.
@@ -41,8 +48,11 @@ pub type DoneCallback = Box<dyn FnOnce(Result<()>)>;
 
 /// What a volume runs on: the backing device, the compressor and where pm files live.
 pub struct Backend {
+    /// The device the volume is stored on.
     pub backing: Box<dyn BackingDevice>,
+    /// The compressor of its chunks.
     pub codec: Box<dyn Codec>,
+    /// Where its pm file is created, opened and removed.
     pub store: Box<dyn PmStore>,
 }
 
@@ -72,6 +82,20 @@ pub(crate) enum Event {
     },
 }
 
+impl Event {
+    /// What the event is, for a log message.
+    fn name(&self) -> &'static str {
+        match self {
+            Event::Begin => "the start of init, load or destroy",
+            Event::Submit { .. } => "a new request",
+            Event::Reject { .. } => "a refused request",
+            Event::Unload(_) => "an unload",
+            Event::BackingDone { .. } => "a backing completion",
+            Event::CodecDone { .. } => "a codec completion",
+        }
+    }
+}
+
 /// A call to the outside, made by the drain loop with no state borrowed.
 pub(crate) enum Action {
     Read(BackingIo, Token),
@@ -81,6 +105,19 @@ pub(crate) enum Action {
     Finish(Box<dyn UserIo>, Result<()>),
     Opened(OpenCallback, Result<()>),
     Done(DoneCallback, Result<()>),
+}
+
+impl Action {
+    /// The request operation the action issues, if it issues one.
+    fn ticket(&self) -> Option<Ticket> {
+        match self {
+            Action::Read(_, Token::Request(t))
+            | Action::Write(_, Token::Request(t))
+            | Action::Compress(_, Token::Request(t))
+            | Action::Decompress(_, Token::Request(t)) => Some(*t),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -117,11 +154,54 @@ impl Shared {
         loop {
             let event = self.events.borrow_mut().pop_front();
             let Some(event) = event else { break };
-            self.core.borrow_mut().handle(event, &mut actions);
+            let mut what = event.name();
+            let mut event = Some(event);
+            // The event, then (after a panic that failed a request) what it left
+            // undone, until a step runs through or a panic fails no request.
+            loop {
+                let step = catch_unwind(AssertUnwindSafe(|| {
+                    let mut core = self.core.borrow_mut();
+                    if let Some(event) = event.take() {
+                        core.handle(event, &mut actions);
+                    } else if let Some(engine) = core.engine() {
+                        engine.resume(&mut actions);
+                    }
+                }));
+                match step {
+                    Ok(()) => break,
+                    Err(panic) if self.recover(what, panic.as_ref(), &mut actions) => {
+                        what = "the work left after a panic";
+                    }
+                    Err(_) => break,
+                }
+            }
             for action in actions.drain(..) {
                 self.perform(action);
             }
         }
+    }
+
+    /// After a panic while handling `what`: the request the engine had in hand fails
+    /// with `EIO` (logged); the volume goes on. False when no request was in hand.
+    fn recover(&self, what: &str, panic: &(dyn Any + Send), actions: &mut Vec<Action>) -> bool {
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        let why = format!("panic while handling {what}: {message}");
+        let failed = self
+            .core
+            .borrow_mut()
+            .engine()
+            .and_then(|engine| engine.recover(&why, actions));
+        if failed.is_none() {
+            log::emit(
+                Level::Error,
+                format_args!("internal error ({why}); no request was affected"),
+            );
+        }
+        failed.is_some()
     }
 
     fn perform(self: &Rc<Self>, action: Action) {
@@ -193,8 +273,11 @@ pub struct Volume {
 
 impl Volume {
     /// Creates a volume: pm file, path region, then the superblock. `cb` gets the
-    /// volume, or the error with nothing left behind.
-    pub fn init(plan: InitPlan, backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
+    /// volume, or the error with nothing left behind. The superblock records the
+    /// codec's [`Compression`](crate::Compression) (or, for a codec that reports none,
+    /// the plan's).
+    pub fn init(mut plan: InitPlan, backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
+        plan.record(backend.codec.compression());
         let core = Core::init(plan, backend.store, Box::new(cb));
         Shared::start(core, backend.backing, backend.codec);
     }
@@ -241,7 +324,10 @@ impl Volume {
         self.submit(Op::Read, offset, length, Segments::boxed(segs, cb));
     }
 
-    /// Writes `segs` (`length` blocks in all); they come back in `cb`.
+    /// Writes `segs` (`length` blocks in all); they come back in `cb`. When `cb` gets
+    /// `Ok`, the write is durable (the device completes a write only once its data is
+    /// durable, and the volume persists its maps before completing): a crash at any
+    /// moment leaves each chunk either old or new, never mixed.
     pub fn writev(
         &self,
         offset: u64,
@@ -267,6 +353,7 @@ impl Volume {
         self.shared.core.borrow().pm_path()
     }
 
+    /// The volume's counters; all zeros once it is unloaded.
     pub fn info(&self) -> Info {
         self.shared.core.borrow().info()
     }

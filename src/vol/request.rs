@@ -12,15 +12,37 @@
 //!         write_chunk, no space while other writes hold some ─► (waits) ─► write_chunk
 //! ```
 //!
-//! Between steps a request is parked in its slot with its [`Stage`], which holds
-//! exactly what the request owns there; a step takes the request out, moves what it
-//! owns along, and parks it again or finishes it. A buffer lent to the device or the
-//! codec travels in the operation and comes back with its completion.
+//! A request keeps one slot of the request table from submission to completion. The
+//! slot holds the caller's side and what the request owns beyond its current step (a
+//! new chunk map and io units, its claim on buffers); between steps the request's
+//! [`Stage`] is parked there too, holding exactly what the request owns at that stage.
+//! A step takes the stage in hand, moves what it owns along, and parks it again or
+//! finishes the request. A buffer lent to the device or the codec travels in the
+//! operation and comes back with its completion.
+//!
+//! Every operation a request issues carries a [`Ticket`]: its slot and a generation
+//! that changes at each operation, so a completion is taken only if it is the one the
+//! slot waits for. Anything else (delivered twice, late, for a request long gone) is
+//! logged and ignored.
+//!
+//! If a step panics (a bug), the drain loop calls [`Engine::recover`]: the request in
+//! hand completes with `EIO`, releasing its new chunk map and io units and its claim on
+//! buffers; whatever it had lent comes back later under a stale ticket and is dropped.
 //!
 //! Requests to the same chunk run one at a time in submission order (a per-chunk
 //! queue). At most [`MAX_ACTIVE`] requests hold chunk buffers at once; the rest wait
 //! in order, so any number may be submitted. Everything a request holds (buffers, a
 //! new chunk map and its io units) is released before its caller hears of it.
+//!
+//! Space: a write never replaces a chunk in place, so an overwrite needs a second chunk
+//! map and its io units until it commits and frees the old ones. Overwrites of chunks
+//! that hold data must always find them, whatever the pm file's size, so chunk maps are
+//! held back for them (see [`Engine::room_for_new_chunk`]); writes to chunks never
+//! written get `ENOSPC` first. Io units need no such rule: chunks holding data never
+//! take more than the volume's own share of them, and the device holds
+//! [`EXTRA_CHUNKS`](crate::format::EXTRA_CHUNKS) chunks' worth beyond it. The last
+//! resort stays: a write that finds no space while others are writing waits for them
+//! to free what they replace.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -29,7 +51,7 @@ use smallvec::SmallVec;
 use super::{Action, UserIo};
 use crate::backing::{BackingIo, Extent};
 use crate::codec::CodecIo;
-use crate::completion::Token;
+use crate::completion::{Ticket, Token};
 use crate::error::{Errno, Error, Result};
 use crate::format::chunk_checksum;
 use crate::log::{self, Level};
@@ -39,20 +61,23 @@ use crate::maps::{ChunkMap, Metadata, checksum_ok};
 /// flight on a volume full of incompressible data still find room.
 pub const MAX_ACTIVE: usize = crate::format::EXTRA_CHUNKS as usize;
 
+/// What a request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// Copies blocks from the volume into the caller's buffers.
     Read,
+    /// Stores the caller's buffers in the volume.
     Write,
 }
 
 /// What a caller asked for, resolved to one chunk.
+#[derive(Clone, Copy)]
 struct Request {
     op: Op,
     chunk: u64,
     /// Byte range of the chunk the caller reads or writes.
     start: usize,
     len: usize,
-    user: Box<dyn UserIo>,
 }
 
 /// The two chunk-sized buffers of an active request: `plain` for the chunk's data,
@@ -129,38 +154,74 @@ enum Stage {
         buffers: Buffers,
         size: usize,
     },
-    /// Writing the new chunk, to commit once its data is on the device; the buffer
-    /// with its stored form is lent to the device.
+    /// Writing the new chunk (held in the slot), to commit once its data is on the
+    /// device; the buffer with its stored form is lent to the device.
     WritingChunk {
-        new: NewChunk,
         kept: Kept,
     },
+}
+
+/// Who completes an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Backing,
+    Codec,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Backing => "backing",
+            Kind::Codec => "codec",
+        }
+    }
+}
+
+impl Stage {
+    /// Whose completion the stage waits for, if any.
+    fn awaits(&self) -> Option<Kind> {
+        match self {
+            Stage::ReadingChunk { .. } | Stage::WritingChunk { .. } => Some(Kind::Backing),
+            Stage::DecompressingChunk | Stage::CompressingChunk => Some(Kind::Codec),
+            Stage::Waiting | Stage::WaitingForSpace { .. } => None,
+        }
+    }
 }
 
 /// A chunk map allocated for a write, with its io units: `map` goes in at `index`.
 struct NewChunk {
     index: u64,
     map: ChunkMap,
-}
-
-/// A request between steps.
-struct Parked {
-    request: Request,
-    stage: Stage,
+    /// The chunk held data when the map was allocated: the write replaces it, and frees
+    /// the old map when it commits.
+    replaces: bool,
 }
 
 /// One entry of the request table.
-#[derive(Default)]
 struct Slot {
-    /// The request, unless the slot is free or its request is in hand (being advanced).
-    parked: Option<Parked>,
+    /// Changes at every operation issued from the slot, when it comes back, and when
+    /// the request ends: a completion is taken only with the generation it was issued
+    /// with.
+    generation: u64,
+    /// The caller's side, from submission until the request completes.
+    user: Option<Box<dyn UserIo>>,
+    request: Request,
+    /// The parked request's stage; `None` while a step has it in hand, or when free.
+    stage: Option<Stage>,
+    /// On its chunk's queue (so its end lets the next one go).
+    queued: bool,
     /// The next request to the same chunk, admitted when this one finishes.
     next: Option<usize>,
+    /// Holds a pair of chunk buffers (one of the [`MAX_ACTIVE`]).
+    active: bool,
+    /// The chunk map and io units of its write, from allocation until commit.
+    new: Option<NewChunk>,
 }
 
 /// The I/O side of a loaded volume.
 pub(crate) struct Engine {
-    pub(crate) meta: Metadata,
+    /// Boxed: the engine sits in the volume's phase, beside much smaller ones.
+    pub(crate) meta: Box<Metadata>,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
     outstanding: usize,
@@ -175,14 +236,18 @@ pub(crate) struct Engine {
     spare_buffers: Vec<Vec<u8>>,
     /// Requests writing their chunk, holding a new chunk map and io units.
     writing: usize,
+    /// Of those, the ones replacing a chunk that holds data.
+    overwriting: u64,
     /// Compressed writes that found no space while others were writing.
     space_waiters: VecDeque<usize>,
+    /// The request a step has in hand: the one to fail if the step panics.
+    in_hand: Option<usize>,
 }
 
 impl Engine {
     pub(crate) fn new(meta: Metadata) -> Engine {
         Engine {
-            meta,
+            meta: Box::new(meta),
             slots: Vec::new(),
             free_slots: Vec::new(),
             outstanding: 0,
@@ -192,7 +257,9 @@ impl Engine {
             active: 0,
             spare_buffers: Vec::new(),
             writing: 0,
+            overwriting: 0,
             space_waiters: VecDeque::new(),
+            in_hand: None,
         }
     }
 
@@ -200,7 +267,8 @@ impl Engine {
         self.outstanding
     }
 
-    /// Validates and queues a request. Invalid ones complete at once, holding nothing.
+    /// Takes a request: into a slot first, so it is answered whatever happens next;
+    /// then validated (an invalid one completes at once, holding nothing) and queued.
     pub(crate) fn submit(
         &mut self,
         op: Op,
@@ -209,29 +277,62 @@ impl Engine {
         user: Box<dyn UserIo>,
         out: &mut Vec<Action>,
     ) {
-        let (chunk, start, len) = match self.locate(offset, length, user.len()) {
+        let user_len = user.len();
+        let id = self.open_slot(user);
+        let (chunk, start, len) = match self.locate(offset, length, user_len) {
             Ok(Some(place)) => place,
-            Ok(None) => return out.push(Action::Finish(user, Ok(()))),
-            Err(e) => return out.push(Action::Finish(user, Err(e))),
+            Ok(None) => return self.complete(id, Ok(()), out),
+            Err(e) => return self.complete(id, Err(e), out),
         };
-        let request = Request {
+        let slot = &mut self.slots[id];
+        slot.request = Request {
             op,
             chunk,
             start,
             len,
-            user,
         };
-        let id = self.free_slots.pop().unwrap_or_else(|| {
-            self.slots.push(Slot::default());
-            self.slots.len() - 1
-        });
-        self.park(id, request, Stage::Waiting);
-        self.outstanding += 1;
+        slot.queued = true;
+        self.park(id, Stage::Waiting);
         match self.chunk_tails.insert(chunk, id) {
             Some(prev) => self.slots[prev].next = Some(id),
             None => self.to_admit.push_back(id),
         }
         self.run_admissions(out);
+    }
+
+    /// A slot for a new request, with the caller's side in it, in hand.
+    fn open_slot(&mut self, user: Box<dyn UserIo>) -> usize {
+        let slot = Slot {
+            generation: 0,
+            user: Some(user),
+            request: Request {
+                op: Op::Read,
+                chunk: 0,
+                start: 0,
+                len: 0,
+            },
+            stage: None,
+            queued: false,
+            next: None,
+            active: false,
+            new: None,
+        };
+        let id = match self.free_slots.pop() {
+            Some(id) => {
+                // The generation goes on from the slot's last request, so none of that
+                // request's tickets can match this one's.
+                let generation = self.slots[id].generation;
+                self.slots[id] = Slot { generation, ..slot };
+                id
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        self.outstanding += 1;
+        self.in_hand = Some(id);
+        id
     }
 
     /// (chunk, byte start, byte length) of a request, `None` for an empty one.
@@ -272,49 +373,76 @@ impl Engine {
         Ok(Some((chunk, start, user_len)))
     }
 
-    fn park(&mut self, id: usize, request: Request, stage: Stage) {
-        self.slots[id].parked = Some(Parked { request, stage });
+    fn request(&self, id: usize) -> Request {
+        self.slots[id].request
     }
 
-    /// Takes request `id` in hand, if one is parked there.
-    fn unpark(&mut self, id: usize) -> Option<Parked> {
-        self.slots.get_mut(id).and_then(|slot| slot.parked.take())
+    /// The caller's side of request `id`, which is in flight.
+    fn user(&mut self, id: usize) -> &mut dyn UserIo {
+        self.slots[id]
+            .user
+            .as_deref_mut()
+            .expect("a request in flight has its caller's side")
     }
 
-    /// Puts back what [`Engine::unpark`] took when it was not what the step needed.
-    fn restore(&mut self, id: usize, parked: Option<Parked>) {
-        if let Some(parked) = parked {
-            self.slots[id].parked = Some(parked);
-        }
+    fn park(&mut self, id: usize, stage: Stage) {
+        self.slots[id].stage = Some(stage);
+        self.in_hand = None;
     }
 
-    /// Takes in hand request `id`, queued by the engine itself as waiting. Anything
-    /// else there stays in place: the queues would be out of step with the slots.
-    fn unpark_waiting(&mut self, id: usize) -> Option<Request> {
-        match self.unpark(id) {
-            Some(Parked {
-                request,
-                stage: Stage::Waiting,
-            }) => Some(request),
+    /// Takes in hand request `id`, queued by the engine itself as waiting (for its
+    /// chunk, buffers or space). Anything else there stays in place: the queues would
+    /// be out of step with the slots.
+    fn take_queued(&mut self, id: usize) -> Option<Stage> {
+        let slot = &mut self.slots[id];
+        match slot.stage.take() {
+            Some(stage @ (Stage::Waiting | Stage::WaitingForSpace { .. })) => {
+                self.in_hand = Some(id);
+                Some(stage)
+            }
             other => {
                 debug_assert!(false, "request {id} queued but not waiting");
-                self.restore(id, other);
+                slot.stage = other;
                 None
             }
         }
     }
 
-    /// A completion for request `id` that is not waiting for one: the caller's device
-    /// or codec completed something twice, or not ours. Logged and ignored; whatever
-    /// is parked there stays.
-    fn stray(&mut self, id: usize, kind: &str, parked: Option<Parked>) {
+    /// A new generation for an operation request `id` issues: the token it goes out
+    /// with.
+    fn issue(&mut self, id: usize) -> Token {
+        let slot = &mut self.slots[id];
+        slot.generation += 1;
+        Token::Request(Ticket {
+            slot: id,
+            generation: slot.generation,
+        })
+    }
+
+    /// Takes in hand the request a `kind` completion with `ticket` belongs to, if it is
+    /// the operation that request waits for. Anything else is logged and ignored: the
+    /// caller's device or codec completed something twice, late, or not ours.
+    fn accept(&mut self, ticket: Ticket, kind: Kind) -> Option<Stage> {
+        let why = match self.slots.get_mut(ticket.slot) {
+            None => "there is no such request",
+            Some(slot) if slot.user.is_none() => "that request has completed",
+            Some(slot) if slot.generation != ticket.generation => {
+                "that request is not waiting for this operation (delivered twice, or late)"
+            }
+            Some(slot) => match &slot.stage {
+                Some(stage) if stage.awaits() == Some(kind) => {
+                    slot.generation += 1;
+                    self.in_hand = Some(ticket.slot);
+                    return slot.stage.take();
+                }
+                _ => "that request is not waiting for this kind of completion",
+            },
+        };
         log::emit(
             Level::Warn,
-            format_args!(
-                "ignored a {kind} completion for request {id}, which is not waiting for one"
-            ),
+            format_args!("ignored a {} completion for {ticket}: {why}", kind.name()),
         );
-        self.restore(id, parked);
+        None
     }
 
     /// Admits requests that reached the head of their chunk; a loop, not recursion, so
@@ -326,23 +454,25 @@ impl Engine {
     }
 
     fn admit(&mut self, id: usize, out: &mut Vec<Action>) {
-        let Some(mut request) = self.unpark_waiting(id) else {
+        if self.take_queued(id).is_none() {
             return;
-        };
+        }
+        let request = self.request(id);
         if request.op == Op::Read && self.meta.logical_entry(request.chunk).is_none() {
-            request.user.zero();
-            return self.finish(id, request, None, Ok(()), out);
+            self.user(id).zero();
+            return self.finish(id, None, Ok(()), out);
         }
         if self.active == MAX_ACTIVE {
-            self.park(id, request, Stage::Waiting);
+            self.park(id, Stage::Waiting);
             return self.waiting.push_back(id);
         }
         self.active += 1;
+        self.slots[id].active = true;
         let buffers = Buffers {
             plain: self.take_buffer(),
             packed: self.take_buffer(),
         };
-        self.start(id, request, buffers, out);
+        self.start(id, buffers, out);
     }
 
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -350,35 +480,30 @@ impl Engine {
         self.spare_buffers.pop().unwrap_or_else(|| vec![0; size])
     }
 
-    fn start(&mut self, id: usize, request: Request, mut buffers: Buffers, out: &mut Vec<Action>) {
+    fn start(&mut self, id: usize, mut buffers: Buffers, out: &mut Vec<Action>) {
+        let request = self.request(id);
         let whole = request.start == 0 && request.len == self.meta.geo.chunk_size();
         // A whole-chunk write needs nothing of what was there.
         if request.op == Op::Write && whole {
-            return self.chunk_ready(id, request, buffers, out);
+            return self.chunk_ready(id, buffers, out);
         }
         match self.meta.lookup(request.chunk) {
-            Ok(Some(stored)) => self.read_chunk(id, request, stored, buffers, out),
+            Ok(Some(stored)) => self.read_chunk(id, stored, buffers, out),
             Ok(None) => {
                 // A chunk never written reads as zeros around the caller's data.
                 buffers.plain.fill(0);
-                self.chunk_ready(id, request, buffers, out)
+                self.chunk_ready(id, buffers, out)
             }
-            Err(e) => self.finish(id, request, Some(buffers), Err(e.logged()), out),
+            Err(e) => self.finish(id, Some(buffers), Err(e.logged()), out),
         }
     }
 
-    fn read_chunk(
-        &mut self,
-        id: usize,
-        request: Request,
-        stored: ChunkMap,
-        buffers: Buffers,
-        out: &mut Vec<Action>,
-    ) {
+    fn read_chunk(&mut self, id: usize, stored: ChunkMap, buffers: Buffers, out: &mut Vec<Action>) {
         let extents = self.extents(&stored.io_units);
         let (buf, kept) = buffers.lend(stored.is_raw(&self.meta.geo));
-        self.park(id, request, Stage::ReadingChunk { stored, kept });
-        out.push(Action::Read(BackingIo { buf, extents }, Token::Request(id)));
+        self.park(id, Stage::ReadingChunk { stored, kept });
+        let token = self.issue(id);
+        out.push(Action::Read(BackingIo { buf, extents }, token));
     }
 
     /// Block runs for io units laid out one after another in a chunk buffer; adjacent
@@ -402,46 +527,44 @@ impl Engine {
         extents
     }
 
-    /// A backing read or write of request `id` finished.
+    /// A backing read or write finished.
     pub(crate) fn backing_done(
         &mut self,
-        id: usize,
+        ticket: Ticket,
         io: BackingIo,
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
-        match self.unpark(id) {
-            Some(Parked {
-                request,
-                stage: Stage::ReadingChunk { stored, kept },
-            }) => self.backing_read_done(id, request, stored, kept.rejoin(io.buf), result, out),
-            Some(Parked {
-                request,
-                stage: Stage::WritingChunk { new, kept },
-            }) => self.write_chunk_done(id, request, new, kept.rejoin(io.buf), result, out),
-            other => self.stray(id, "backing", other),
+        let id = ticket.slot;
+        match self.accept(ticket, Kind::Backing) {
+            Some(Stage::ReadingChunk { stored, kept }) => {
+                self.backing_read_done(id, stored, kept.rejoin(io.buf), result, out)
+            }
+            Some(Stage::WritingChunk { kept }) => {
+                self.write_chunk_done(id, kept.rejoin(io.buf), result, out)
+            }
+            // Refused (and logged) by `accept`, which hands out only a stage that waits
+            // for the device.
+            _ => {}
         }
         self.run_admissions(out);
     }
 
-    /// A compress or decompress of request `id` finished.
+    /// A compress or decompress finished.
     pub(crate) fn codec_done(
         &mut self,
-        id: usize,
+        ticket: Ticket,
         io: CodecIo,
         result: Result<usize>,
         out: &mut Vec<Action>,
     ) {
-        match self.unpark(id) {
-            Some(Parked {
-                request,
-                stage: Stage::DecompressingChunk,
-            }) => self.decompress_done(id, request, io, result, out),
-            Some(Parked {
-                request,
-                stage: Stage::CompressingChunk,
-            }) => self.compress_done(id, request, io, result, out),
-            other => self.stray(id, "codec", other),
+        let id = ticket.slot;
+        match self.accept(ticket, Kind::Codec) {
+            Some(Stage::DecompressingChunk) => self.decompress_done(id, io, result, out),
+            Some(Stage::CompressingChunk) => self.compress_done(id, io, result, out),
+            // Refused (and logged) by `accept`, which hands out only a stage that waits
+            // for the codec.
+            _ => {}
         }
         self.run_admissions(out);
     }
@@ -449,14 +572,13 @@ impl Engine {
     fn backing_read_done(
         &mut self,
         id: usize,
-        request: Request,
         stored: ChunkMap,
         buffers: Buffers,
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
         if let Err(e) = result {
-            return self.finish(id, request, Some(buffers), Err(e), out);
+            return self.finish(id, Some(buffers), Err(e), out);
         }
         let raw = stored.is_raw(&self.meta.geo);
         let stored_len = stored.compressed_size as usize;
@@ -467,27 +589,27 @@ impl Engine {
                 Errno::EIO,
                 format!(
                     "chunk {}: checksum mismatch in its {stored_len} stored bytes",
-                    request.chunk
+                    self.request(id).chunk
                 ),
             );
-            return self.finish(id, request, Some(buffers), Err(e.logged()), out);
+            return self.finish(id, Some(buffers), Err(e.logged()), out);
         }
         if raw {
-            return self.chunk_ready(id, request, buffers, out);
+            return self.chunk_ready(id, buffers, out);
         }
-        self.park(id, request, Stage::DecompressingChunk);
+        self.park(id, Stage::DecompressingChunk);
         let io = CodecIo {
             src: buffers.packed,
             src_len: stored_len,
             dst: buffers.plain,
         };
-        out.push(Action::Decompress(io, Token::Request(id)));
+        let token = self.issue(id);
+        out.push(Action::Decompress(io, token));
     }
 
     fn decompress_done(
         &mut self,
         id: usize,
-        request: Request,
         io: CodecIo,
         result: Result<usize>,
         out: &mut Vec<Action>,
@@ -498,45 +620,41 @@ impl Engine {
             packed: io.src,
         };
         let why = match result {
-            Ok(n) if n == chunk_size => return self.chunk_ready(id, request, buffers, out),
+            Ok(n) if n == chunk_size => return self.chunk_ready(id, buffers, out),
             Ok(n) => format!("decompressing gave {n} bytes, not {chunk_size}"),
             Err(e) => match e.detail() {
                 "" => format!("the codec failed to decompress it (errno {})", e.errno().0),
                 detail => format!("the codec failed to decompress it: {detail}"),
             },
         };
-        let e = Error::new(Errno::EIO, format!("chunk {}: {why}", request.chunk));
-        self.finish(id, request, Some(buffers), Err(e.logged()), out)
+        let chunk = self.request(id).chunk;
+        let e = Error::new(Errno::EIO, format!("chunk {chunk}: {why}"));
+        self.finish(id, Some(buffers), Err(e.logged()), out)
     }
 
     /// The chunk's current content is in `plain`: a read copies out and is done; a
     /// write merges the caller's data and compresses.
-    fn chunk_ready(
-        &mut self,
-        id: usize,
-        mut request: Request,
-        mut buffers: Buffers,
-        out: &mut Vec<Action>,
-    ) {
+    fn chunk_ready(&mut self, id: usize, mut buffers: Buffers, out: &mut Vec<Action>) {
+        let request = self.request(id);
         let range = request.start..request.start + request.len;
         if request.op == Op::Read {
-            request.user.scatter(0, &buffers.plain[range]);
-            return self.finish(id, request, Some(buffers), Ok(()), out);
+            self.user(id).scatter(0, &buffers.plain[range]);
+            return self.finish(id, Some(buffers), Ok(()), out);
         }
-        request.user.gather(0, &mut buffers.plain[range]);
-        self.park(id, request, Stage::CompressingChunk);
+        self.user(id).gather(0, &mut buffers.plain[range]);
+        self.park(id, Stage::CompressingChunk);
         let io = CodecIo {
             src_len: buffers.plain.len(),
             src: buffers.plain,
             dst: buffers.packed,
         };
-        out.push(Action::Compress(io, Token::Request(id)));
+        let token = self.issue(id);
+        out.push(Action::Compress(io, token));
     }
 
     fn compress_done(
         &mut self,
         id: usize,
-        request: Request,
         io: CodecIo,
         result: Result<usize>,
         out: &mut Vec<Action>,
@@ -558,80 +676,134 @@ impl Engine {
             plain: io.src,
             packed: io.dst,
         };
-        self.write_chunk(id, request, buffers, size, out);
+        self.write_chunk(id, buffers, size, out);
+    }
+
+    /// The rule that keeps overwrites from running out of chunk maps: a write to a chunk
+    /// that holds no data may take a chunk map only if, counting it, the chunks holding
+    /// data (or being written for the first time) plus one spare map for each of them,
+    /// up to [`MAX_ACTIVE`] spares, fit in the chunk maps the pm file has. An overwrite
+    /// holds its spare from allocation until it commits; one request per chunk runs at a
+    /// time and at most `MAX_ACTIVE` hold buffers, so that many spares cover every
+    /// overwrite that can be in flight at once.
+    fn room_for_new_chunk(&self) -> bool {
+        let held = self.meta.chunk_maps_in_use() - self.overwriting + 1;
+        held + held.min(MAX_ACTIVE as u64) <= self.meta.chunk_maps_usable()
     }
 
     /// Allocates a chunk map and io units for the stored chunk of `size` bytes and
-    /// writes it. When the volume is out of space while other writes hold allocations,
-    /// waits for them: each frees the chunk it replaces. Only with none in flight is it
-    /// `ENOSPC`.
-    fn write_chunk(
-        &mut self,
-        id: usize,
-        request: Request,
-        buffers: Buffers,
-        size: usize,
-        out: &mut Vec<Action>,
-    ) {
+    /// writes it. A chunk never written gets `ENOSPC` when the spare chunk maps are
+    /// all that is left. When the volume is out of space while other writes hold
+    /// allocations, waits for them: each frees the chunk it replaces. Only with none in
+    /// flight is it `ENOSPC`.
+    fn write_chunk(&mut self, id: usize, buffers: Buffers, size: usize, out: &mut Vec<Action>) {
         let geo = self.meta.geo;
+        let chunk = self.request(id).chunk;
+        let replaces = self.meta.logical_entry(chunk).is_some();
+        if !replaces && !self.room_for_new_chunk() {
+            let e = Error::new(
+                Errno::ENOSPC,
+                format!(
+                    "chunk {chunk}: never written, and the {} free chunk maps are held back for overwrites of the chunks that hold data",
+                    self.meta.chunk_maps_usable() - self.meta.chunk_maps_in_use()
+                ),
+            );
+            return self.finish(id, Some(buffers), Err(e), out);
+        }
         let (index, io_units) = match self.meta.allocate(geo.io_units_for(size as u32)) {
             Ok(allocation) => allocation,
             Err(_) if self.writing > 0 => {
-                self.park(id, request, Stage::WaitingForSpace { buffers, size });
+                self.park(id, Stage::WaitingForSpace { buffers, size });
                 return self.space_waiters.push_back(id);
             }
-            Err(e) => return self.finish(id, request, Some(buffers), Err(e), out),
+            Err(e) => return self.finish(id, Some(buffers), Err(e), out),
         };
         let extents = self.extents(&io_units);
+        let written = io_units.len() * geo.io_unit_size();
+        // In the slot before anything else can go wrong, so it is never lost.
+        self.hold_new(
+            id,
+            NewChunk {
+                index,
+                map: ChunkMap {
+                    compressed_size: size as u32,
+                    checksum: 0,
+                    io_units,
+                },
+                replaces,
+            },
+        );
         let (mut buf, kept) = buffers.lend(size == geo.chunk_size());
         // The last io unit's tail would carry stale bytes of an earlier chunk.
-        let written = io_units.len() * geo.io_unit_size();
         buf[size..written].fill(0);
-        let map = ChunkMap {
-            compressed_size: size as u32,
-            checksum: chunk_checksum(&buf[..size]),
-            io_units,
-        };
-        let new = NewChunk { index, map };
-        self.park(id, request, Stage::WritingChunk { new, kept });
+        self.new_chunk(id).map.checksum = chunk_checksum(&buf[..size]);
+        self.park(id, Stage::WritingChunk { kept });
+        let token = self.issue(id);
+        out.push(Action::Write(BackingIo { buf, extents }, token));
+    }
+
+    /// Request `id` now holds `new` (and counts among the writes in flight).
+    fn hold_new(&mut self, id: usize, new: NewChunk) {
         self.writing += 1;
-        out.push(Action::Write(
-            BackingIo { buf, extents },
-            Token::Request(id),
-        ));
+        self.overwriting += u64::from(new.replaces);
+        self.slots[id].new = Some(new);
+    }
+
+    /// The new chunk of request `id`, which is writing.
+    fn new_chunk(&mut self, id: usize) -> &mut NewChunk {
+        self.slots[id]
+            .new
+            .as_mut()
+            .expect("a write in flight holds its new chunk")
+    }
+
+    /// Takes back the new chunk request `id` holds, if any: no longer a write in flight.
+    fn drop_new(&mut self, id: usize) -> Option<NewChunk> {
+        let new = self.slots[id].new.take()?;
+        self.writing -= 1;
+        self.overwriting -= u64::from(new.replaces);
+        Some(new)
     }
 
     fn write_chunk_done(
         &mut self,
         id: usize,
-        request: Request,
-        new: NewChunk,
         buffers: Buffers,
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
-        let NewChunk { index, map } = new;
+        let chunk = self.request(id).chunk;
         // A device error is the device's to explain; a failed commit is ours.
-        let committed = result.and_then(|()| {
-            let chunk = request.chunk;
-            self.meta.commit(chunk, index, &map).map_err(Error::logged)
-        });
-        if committed.is_err() {
-            self.meta.release(index, &map.io_units);
+        let committed = match result {
+            Ok(()) => {
+                let new = self.slots[id]
+                    .new
+                    .as_ref()
+                    .expect("a write in flight holds its new chunk");
+                self.meta
+                    .commit(chunk, new.index, &new.map)
+                    .map_err(Error::logged)
+            }
+            Err(e) => Err(e),
+        };
+        if let Some(new) = self.drop_new(id) {
+            if committed.is_err() {
+                self.meta.release(new.index, &new.map.io_units);
+            }
         }
-        self.writing -= 1;
-        self.finish(id, request, Some(buffers), committed, out);
-        // Space may have been freed (or nothing holds any more): retry the waiters.
-        for waiter in std::mem::take(&mut self.space_waiters) {
-            match self.unpark(waiter) {
-                Some(Parked {
-                    request,
-                    stage: Stage::WaitingForSpace { buffers, size },
-                }) => self.write_chunk(waiter, request, buffers, size, out),
-                other => {
-                    debug_assert!(false, "request {waiter} queued for space but not waiting");
-                    self.restore(waiter, other);
-                }
+        self.finish(id, Some(buffers), committed, out);
+        self.retry_space_waiters(out);
+    }
+
+    /// Space may have been freed (or nothing holds any more): retries the writes waiting
+    /// for it, each once (one that still finds none queues again).
+    fn retry_space_waiters(&mut self, out: &mut Vec<Action>) {
+        for _ in 0..self.space_waiters.len() {
+            let Some(waiter) = self.space_waiters.pop_front() else {
+                break;
+            };
+            if let Some(Stage::WaitingForSpace { buffers, size }) = self.take_queued(waiter) {
+                self.write_chunk(waiter, buffers, size, out);
             }
         }
     }
@@ -642,25 +814,84 @@ impl Engine {
     fn finish(
         &mut self,
         id: usize,
-        request: Request,
         buffers: Option<Buffers>,
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
-        self.free_slots.push(id);
-        self.outstanding -= 1;
         if let Some(Buffers { plain, packed }) = buffers {
             self.spare_buffers.push(plain);
             self.spare_buffers.push(packed);
+        }
+        self.end(id, result, out);
+    }
+
+    /// Gives up request `id`'s claim on buffers and its place in its chunk's queue,
+    /// then completes it.
+    fn end(&mut self, id: usize, result: Result<()>, out: &mut Vec<Action>) {
+        let slot = &mut self.slots[id];
+        let (was_active, was_queued) = (slot.active, slot.queued);
+        slot.active = false;
+        slot.queued = false;
+        let next = slot.next.take();
+        if was_active {
             self.active -= 1;
             self.to_admit.extend(self.waiting.pop_front());
         }
-        match self.slots[id].next.take() {
-            Some(next) => self.to_admit.push_back(next),
-            None => {
-                self.chunk_tails.remove(&request.chunk);
+        if was_queued {
+            match next {
+                Some(next) => self.to_admit.push_back(next),
+                None => {
+                    self.chunk_tails.remove(&self.slots[id].request.chunk);
+                }
             }
         }
-        out.push(Action::Finish(request.user, result));
+        self.complete(id, result, out);
+    }
+
+    /// Frees slot `id` and reports `result` to its caller. Its generation moves on, so
+    /// nothing still out under its tickets is taken.
+    fn complete(&mut self, id: usize, result: Result<()>, out: &mut Vec<Action>) {
+        let slot = &mut self.slots[id];
+        slot.generation += 1;
+        slot.stage = None;
+        let user = slot.user.take();
+        self.free_slots.push(id);
+        self.outstanding -= 1;
+        self.in_hand = None;
+        out.extend(user.map(|user| Action::Finish(user, result)));
+    }
+
+    /// Goes on after [`Engine::recover`]: the step that panicked may have left requests
+    /// to admit, or writes waiting for space that nothing in flight will wake.
+    pub(crate) fn resume(&mut self, out: &mut Vec<Action>) {
+        self.retry_space_waiters(out);
+        self.run_admissions(out);
+    }
+
+    /// After a step panicked (`why`): completes the request it had in hand with `EIO`.
+    /// Its new chunk map and io units go back unless its commit already made them the
+    /// chunk's; operations it issued in this step are withdrawn from `out` (their
+    /// buffers were never lent), and anything lent earlier comes back under a stale
+    /// ticket and is dropped. Returns the slot, or `None` when no request was in hand.
+    pub(crate) fn recover(&mut self, why: &str, out: &mut Vec<Action>) -> Option<usize> {
+        let id = self.in_hand.take()?;
+        out.retain(|action| action.ticket().is_none_or(|t| t.slot != id));
+        let chunk = self.request(id).chunk;
+        if let Some(new) = self.drop_new(id) {
+            if self.meta.logical_entry(chunk) != Some(new.index) {
+                self.meta.release(new.index, &new.map.io_units);
+            }
+        }
+        let what = if self.slots[id].queued {
+            format!("chunk {chunk}")
+        } else {
+            "a request".to_string()
+        };
+        let e = Error::new(
+            Errno::EIO,
+            format!("{what}: internal error ({why}); the request failed"),
+        );
+        self.end(id, Err(e.logged()), out);
+        Some(id)
     }
 }

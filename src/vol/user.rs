@@ -16,6 +16,7 @@ pub trait UserIo {
     /// Reports the result; the volume holds nothing of the request any more.
     fn complete(self: Box<Self>, result: Result<()>);
 
+    /// True when the buffers hold no byte.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

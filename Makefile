@@ -162,5 +162,12 @@ clean:
 	$(CARGO) clean
 	rm -rf $(BUILD) fuzz/target
 
-bench:
-	$(CARGO) bench --bench throughput
+# The C benchmark through the C ABI (benches/bench.c): prints a markdown table of
+# throughput and lib/codec ratios. BENCH_QUICK=1 for a short run; the other knobs are
+# at the top of benches/bench.c. Rust micro-benchmarks: cargo bench --bench throughput.
+$(BUILD)/bench: benches/bench.c include/reduce.h lib
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu11 -O2 -g -Wall -Wextra -Werror -Iinclude -o $@ benches/bench.c $(C_LINK) -lm
+
+bench: $(BUILD)/bench
+	$(BUILD)/bench

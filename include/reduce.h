@@ -82,6 +82,11 @@ struct spdk_reduce_backing_dev;
 #define REDUCE_LOG_WARN 2
 
 /**
+ * A pool of codec threads (see `reduce_codec_pool_create`). Opaque.
+ */
+struct reduce_codec_pool;
+
+/**
  * A loaded volume. Opaque: the init and load callbacks hand out pointers to it, valid
  * until a successful unload completes.
  *
@@ -677,6 +682,66 @@ int reduce_backing_dev_set_codec(struct spdk_reduce_backing_dev *dev,
  * `REDUCE_LOG` is set, then each message goes to stderr.
  */
 void reduce_set_log_fn(reduce_log_fn log_fn, void *ctx);
+
+/**
+ * Create a pool of `threads` worker threads that compress with `algo` at `level`, as
+ * `reduce_backing_dev_set_codec` would assign them: "zstd", levels 1 to 22 or 0 for
+ * the default, 1 (frames that `reduce_zstd_decompress` reads); "lz4", level 0 or 1
+ * (blocks that `reduce_lz4_decompress` reads). A volume initialized on an attached
+ * device records the pool's algorithm and level in its superblock.
+ *
+ * Attach it to backing devices with `reduce_codec_pool_attach`, and call
+ * `reduce_codec_pool_poll` from the thread of the volumes on those devices: the
+ * volumes stay on that thread, the compression runs on the workers, and the
+ * completions come back on that thread, from the poll (and only from there: poll it
+ * from the poll loop, which also runs waiting operations itself when it has nothing
+ * to deliver).
+ *
+ * Returns NULL (with the reason logged) for a NULL or unknown `algo`, a level out of
+ * range, 0 threads or more than 1024, or when a thread cannot be started.
+ */
+struct reduce_codec_pool *reduce_codec_pool_create(const char *algo,
+                                                   int level,
+                                                   unsigned int threads);
+
+/**
+ * Make `pool` the codec of `dev`: sets `dev->compress` and `dev->decompress`. Attach
+ * before the volume on `dev` is initialized or loaded (it reads the members then). A
+ * device stays attached until the pool is destroyed; one pool serves any number of
+ * devices, all on the thread that polls it.
+ *
+ * Returns 0 (also when `dev` is already attached to `pool`), -EINVAL for a NULL
+ * `pool` or `dev`, or -EBUSY when `dev` is attached to another pool.
+ */
+int reduce_codec_pool_attach(struct reduce_codec_pool *pool,
+                             struct spdk_reduce_backing_dev *dev);
+
+/**
+ * Deliver the completions of the operations `pool` has finished, on the calling
+ * thread (which must be the thread of the volumes on its devices); when none has
+ * finished, run one waiting operation on the calling thread and deliver it, so a
+ * poll loop that spins here lends its core to the codec. Returns how many
+ * completions it delivered, or -EINVAL for a NULL `pool`.
+ *
+ * Completions may submit more work (to this pool too), poll again, and destroy the
+ * pool.
+ */
+int reduce_codec_pool_poll(struct reduce_codec_pool *pool);
+
+/**
+ * Destroy `pool`, on the thread that polls it. Operations in flight are not lost:
+ * destroy finishes them (with the workers and on the calling thread) and delivers
+ * every completion on the calling thread before it returns. Called from inside one of
+ * the pool's completions, it does the same when the poll that delivers returns.
+ *
+ * Its devices are detached at once: from then on their `compress` and `decompress`
+ * complete inside the call with -ENODEV (a volume then stores what it writes
+ * uncompressed, and reads of compressed chunks fail with -EIO), so destroy the pool
+ * after unloading the volumes that use it, or point their members at another codec
+ * before loading them again. `dev` structures are not touched: they may be freed
+ * already. Nothing happens for a NULL `pool`.
+ */
+void reduce_codec_pool_destroy(struct reduce_codec_pool *pool);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -59,7 +59,9 @@ pub mod testkit;
 
 pub use backing::{BackingDevice, BackingIo, Extent, FileDevice, IoDone};
 pub use check::{Problem, Report};
-pub use codec::{Codec, CodecDone, CodecIo, CompAlgo, Compression, Lz4Codec, SyncCodec, ZstdCodec};
+pub use codec::{
+    Codec, CodecDone, CodecIo, CodecPool, CompAlgo, Compression, Lz4Codec, SyncCodec, ZstdCodec,
+};
 pub use error::{Errno, Error, Result};
 pub use format::Params;
 pub use pm::{FileStore, PmLock, PmRegion, PmStore};

@@ -7,9 +7,11 @@
 //! so that init records them in the superblock where later SPDK releases keep them.
 
 mod lz4;
+pub(crate) mod pool;
 mod zstd;
 
 pub use lz4::{Lz4Codec, lz4_compress, lz4_decompress};
+pub use pool::CodecPool;
 pub use zstd::{ZstdCodec, zstd_compress_at, zstd_decompress};
 
 use std::fmt;

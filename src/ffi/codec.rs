@@ -64,9 +64,12 @@ unsafe fn run(
     unsafe { cb_fn(cb_arg, codec_status(result)) };
 }
 
+/// Runs `codec` from `src_iov` into `dst_iov`: straight on the buffers when there is
+/// one each way (as the volume passes them), else through gathered copies.
+///
 /// # Safety
-/// As [`run`].
-unsafe fn apply(
+/// The iovecs describe valid buffers.
+pub(super) unsafe fn apply(
     what: &str,
     codec: impl FnOnce(&[u8], &mut [u8]) -> Result<usize>,
     src_iov: *const iovec,

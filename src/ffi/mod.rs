@@ -18,6 +18,7 @@ mod codec;
 mod device;
 mod iov;
 mod logging;
+mod pool;
 mod slab;
 mod types;
 
@@ -238,7 +239,7 @@ unsafe fn prepare_init(
     use crate::backing::BackingDevice;
     let params = Params {
         // SAFETY: non-NULL (CDevice::new checked it) and valid, per the caller.
-        compression: codec::builtin_compression(unsafe { (*backing_dev).compress }),
+        compression: unsafe { pool::device_compression(backing_dev) },
         ..params.into()
     };
     let plan = InitPlan::new(params, dev.blocklen(), dev.blockcnt(), dir)?;

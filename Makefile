@@ -2,6 +2,7 @@
 #   make demo   builds the library and runs the C demo (SPDK-style poll loop, real files)
 #   make test   every test: Rust, C (plain, ASan+UBSan, valgrind), miri, header, lint,
 #               the README's examples
+# `make` builds the library and the reduce command (target/release/reduce).
 # Long runs have their own targets: make soak, make fuzz, make bench.
 
 CARGO    ?= cargo
@@ -11,9 +12,9 @@ LIB      := $(LIBDIR)/libreduce.so
 BUILD    := build
 FIXTURES := tests/fixtures
 
-.PHONY: all lib deps demo test rust-test miri header header-check lint soak fuzz fuzz-seeds bench clean
+.PHONY: all lib cli deps demo test rust-test miri header header-check lint soak fuzz fuzz-seeds bench clean
 
-all: lib
+all: lib cli
 
 # What a fresh machine may lack: the C toolchain bits, valgrind, zstd (fixtures), clippy
 # and rustfmt for the stable toolchain, and the nightly toolchain with miri and rust-src.
@@ -49,13 +50,19 @@ lib:
 	$(CARGO) build --profile $(PROFILE) --lib
 	@ln -sf libreduce.so $(LIBDIR)/libreduce.so.0
 
+# The reduce command (cli/, a workspace member of its own): target/$(PROFILE)/reduce.
+cli:
+	$(CARGO) build --profile $(PROFILE) -p reduce-cli
+
 include c_tests/rules.mk
 
 test: deps lint header-check rust-test c-test c-test-asan c-test-valgrind miri readme-snippets
 	@echo "make test: all suites passed"
 
+# The library's suites and the command's (which run the built binary); tools/header has
+# no tests, and leaving it out spares building cbindgen in release.
 rust-test:
-	$(CARGO) test --profile $(PROFILE) -q
+	$(CARGO) test --profile $(PROFILE) -q -p reduce -p reduce-cli
 
 # The core under miri, with in-memory doubles (no zstd C code, no files). make deps
 # installs miri; if it cannot, this fails rather than skip.

@@ -26,7 +26,7 @@ pub fn run(args: &Check) -> Result<(), Failure> {
     loaded.unload(file)?;
     let report = checked
         .map_err(|e| Failure::new(format!("{}: checking: {}", file.display(), reason(&e))))?;
-    println!(
+    say!(
         "{}: {} chunks in use, {} io units referenced, {} chunks read back",
         file.display(),
         report.chunks_in_use,
@@ -34,14 +34,14 @@ pub fn run(args: &Check) -> Result<(), Failure> {
         report.chunks_read
     );
     for problem in &report.problems {
-        println!("  {}", describe(problem, chunk_size));
+        say!("  {}", describe(problem, chunk_size));
     }
     if report.problems_left_out > 0 {
-        println!("  ... and {} more, not listed", report.problems_left_out);
+        say!("  ... and {} more, not listed", report.problems_left_out);
     }
     match report.problem_count() {
         0 => {
-            println!("{}: clean", file.display());
+            say!("{}: clean", file.display());
             Ok(())
         }
         n => Err(Failure::problems(format!(

@@ -46,7 +46,7 @@ pub fn import(args: &Copy) -> Result<(), Failure> {
     let (counts, elapsed) = copied?;
     unloaded?;
     if !args.quiet {
-        println!(
+        say!(
             "imported {} from {} into {}: {} chunks written, {} chunks of zeros skipped{}",
             rate(len, elapsed),
             image_path.display(),
@@ -80,7 +80,7 @@ pub fn export(args: &Copy) -> Result<(), Failure> {
     let (counts, elapsed) = copied?;
     unloaded?;
     if !args.quiet {
-        println!(
+        say!(
             "exported {} from {} to {}: {} chunks of data, {} chunks of zeros skipped",
             rate(vol_size, elapsed),
             file.display(),

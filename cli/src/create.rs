@@ -26,7 +26,7 @@ pub fn run(args: &Create) -> Result<(), Failure> {
     match blocking::Volume::init(params, device, codec, &args.pm_dir) {
         Ok(vol) => {
             let p = vol.params();
-            println!(
+            say!(
                 "{}: created a volume of {} ({} bytes), uuid {}, compression {}, pm file {}",
                 file.display(),
                 human(p.vol_size),
@@ -85,7 +85,14 @@ fn make_file(file: &Path, size: u64) -> Result<FileDevice, Failure> {
 /// Opens an existing `file`, refusing one that holds a volume: creating over it would
 /// lose that volume.
 fn existing_file(file: &Path) -> Result<FileDevice, Failure> {
-    if let Some(pm) = volume::holds_volume(file)? {
+    let held = volume::holds_volume(file).map_err(|failure| {
+        if file.exists() {
+            failure
+        } else {
+            failure.hint("with --size SIZE, create makes the file")
+        }
+    })?;
+    if let Some(pm) = held {
         return Err(Failure::new(format!(
             "{} holds a volume already (pm file {})",
             file.display(),

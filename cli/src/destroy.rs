@@ -7,7 +7,7 @@ use crate::volume;
 pub fn run(args: &Destroy) -> Result<(), Failure> {
     let file = &args.file;
     volume::destroy(file, args.force).map_err(|refusal| refusal.failure(file))?;
-    println!(
+    say!(
         "{}: volume destroyed, its pm file removed (the file itself stays)",
         file.display()
     );

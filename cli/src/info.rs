@@ -55,7 +55,7 @@ pub fn run(args: &Info) -> Result<(), Failure> {
     if args.json {
         let text = serde_json::to_string_pretty(&summary)
             .map_err(|e| Failure::new(format!("{}: writing JSON: {e}", file.display())))?;
-        println!("{text}");
+        say!("{text}");
     } else {
         print(&summary);
     }
@@ -104,42 +104,42 @@ fn print(s: &Summary) {
         algo: CompAlgo(s.compression.algo_id),
         level: s.compression.level,
     });
-    println!("file:          {}", s.file);
-    println!("uuid:          {}", s.uuid);
-    println!("pm file:       {}", s.pm_file);
-    println!("compression:   {compression}");
-    println!(
+    say!("file:          {}", s.file);
+    say!("uuid:          {}", s.uuid);
+    say!("pm file:       {}", s.pm_file);
+    say!("compression:   {compression}");
+    say!(
         "volume size:   {} ({} bytes)",
         human(s.vol_size),
         s.vol_size
     );
-    println!(
+    say!(
         "geometry:      chunk {}, io unit {}, logical block {}",
         human(u64::from(s.chunk_size)),
         human(u64::from(s.io_unit_size)),
         human(u64::from(s.logical_block_size))
     );
-    println!(
+    say!(
         "chunks in use: {} of {} ({:.1}%)",
         s.chunks_in_use,
         s.chunks,
         percent(s.chunks_in_use, s.chunks)
     );
-    println!(
+    say!(
         "logical bytes: {} ({} bytes) in the chunks in use",
         human(s.logical_bytes),
         s.logical_bytes
     );
-    println!(
+    say!(
         "stored bytes:  {} ({} bytes) in io units",
         human(s.stored_bytes),
         s.stored_bytes
     );
     match s.ratio {
-        Some(ratio) => println!("ratio:         {ratio:.2} (logical / stored)"),
-        None => println!("ratio:         - (nothing stored)"),
+        Some(ratio) => say!("ratio:         {ratio:.2} (logical / stored)"),
+        None => say!("ratio:         - (nothing stored)"),
     }
-    println!(
+    say!(
         "backing file:  {} ({} bytes), {} allocated on disk",
         human(s.backing_size),
         s.backing_size,

@@ -1,7 +1,16 @@
 //! `reduce`: compressed volumes on backing files, from the shell. `reduce --help` and
-//! the README's "Using reduce" say what each command does; one module per command,
+//! the README's "The reduce command" say what each command does; one module per command,
 //! `volume` for opening a volume and saying why it cannot be, `fail` for messages and
 //! exit codes.
+
+/// println!, without its panic when stdout is gone (`reduce info | head -1`): the
+/// reader has what it wanted.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 mod args;
 mod check;
@@ -15,6 +24,7 @@ mod progress;
 mod size;
 mod volume;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -34,7 +44,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("reduce {name}: {failure}");
+            // Not eprintln!, which panics when stderr is closed.
+            let _ = writeln!(std::io::stderr(), "reduce {name}: {failure}");
             failure.code()
         }
     }

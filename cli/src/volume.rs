@@ -23,7 +23,8 @@ pub const CREATE_BLOCKLEN: u32 = 512;
 /// a volume made by any program opens, whatever its geometry.
 const OPEN_BLOCKLEN: u32 = 1;
 
-/// How opening the pm file named by the backing file went.
+/// How opening (or, for a forced destroy, locking) the pm file named by the backing
+/// file went.
 struct PmOpen {
     path: PathBuf,
     result: Result<(), Error>,
@@ -109,7 +110,9 @@ impl Refusal {
     pub fn failure(&self, file: &Path) -> Failure {
         let file = file.display();
         match self {
-            Refusal::NoFile(err) => Failure::new(format!("{file}: {}", errno_text(err.errno()))),
+            Refusal::NoFile(err) => {
+                Failure::new(format!("{file}: {}", errno_text(err.errno())))
+            }
             Refusal::NoVolume(err) => {
                 Failure::new(format!("{file} holds no reduce volume ({})", reason(err)))
             }

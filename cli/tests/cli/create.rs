@@ -77,6 +77,12 @@ fn create_uses_an_existing_file_without_size() {
         .assert()
         .success();
     assert_eq!(s.info("vol.img")["vol_size"], (8 << 20) - RESERVE);
+
+    let err = fails(&mut s.reduce(&["create", "new.img", "--pm-dir", "pm"]), 2);
+    assert_eq!(
+        err,
+        "reduce create: new.img: No such file or directory\nhint: with --size SIZE, create makes the file\n"
+    );
 }
 
 #[test]

@@ -231,3 +231,21 @@ fn a_volume_without_a_recorded_codec_is_described_but_not_read() {
     s.reduce(&["destroy", "vol.img"]).assert().success();
     assert!(s.pm_files().is_empty());
 }
+
+#[test]
+fn a_reader_that_stops_early_is_no_panic() {
+    let s = Scene::new();
+    s.create("vol.img", "8M");
+    // The reader is gone before the command has loaded the volume and prints.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reduce"))
+        .current_dir(s.path(""))
+        .args(["info", "vol.img"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert!(out.status.success(), "{:?}", out.status);
+}

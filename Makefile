@@ -2,6 +2,7 @@
 #   make demo   builds the library and runs the C demo (SPDK-style poll loop, real files)
 #   make test   every test: Rust, C (plain, ASan+UBSan, valgrind), miri, header, lint,
 #               the README's examples, the staged install, the NBD export with real clients
+# `make` builds the library, the reduce command (target/release/reduce) and the nbdkit plugin.
 # Long runs have their own targets: make soak, make fuzz, make bench, make integration.
 # Installing: make, then make install PREFIX=/usr/local (DESTDIR= to stage); make uninstall.
 
@@ -12,10 +13,10 @@ LIB      := $(LIBDIR)/libreduce.so
 BUILD    := build
 FIXTURES := tests/fixtures
 
-.PHONY: all lib deps demo test rust-test miri header header-check lint soak fuzz fuzz-seeds bench clean
+.PHONY: all lib cli deps demo test rust-test miri header header-check lint soak fuzz fuzz-seeds bench clean
 .PHONY: install uninstall install-built install-test
 
-all: lib nbd-plugin
+all: lib cli nbd-plugin
 
 # What a fresh machine may lack: the C toolchain bits, valgrind, zstd (fixtures), clippy
 # and rustfmt for the stable toolchain, and the nightly toolchain with miri and rust-src;
@@ -57,6 +58,10 @@ lib:
 	$(CARGO) build --profile $(PROFILE) --lib
 	@ln -sf libreduce.so $(LIBDIR)/libreduce.so.0
 
+# The reduce command (cli/, a workspace member of its own): target/$(PROFILE)/reduce.
+cli:
+	$(CARGO) build --profile $(PROFILE) -p reduce-cli
+
 # Installing, as a system library: make install PREFIX=/usr/local (DESTDIR=/stage to
 # stage), make uninstall with the same variables. Under sudo nothing is built (root
 # would own files in target/): run make first as yourself.
@@ -69,10 +74,9 @@ INST_BIN := $(DESTDIR)$(PREFIX)/bin
 INST_INC := $(DESTDIR)$(PREFIX)/include
 INST_LIB := $(DESTDIR)$(PREFIX)/lib
 INST_NBD := $(INST_LIB)/nbdkit/plugins
-# The command-line tool, installed when it has been built.
 CLI      := $(LIBDIR)/reduce
 
-install: $(if $(SUDO_USER),install-built,lib nbd-plugin)
+install: $(if $(SUDO_USER),install-built,lib cli nbd-plugin)
 	install -d $(INST_LIB)/pkgconfig $(INST_INC)/spdk $(INST_NBD)
 	install -m 0755 $(LIB) $(INST_LIB)/$(LIB_REAL)
 	ln -sfn $(LIB_REAL) $(INST_LIB)/$(SONAME)
@@ -83,12 +87,13 @@ install: $(if $(SUDO_USER),install-built,lib nbd-plugin)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' reduce.pc.in \
 	  >$(INST_LIB)/pkgconfig/reduce.pc
 	install -m 0755 $(NBD_PLUGIN_INSTALL) $(INST_NBD)/nbdkit-reduce-plugin.so
-	if [ -f $(CLI) ]; then install -d $(INST_BIN) && install -m 0755 $(CLI) $(INST_BIN)/reduce; fi
+	install -d $(INST_BIN)
+	install -s -m 0755 $(CLI) $(INST_BIN)/reduce
 	@# The dynamic linker's cache, for a real install into a directory it searches.
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 install-built:
-	@for f in $(LIB) $(LIBDIR)/libreduce.a $(NBD_PLUGIN_INSTALL); do \
+	@for f in $(LIB) $(LIBDIR)/libreduce.a $(CLI) $(NBD_PLUGIN_INSTALL); do \
 	  [ -f $$f ] || { echo "$$f is not built: run make install without sudo, or make first"; exit 1; }; \
 	done
 
@@ -101,7 +106,7 @@ uninstall:
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 # A staged install (DESTDIR), a C program built with pkg-config alone, then uninstall.
-install-test: lib nbd-plugin | deps
+install-test: lib cli nbd-plugin | deps
 	MAKE="$(MAKE)" TEST_CC="$(CC)" tests/integration/install.sh
 
 include c_tests/rules.mk
@@ -111,8 +116,10 @@ test: deps lint header-check rust-test c-test c-test-asan c-test-valgrind miri r
       install-test nbd-test
 	@echo "make test: all suites passed"
 
+# The library's suites and the command's (which run the built binary); tools/header has
+# no tests, and leaving it out spares building cbindgen in release.
 rust-test:
-	$(CARGO) test --profile $(PROFILE) -q
+	$(CARGO) test --profile $(PROFILE) -q -p reduce -p reduce-cli
 
 # The core under miri, with in-memory doubles (no zstd C code, no files). make deps
 # installs miri; if it cannot, this fails rather than skip.

@@ -30,7 +30,7 @@ fail() {
 # Every file, at its place, and nothing else.
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 real=libreduce.so.0.${version#*.}
-want="bin
+want="bin/reduce
 include/reduce.h
 include/spdk/reduce.h
 lib/$real
@@ -39,8 +39,6 @@ lib/libreduce.so -> libreduce.so.0
 lib/libreduce.so.0 -> $real
 lib/nbdkit/plugins/nbdkit-reduce-plugin.so
 lib/pkgconfig/reduce.pc"
-# bin/reduce exists once the command is built; until then the list has no bin line.
-if [ -e "$ROOT$PREFIX/bin/reduce" ]; then want=${want/bin/bin/reduce}; else want=${want/bin$'\n'/}; fi
 want=$(LC_ALL=C sort <<<"$want")
 got=$(cd "$ROOT$PREFIX" && find . ! -type d -printf '%P%l\n' | sed 's/\(libreduce\.so\(\.0\)\?\)\(libreduce\)/\1 -> \3/' | LC_ALL=C sort)
 [ "$got" = "$want" ] || fail "installed files:
@@ -49,6 +47,7 @@ wanted:
 $want"
 readelf -d "$ROOT$PREFIX/lib/$real" | grep 'SONAME.*\[libreduce\.so\.0\]' >/dev/null ||
 	fail "$real does not have the soname libreduce.so.0"
+"$ROOT$PREFIX/bin/reduce" --help | grep -q '^  create ' || fail "the installed reduce command does not run"
 grep -qx "prefix=$PREFIX" "$ROOT$PREFIX/lib/pkgconfig/reduce.pc" ||
 	fail "reduce.pc does not name the prefix $PREFIX"
 grep -q "$ROOT" "$ROOT$PREFIX/lib/pkgconfig/reduce.pc" && fail "reduce.pc names the staging directory"

@@ -24,8 +24,8 @@ thread_local! {
     static SCRATCH: RefCell<(CompressTable, Vec<u8>)> = RefCell::new((CompressTable::default(), Vec::new()));
 }
 
-/// Compresses `src` into one raw LZ4 block in `dst`; `ENOSPC` when it does not fit.
-pub fn lz4_compress(src: &[u8], dst: &mut [u8]) -> Result<usize> {
+/// Compresses `src` into the thread's scratch room and hands `then` the block.
+fn with_block<T>(src: &[u8], then: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
     SCRATCH.with(|cell| {
         let (table, room) = &mut *cell.borrow_mut();
         let worst = block::get_maximum_output_size(src.len());
@@ -33,9 +33,24 @@ pub fn lz4_compress(src: &[u8], dst: &mut [u8]) -> Result<usize> {
             room.resize(worst, 0);
         }
         let n = block::compress_into_with_table(src, room, table).map_err(|_| Errno::ENOSPC)?;
-        let out = dst.get_mut(..n).ok_or(Errno::ENOSPC)?;
-        out.copy_from_slice(&room[..n]);
-        Ok(n)
+        then(&room[..n])
+    })
+}
+
+/// The size of `src` as one LZ4 block: the early-abort probe's measure of repeats.
+pub(super) fn lz4_len(src: &[u8]) -> Result<usize> {
+    with_block(src, |block| Ok(block.len()))
+}
+
+/// Compresses `src` into one raw LZ4 block in `dst`; `ENOSPC` when it does not fit.
+///
+/// LZ4 gets no early-abort probe: on incompressible data it is itself as quick as the
+/// probe (which runs it).
+pub fn lz4_compress(src: &[u8], dst: &mut [u8]) -> Result<usize> {
+    with_block(src, |block| {
+        let out = dst.get_mut(..block.len()).ok_or(Errno::ENOSPC)?;
+        out.copy_from_slice(block);
+        Ok(block.len())
     })
 }
 

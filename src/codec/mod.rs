@@ -8,6 +8,7 @@
 
 mod lz4;
 pub(crate) mod pool;
+mod probe;
 mod zstd;
 
 pub use lz4::{Lz4Codec, lz4_compress, lz4_decompress};

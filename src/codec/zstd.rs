@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use zstd::bulk::{Compressor, Decompressor};
 
-use super::{CompAlgo, Compression, SyncCodec};
+use super::{CompAlgo, Compression, SyncCodec, probe};
 use crate::error::{Errno, Error, Result};
 
 /// zstd level of the default codec (what the fixtures were written with).
@@ -36,9 +36,14 @@ fn valid(level: u32) -> Result<u32> {
 }
 
 /// Compresses `src` into `dst` at `level` (1 to [`MAX_LEVEL`], else `EINVAL`);
-/// `ENOSPC` when the frame does not fit.
+/// `ENOSPC` when the frame does not fit. With room for no more than the input, as the
+/// volume gives, `ENOSPC` also when a quick probe finds the input incompressible: zstd
+/// is then not run at all (the frame it would make saves a few percent at most).
 pub fn zstd_compress_at(level: u32, src: &[u8], dst: &mut [u8]) -> Result<usize> {
     let level = valid(level)?;
+    if dst.len() <= src.len() && probe::incompressible(src) {
+        return Err(Errno::ENOSPC.into());
+    }
     COMPRESSORS.with(|cell| {
         let mut contexts = cell.borrow_mut();
         let index = match contexts.iter().position(|(l, _)| *l == level) {

@@ -63,4 +63,4 @@ pub use codec::{Codec, CodecDone, CodecIo, CompAlgo, Compression, Lz4Codec, Sync
 pub use error::{Errno, Error, Result};
 pub use format::Params;
 pub use pm::{FileStore, PmLock, PmRegion, PmStore};
-pub use vol::{Backend, Info, InitPlan, Op, UserIo, Volume};
+pub use vol::{Backend, Info, InitPlan, Op, Stats, UserIo, Volume};

@@ -226,9 +226,10 @@ fn survive(rec: &Recording, script: &Script, upto: usize, crash: Crash, tally: &
     assert!(report.is_clean(), "{at}: {report}");
     assert_eq!(
         vol.info().allocated_io_units,
-        report.io_units_referenced,
+        report.io_units_referenced + geo.metadata_io_units(),
         "{at}: free map and references disagree"
     );
+    assert_eq!(vol.stats().io_units_in_use, report.io_units_referenced);
     // The volume goes on working: a write and a read back.
     let fresh = data(upto as u64, CHUNK);
     rig.write(&vol, 0, &fresh).expect("write after crash");

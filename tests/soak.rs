@@ -222,7 +222,9 @@ fn submit(
             match r {
                 Ok(()) => {
                     m.bytes[range].copy_from_slice(&bytes);
-                    m.held[chunk as usize] = true;
+                    // A chunk left all zeros holds no data.
+                    let whole = chunk as usize * 4096..(chunk as usize + 1) * 4096;
+                    m.held[chunk as usize] = m.bytes[whole].iter().any(|&b| b != 0);
                 }
                 // Only a chunk holding no data may be refused for space.
                 Err(e) if e == Errno::ENOSPC && !m.held[chunk as usize] => m.counts.enospc += 1,
@@ -268,7 +270,11 @@ fn audit(rig: &Rig, vol: &Volume, model: &Rc<RefCell<Model>>, faults: &Rc<Cell<u
     let (backing_fault, codec_fault) = (rig.backing.take_fault(), rig.codec.double().take_fault());
     let report = rig.check(vol).expect("check runs");
     assert!(report.is_clean(), "{report}");
-    assert_eq!(vol.info().allocated_io_units, report.io_units_referenced);
+    assert_eq!(
+        vol.info().allocated_io_units,
+        report.io_units_referenced + rig.geo.metadata_io_units()
+    );
+    assert_eq!(vol.stats().io_units_in_use, report.io_units_referenced);
     rig.backing.set_fault(backing_fault);
     rig.codec.double().set_fault(codec_fault);
 }

@@ -456,7 +456,7 @@ unsafe fn submit(
         Ok(io) => volume.submit(op, offset, length, Box::new(io)),
         // An empty request succeeds whatever its iovecs, as in the original.
         Err((io, _)) if length == 0 => volume.submit(op, offset, 0, Box::new(io)),
-        Err((io, why)) => volume.reject(Box::new(io), refuse(what, why)),
+        Err((io, why)) => volume.reject(op, Box::new(io), refuse(what, why)),
     }
 }
 

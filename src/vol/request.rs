@@ -284,7 +284,7 @@ pub(crate) struct Engine {
 fn all_zero(buf: &[u8]) -> bool {
     // A block at a time: the OR of a block vectorizes, the exit between blocks is cheap.
     let mut blocks = buf.chunks_exact(64);
-    (&mut blocks).all(|b| b.iter().fold(0, |acc, &x| acc | x) == 0)
+    blocks.all(|b| b.iter().fold(0, |acc, &x| acc | x) == 0)
         && blocks.remainder().iter().all(|&x| x == 0)
 }
 

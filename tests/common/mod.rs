@@ -208,6 +208,23 @@ impl Shadow {
         self.data[at..at + bytes.len()].copy_from_slice(bytes);
     }
 
+    /// An unmap: the blocks read as zeros.
+    pub fn unmap(&mut self, offset: u64, length: u64) {
+        let at = offset as usize * self.lbs;
+        self.data[at..at + length as usize * self.lbs].fill(0);
+    }
+
+    /// The chunks (of `chunk` bytes) that hold anything but zeros: those a volume must
+    /// store.
+    pub fn nonzero_chunks(&self, chunk: u32) -> Vec<u64> {
+        self.data
+            .chunks(chunk as usize)
+            .enumerate()
+            .filter(|(_, c)| c.iter().any(|&b| b != 0))
+            .map(|(i, _)| i as u64)
+            .collect()
+    }
+
     pub fn expect(&self, offset: u64, length: u64) -> &[u8] {
         let at = offset as usize * self.lbs;
         &self.data[at..at + length as usize * self.lbs]

@@ -142,7 +142,7 @@ fn ratios() {
     let write = rate(data.len(), || write_all(&vol, &data));
     let decompress = rate(data.len(), || decompress_all(&frames, &mut dst));
     let read = rate(data.len(), || read_all(&vol));
-    let stored = vol.info().allocated_io_units * 4096;
+    let stored = vol.stats().io_units_in_use * 4096;
     println!("\nreduce throughput summary (in-memory backing, zstd level 1, 16 KiB chunks):");
     println!(
         "  compression ratio        {:.2}:1",

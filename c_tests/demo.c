@@ -357,7 +357,9 @@ int main(int argc, char **argv)
 	if (pass(&f, vol, 1, chunks, "write") || pass(&f, vol, 0, chunks, "read + verify")) {
 		goto out;
 	}
-	uint64_t units = spdk_reduce_vol_get_info(vol)->allocated_io_units;
+	struct reduce_vol_stats st;
+	reduce_vol_get_stats(vol, &st, sizeof(st));
+	uint64_t units = st.io_units_in_use;
 	printf("compression: %.1f MiB stored in %.1f MiB of io units, ratio %.2f\n",
 	       (double)chunks * CHUNK / (1 << 20), (double)units * BLOCK / (1 << 20),
 	       (double)chunks * CHUNK / ((double)units * BLOCK));

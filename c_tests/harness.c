@@ -448,7 +448,13 @@ int h_check(struct mem_dev *d, struct spdk_reduce_vol *vol, struct reduce_vol_ch
 uint64_t h_units(struct spdk_reduce_vol *vol)
 {
 	const struct spdk_reduce_vol_info *info = spdk_reduce_vol_get_info(vol);
-	return info ? info->allocated_io_units : UINT64_MAX;
+	const struct spdk_reduce_vol_params *p = spdk_reduce_vol_get_params(vol);
+	if (!info || !p) {
+		return UINT64_MAX;
+	}
+	/* allocated_io_units counts the metadata's io units too, as later SPDK does. */
+	uint64_t metadata = (8192 + p->backing_io_unit_size - 1) / p->backing_io_unit_size;
+	return info->allocated_io_units - metadata;
 }
 
 int rig_open(struct mem_dev *d, struct spdk_reduce_vol_params *p, char *dir, size_t dir_len,

@@ -77,7 +77,8 @@ int h_write(struct mem_dev *d, struct spdk_reduce_vol *vol, const void *buf, uin
 int h_read(struct mem_dev *d, struct spdk_reduce_vol *vol, void *buf, uint64_t offset,
 	   uint64_t length);
 int h_check(struct mem_dev *d, struct spdk_reduce_vol *vol, struct reduce_vol_check_report *r);
-/* Io units in use per spdk_reduce_vol_get_info. */
+/* Io units allocated to chunks (and writes in flight) per spdk_reduce_vol_get_info:
+ * its allocated_io_units less the metadata's io units, which it also counts. */
 uint64_t h_units(struct spdk_reduce_vol *vol);
 
 /* The usual start of a test: a temp dir for the pm file, a device of `chunks` chunks

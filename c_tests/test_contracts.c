@@ -457,6 +457,7 @@ TEST(contracts_overwrites_after_enospc)
 	for (int round = 0; round < SCALE(6, 2); round++) {
 		for (uint64_t c = 0; c < N; c++) {
 			fill_data(bufs + c * CH, CH, (uint64_t)round * 1000 + c);
+			bufs[c * CH] |= 1; /* never all zeros: that would free the chunk */
 			iov[c] = (struct iovec){bufs + c * CH, CH};
 			status[c] = 1;
 			spdk_reduce_vol_writev(vol, &iov[c], 1, c * B, B, collect_status, &status[c]);

@@ -30,6 +30,7 @@ static int overwrite(struct mem_dev *d, struct spdk_reduce_vol *vol, uint8_t *mo
 	uint64_t first = rng_next(s) % 3 == 0 ? rng_next(s) % BPC : 0;
 	uint64_t len = first ? 1 + rng_next(s) % (BPC - first) : BPC;
 	fill_data(buf, (size_t)len * 512, rng_next(s));
+	buf[0] |= 1; /* never all zeros: that would empty the chunk and free its map */
 	int rc = h_write(d, vol, buf, c * BPC + first, len);
 	if (rc == 0) {
 		memcpy(model + c * CHUNK + first * 512, buf, (size_t)len * 512);

@@ -55,10 +55,10 @@ fn run(codec: impl Codec + Copy + 'static) -> Result<(), Box<dyn Error>> {
     for chunk in [0, 7, 63] {
         vol.write(chunk * blocks_per_chunk, &text(chunk))?;
     }
-    let info = vol.info();
+    let stats = vol.stats();
     println!(
         "3 chunks written: {} io units of 4 KiB hold them (12 uncompressed)",
-        info.allocated_io_units
+        stats.io_units_in_use
     );
     vol.unload()?;
 

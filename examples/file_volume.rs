@@ -131,7 +131,7 @@ fn read(image: &str, block: u64, count: u64) -> Result<()> {
 
 fn info(image: &str) -> Result<()> {
     let vol = open(image)?;
-    let (p, i) = (vol.params(), vol.info());
+    let (p, s) = (vol.params(), vol.stats());
     println!("pm file:     {}", vol.pm_path().display());
     println!(
         "size:        {} bytes in {} chunks of {}",
@@ -145,7 +145,7 @@ fn info(image: &str) -> Result<()> {
     );
     println!(
         "in use:      {} chunks in {} io units of {} bytes",
-        i.chunks_in_use, i.allocated_io_units, p.backing_io_unit_size
+        s.chunks_in_use, s.io_units_in_use, p.backing_io_unit_size
     );
     Ok(vol.unload()?)
 }

@@ -91,10 +91,10 @@ struct reduce_codec_pool;
  * until a successful unload completes.
  *
  * A volume belongs to the thread that loaded it (the one that called init or load).
- * Reads, writes, unload, check, `spdk_reduce_vol_get_info` and
- * `spdk_reduce_vol_print_info` called on another thread are refused and logged: -EPERM
- * through the callback, on the calling thread (NULL, or nothing, for the functions
- * without one). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
+ * Reads, writes, unmaps, unload, check, `spdk_reduce_vol_get_info`,
+ * `reduce_vol_get_stats` and `spdk_reduce_vol_print_info` called on another thread are
+ * refused and logged: -EPERM through the callback or the return value, on the calling
+ * thread (NULL, or nothing, for the functions without either). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
  * `spdk_reduce_vol_get_pm_path` may be called from any thread.
  */
 struct spdk_reduce_vol;
@@ -188,6 +188,15 @@ typedef void (*reduce_backing_io_fn)(struct spdk_reduce_backing_dev *dev,
  * The type of the `unmap` member of `struct spdk_reduce_backing_dev`: discard
  * `lba_count` blocks of `dev->blocklen` bytes starting at block `lba`, and complete
  * through `args` with 0 or a negative errno.
+ *
+ * The library calls it for the io units a chunk held when the chunk becomes empty (an
+ * unmap of the volume, or a chunk written with zeros), once the chunk's emptied map
+ * entry is persisted, so a thin-provisioned device can give the space back. It never
+ * asks for io units that hold data, and it allocates none of them again before this
+ * completes, so a later write to them cannot be overtaken by the discard. What the
+ * blocks read afterwards does not matter to the library, and neither does an error (it
+ * is logged): a device with nothing to give back may complete at once with 0. It is
+ * not called for io units an overwrite frees (they are taken again soon).
  */
 typedef void (*reduce_backing_unmap_fn)(struct spdk_reduce_backing_dev *dev,
                                         uint64_t lba,
@@ -248,7 +257,8 @@ struct spdk_reduce_backing_dev {
      */
     reduce_backing_io_fn writev;
     /**
-     * Discard blocks. Must be set, as the original library required.
+     * Discard blocks the volume no longer uses (see `reduce_backing_unmap_fn`). Must be
+     * set, as the original library required.
      */
     reduce_backing_unmap_fn unmap;
     /**
@@ -283,7 +293,7 @@ typedef void (*spdk_reduce_vol_op_with_handle_complete)(void *ctx,
                                                         int reduce_errno);
 
 /**
- * Completion of unload, destroy, readv and writev: `ctx` is the caller's `cb_arg`;
+ * Completion of unload, destroy, readv, writev and unmap: `ctx` is the caller's `cb_arg`;
  * `reduce_errno` is 0 or a negative errno (each function lists its values). Called
  * exactly once per call, possibly before the call returns.
  */
@@ -291,11 +301,14 @@ typedef void (*spdk_reduce_vol_op_complete)(void *ctx, int reduce_errno);
 
 /**
  * Volume statistics, as later SPDK releases report them (`allocated_io_units`), and
- * what this library adds after them.
+ * what this library adds after them. See also `reduce_vol_get_stats`.
  */
 struct spdk_reduce_vol_info {
     /**
-     * Backing io units holding chunk data.
+     * Backing io units marked allocated, counted as later SPDK releases count them:
+     * those of the volume's metadata at the start of the device (8 KiB: 2 io units of
+     * 4 KiB), those holding chunk data, and those of writes in flight or being
+     * unmapped on the device.
      */
     uint64_t allocated_io_units;
     /**
@@ -311,6 +324,58 @@ struct spdk_reduce_vol_info {
      * another value written by later SPDK.
      */
     uint32_t comp_algo;
+};
+
+/**
+ * Statistics of a loaded volume, from `reduce_vol_get_stats` (this library's
+ * extension). Members are only ever added at the end, so a program built against an
+ * older, shorter struct keeps working: it passes its own `sizeof`.
+ *
+ * The space members describe the chunks that hold data, kept up to date at every write
+ * and unmap (no scan): a chunk never written, unmapped, or whose content is all zeros
+ * holds none and takes no space. The request members count since the volume was
+ * loaded.
+ */
+struct reduce_vol_stats {
+    /**
+     * Chunks that hold data.
+     */
+    uint64_t chunks_in_use;
+    /**
+     * Of those, the ones stored uncompressed (compression would have saved no io unit).
+     */
+    uint64_t chunks_raw;
+    /**
+     * Backing io units those chunks take.
+     */
+    uint64_t io_units_in_use;
+    /**
+     * Backing io units free to allocate (not counting those of writes in flight, or
+     * those being unmapped on the backing device).
+     */
+    uint64_t io_units_free;
+    /**
+     * Bytes those chunks are stored in: the sum of their compressed sizes, a chunk
+     * stored uncompressed counting `chunk_size`.
+     */
+    uint64_t stored_bytes;
+    /**
+     * Reads completed since load, failed ones included.
+     */
+    uint64_t reads;
+    /**
+     * Writes completed since load, failed ones included.
+     */
+    uint64_t writes;
+    /**
+     * Unmaps completed since load, failed ones included.
+     */
+    uint64_t unmaps;
+    /**
+     * Of the reads, writes and unmaps completed since load, those that completed with
+     * an error.
+     */
+    uint64_t errors;
 };
 
 /**
@@ -497,14 +562,22 @@ void reduce_vol_destroy_force(struct spdk_reduce_backing_dev *backing_dev,
 
 /**
  * Read `length` logical blocks, starting at logical block `offset`, into the `iovcnt`
- * buffers of `iov`, which must hold exactly `length * logical_block_size` bytes. The
- * range must lie within one chunk. The `iov` array is read during the call only; the
- * buffers stay the caller's, and the library writes them until `cb_fn` runs.
+ * buffers of `iov`: any number of buffers, of any sizes, that hold exactly
+ * `length * logical_block_size` bytes in all. The range may cross chunk boundaries
+ * (the original refused that with -EINVAL): the library splits it and completes once.
+ * Blocks never written, unmapped, or written with zeros read as zeros. The `iov` array
+ * is read during the call only; the buffers stay the caller's, and the library writes
+ * them until `cb_fn` runs.
  *
- * `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
+ * Requests complete in submission order where they share a chunk (a read sees every
+ * write submitted before it); others may complete in any order. Any number may be
+ * outstanding.
+ *
+ * `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or the first
+ * error of the chunks the range covers:
  * - -EINVAL: `vol` is NULL; a bad iovec array (negative `iovcnt`, `iov` NULL, an
  *   `iov_base` NULL with a length); buffers that do not hold exactly `length` blocks;
- *   a range past the end of the volume or across a chunk boundary;
+ *   a range past the end of the volume;
  * - -EPERM: called on a thread other than the volume's;
  * - -EIO: stored data that fails its checksum or does not decompress to a chunk, or
  *   map entries in the pm file that name something no chunk may use (an entry out of
@@ -523,13 +596,22 @@ void spdk_reduce_vol_readv(struct spdk_reduce_vol *vol,
 
 /**
  * Write `length` logical blocks, starting at logical block `offset`, from the `iovcnt`
- * buffers of `iov`, which must hold exactly `length * logical_block_size` bytes. The
- * range must lie within one chunk. The `iov` array is read during the call only; the
- * buffers stay the caller's, and must not change until `cb_fn` runs. When `cb_fn`
- * gets 0 the data is persisted; a crash before that leaves each chunk old or new,
- * never mixed.
+ * buffers of `iov`: any number of buffers, of any sizes, that hold exactly
+ * `length * logical_block_size` bytes in all. The range may cross chunk boundaries
+ * (the original refused that with -EINVAL): the library splits it and completes once.
+ * The `iov` array is read during the call only; the buffers stay the caller's, and
+ * must not change until `cb_fn` runs. When `cb_fn` gets 0 the data is persisted; a
+ * crash before that leaves each chunk old or new, never mixed. A failed write over
+ * several chunks may have written some of them (each wholly).
  *
- * `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
+ * A chunk whose content becomes all zeros is not compressed nor stored: its logical
+ * map entry is emptied (it reads as zeros, in the original library too) and what it
+ * held is freed, as `spdk_reduce_vol_unmap` does.
+ *
+ * Ordering as for `spdk_reduce_vol_readv`.
+ *
+ * `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or the first
+ * error of the chunks the range covers:
  * - -EINVAL, -EPERM: as for `spdk_reduce_vol_readv`;
  * - -ENOSPC: a write to a chunk that holds no data, when the free chunk maps are all
  *   held back for overwrites. A write never replaces a chunk in place, so overwriting
@@ -554,6 +636,41 @@ void spdk_reduce_vol_writev(struct spdk_reduce_vol *vol,
                             void *cb_arg);
 
 /**
+ * Discard `length` logical blocks starting at logical block `offset` (as later SPDK
+ * releases declare it): afterwards they read as zeros. A chunk the range covers whole
+ * becomes empty: its logical map entry is emptied and persisted (a crash leaves it old
+ * or empty), then its chunk map and io units are freed, and the backing device's
+ * `unmap` is called for those io units (see `reduce_backing_unmap_fn`). A chunk the
+ * range covers in part has those blocks zeroed by a read-modify-write, and becomes
+ * empty in the same way if nothing else in it is non-zero. The range may cross chunk
+ * boundaries; the call completes once.
+ *
+ * An unmapped chunk is only an empty logical map entry (all-ones), which the original
+ * library reads as zeros too: a volume unmapped here still loads there.
+ *
+ * Ordering as for `spdk_reduce_vol_readv`. When `cb_fn` gets 0 the unmap is persisted.
+ *
+ * `cb_fn` gets 0 (also for `length` 0), or the first error of the chunks the range
+ * covers:
+ * - -EINVAL: `vol` is NULL, or the range runs past the end of the volume;
+ * - -EPERM: called on a thread other than the volume's;
+ * - -EIO: a partly covered chunk whose stored data fails its checksum or does not
+ *   decompress, or map entries in the pm file that name something no chunk may use;
+ * - -ENOSPC: a partly covered chunk whose new content needs a chunk map while the free
+ *   ones are held back for overwrites (see `spdk_reduce_vol_writev`);
+ * - the error the device's readv or writev completed with, or the OS error persisting
+ *   the pm file. An error of the device's unmap is not: it is logged, and the io units
+ *   are free again.
+ *
+ * With `cb_fn` NULL the call does nothing.
+ */
+void spdk_reduce_vol_unmap(struct spdk_reduce_vol *vol,
+                           uint64_t offset,
+                           uint64_t length,
+                           spdk_reduce_vol_op_complete cb_fn,
+                           void *cb_arg);
+
+/**
  * The parameters of a volume, or NULL for a NULL `vol`. Valid until the volume is
  * unloaded. All 40 bytes are defined: the padding after `chunk_size` is zeros, so the
  * structure can be compared with memcmp.
@@ -568,15 +685,30 @@ const struct spdk_reduce_vol_params *spdk_reduce_vol_get_params(struct spdk_redu
 const char *spdk_reduce_vol_get_pm_path(const struct spdk_reduce_vol *vol);
 
 /**
- * Current statistics of the volume, and the compression recorded in its superblock,
- * or NULL for a NULL `vol` or on a thread other than the volume's. Valid until the
- * next call of this function on the volume, or until it is unloaded.
+ * Current statistics of the volume, as later SPDK releases report them (see
+ * `struct spdk_reduce_vol_info`), and the compression recorded in its superblock, or
+ * NULL for a NULL `vol` or on a thread other than the volume's. Valid until the next
+ * call of this function on the volume, or until it is unloaded. More statistics:
+ * `reduce_vol_get_stats`.
  */
 const struct spdk_reduce_vol_info *spdk_reduce_vol_get_info(const struct spdk_reduce_vol *vol);
 
 /**
- * Print the volume's geometry, recorded compression and pm layout to stderr (nothing
- * for a NULL `vol`, or on a thread other than the volume's).
+ * Fill the first `out_size` bytes of `*out` with the volume's statistics (see
+ * `struct reduce_vol_stats`). Pass `sizeof(struct reduce_vol_stats)`: a program built
+ * against an older, shorter struct gets the members it knows, and bytes beyond the
+ * struct this library knows are set to zero. Returns 0, or:
+ * - -EINVAL: `vol` or `out` is NULL (with `out_size` not 0);
+ * - -EPERM: called on a thread other than the volume's.
+ */
+int reduce_vol_get_stats(const struct spdk_reduce_vol *vol,
+                         struct reduce_vol_stats *out,
+                         size_t out_size);
+
+/**
+ * Print the volume's geometry, recorded compression, pm layout and statistics (as
+ * `reduce_vol_get_stats` reports them) to stderr (nothing for a NULL `vol`, or on a
+ * thread other than the volume's).
  */
 void spdk_reduce_vol_print_info(struct spdk_reduce_vol *vol);
 

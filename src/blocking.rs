@@ -30,6 +30,17 @@
 //! vol.read(32, &mut back)?;
 //! assert_eq!(back, data);
 //! assert!(vol.check()?.is_clean());
+//!
+//! // Reads and writes may cross chunks; an unmap frees what a chunk held.
+//! vol.write(16, &vec![7u8; 16384])?; // blocks 16..48: chunks 0 and 1
+//! vol.unmap(32, 32)?; // chunk 1, whole: it reads as zeros and takes no space
+//! let stats = vol.stats();
+//! assert_eq!((stats.chunks_in_use, stats.writes, stats.unmaps), (1, 2, 1));
+//! vol.unmap(16, 16)?; // the second half of chunk 0: it is left all zeros
+//! assert_eq!(vol.stats().chunks_in_use, 0);
+//! vol.read(0, &mut back)?;
+//! assert_eq!(back, vec![0u8; 16384]);
+//! vol.write(32, &data)?;
 //! vol.unload()?;
 //!
 //! // Everything is on the device and in the pm file: load it again.
@@ -51,7 +62,7 @@ use crate::codec::Codec;
 use crate::error::{Errno, Error, Result};
 use crate::format::Params;
 use crate::pm::FileStore;
-use crate::vol::{self, Backend, Info, InitPlan};
+use crate::vol::{self, Backend, Info, InitPlan, Stats};
 
 /// Runs `start`, which must call the callback it is given before it returns.
 fn now<T: 'static>(what: &str, start: impl FnOnce(Box<dyn FnOnce(T)>)) -> Result<T> {
@@ -138,7 +149,8 @@ impl Volume {
     }
 
     /// Reads `buf.len()` bytes, a whole number of logical blocks, starting at logical
-    /// block `offset`. Blocks never written read as zeros. Errors as for
+    /// block `offset` (the range may cross chunks). Blocks never written, or unmapped,
+    /// read as zeros. Errors as for
     /// [`crate::Volume::readv`].
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let blocks = self.blocks(buf.len())?;
@@ -153,7 +165,8 @@ impl Volume {
     }
 
     /// Writes `buf`, a whole number of logical blocks, starting at logical block
-    /// `offset`. When it returns `Ok`, the write is durable: a crash at any time
+    /// `offset` (the range may cross chunks; a chunk left all zeros takes no space).
+    /// When it returns `Ok`, the write is durable: a crash at any time
     /// leaves each chunk either old or new, never mixed. Errors as for
     /// [`crate::Volume::writev`].
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
@@ -165,6 +178,13 @@ impl Volume {
                 })
         })?;
         result
+    }
+
+    /// Discards `length` logical blocks starting at logical block `offset`: they read as
+    /// zeros afterwards, and chunks left all zeros take no space (see
+    /// [`crate::Volume::unmap`]). The range may cross chunks.
+    pub fn unmap(&self, offset: u64, length: u64) -> Result<()> {
+        now("unmap", |cb| self.inner.unmap(offset, length, cb))?
     }
 
     /// Logical blocks in `len` bytes: `EINVAL` unless it is a whole number of them.
@@ -199,6 +219,11 @@ impl Volume {
     /// The volume's counters.
     pub fn info(&self) -> Info {
         self.inner.info()
+    }
+
+    /// The volume's statistics: space in use and requests completed since load.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
     }
 
     /// The path of the volume's pm file.

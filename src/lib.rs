@@ -65,4 +65,4 @@ pub use codec::{
 pub use error::{Errno, Error, Result};
 pub use format::Params;
 pub use pm::{FileStore, PmLock, PmRegion, PmStore};
-pub use vol::{Backend, Info, InitPlan, Op, UserIo, Volume};
+pub use vol::{Backend, Info, InitPlan, Op, Stats, UserIo, Volume};

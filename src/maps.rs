@@ -4,12 +4,16 @@
 //! a volume whose scan finds anything, before the volume trusts any of it; the checker
 //! (`crate::check`) builds its report on the same scan.
 //!
+//! The space the chunks in use take ([`Space`]) is counted by the scan at load and kept
+//! in step by every commit and clear, so statistics never scan.
+//!
 //! Memory stays bounded whatever the volume's size or damage: a scan lists at most
 //! [`LISTED_PROBLEMS`] problems and counts the rest, load's scan stops at the first
 //! problem and keeps no list of chunks, and init fills the pm file a piece of
 //! [`FORMAT_PIECE`] bytes at a time.
 
 use std::fmt;
+use std::ops::Range;
 
 use fixedbitset::FixedBitSet;
 use smallvec::SmallVec;
@@ -43,6 +47,39 @@ pub struct ChunkMap {
 impl ChunkMap {
     pub fn is_raw(&self, geo: &Geometry) -> bool {
         geo.io_units_for(self.compressed_size) == geo.io_units_per_chunk
+    }
+}
+
+/// What the chunks holding data take: counted at load, kept in step by every commit and
+/// clear.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// Chunks whose logical map entry names a chunk map.
+    pub chunks: u64,
+    /// Of those, the ones stored uncompressed.
+    pub raw_chunks: u64,
+    /// Io units their chunk maps list.
+    pub io_units: u64,
+    /// The sum of their stored sizes (`compressed_size`).
+    pub stored_bytes: u64,
+}
+
+impl Space {
+    fn add(&mut self, map: &ChunkMap, geo: &Geometry) {
+        self.chunks += 1;
+        self.raw_chunks += u64::from(map.is_raw(geo));
+        self.io_units += map.io_units.len() as u64;
+        self.stored_bytes += u64::from(map.compressed_size);
+    }
+
+    /// Saturating: a map scribbled on while loaded must not make the counts wrap.
+    fn sub(&mut self, map: &ChunkMap, geo: &Geometry) {
+        self.chunks = self.chunks.saturating_sub(1);
+        self.raw_chunks = self.raw_chunks.saturating_sub(u64::from(map.is_raw(geo)));
+        self.io_units = self.io_units.saturating_sub(map.io_units.len() as u64);
+        self.stored_bytes = self
+            .stored_bytes
+            .saturating_sub(u64::from(map.compressed_size));
     }
 }
 
@@ -92,6 +129,8 @@ pub struct Scan {
     pub problems: Vec<MapProblem>,
     /// Problems found beyond those listed.
     pub problems_left_out: u64,
+    /// What the chunks found valid take.
+    pub space: Space,
 }
 
 impl Scan {
@@ -173,6 +212,7 @@ impl MapView<'_> {
             chunks: Vec::new(),
             problems: Vec::new(),
             problems_left_out: 0,
+            space: Space::default(),
         };
         for chunk in 0..self.geo.chunks {
             if depth == Depth::FirstProblem && !s.problems.is_empty() {
@@ -200,20 +240,25 @@ impl MapView<'_> {
                     ok = false;
                 }
             }
-            if ok && depth == Depth::Full {
-                s.chunks.push(chunk);
+            if ok {
+                s.space.add(&map, self.geo);
+                if depth == Depth::Full {
+                    s.chunks.push(chunk);
+                }
             }
         }
         s
     }
 }
 
-/// The metadata of a loaded volume: the pm region and the free maps.
+/// The metadata of a loaded volume: the pm region, the free maps and the space the
+/// chunks in use take.
 pub struct Metadata {
     pub geo: Geometry,
     pm: Box<dyn PmRegion>,
     chunk_maps: FreeMap,
     io_units: FreeMap,
+    space: Space,
 }
 
 impl Metadata {
@@ -265,6 +310,7 @@ impl Metadata {
             chunk_maps: FreeMap::new(usable as usize),
             io_units: FreeMap::new(geo.total_io_units as usize),
             pm,
+            space: scan.space,
         };
         for unit in 0..geo.reserved_io_units.min(geo.total_io_units) {
             meta.io_units.claim(unit as usize);
@@ -405,22 +451,93 @@ impl Metadata {
                 "chunk {chunk}: persisting its logical map entry"
             )));
         }
-        // Only a valid old map is freed: freeing what a scribbled entry names could free
-        // another chunk's map, or the one just written.
-        match old.map(|old_index| (old_index, self.in_use(old_index))) {
-            Some((old_index, Ok(old_map))) if old_index != index => {
-                self.release(old_index, &old_map.io_units)
-            }
-            Some((old_index, found)) => log::emit(
-                Level::Error,
-                format_args!(
-                    "chunk {chunk}: the chunk map it replaced, {old_index}, {}; nothing of it was freed",
-                    found.err().unwrap_or("is the new one")
-                ),
-            ),
-            None => {}
+        self.space.add(map, &geo);
+        if let Some((old_index, old_map)) = self.forget(chunk, old, index) {
+            self.release(old_index, &old_map.io_units);
         }
         Ok(())
+    }
+
+    /// The chunk map `old` that chunk `chunk` named until its entry switched (to `new`,
+    /// or to empty), now that the switch is persisted: its space is no longer counted,
+    /// and it is returned with its index for the caller to free, or `None` when there is
+    /// nothing to free. Only a valid old map is: freeing what a scribbled entry names
+    /// could free another chunk's map, or the one just written (logged).
+    fn forget(&mut self, chunk: u64, old: Option<u64>, new: u64) -> Option<(u64, ChunkMap)> {
+        let old_index = old?;
+        match self.in_use(old_index) {
+            Ok(old_map) if old_index != new => {
+                self.space.sub(&old_map, &self.geo);
+                Some((old_index, old_map))
+            }
+            found => {
+                log::emit(
+                    Level::Error,
+                    format_args!(
+                        "chunk {chunk}: the chunk map it replaced, {old_index}, {}; nothing of it was freed",
+                        found.err().unwrap_or("is the new one")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Empties the logical map entries of `chunks`, so they read as zeros (the original
+    /// reads an empty entry so too): the entries that name a chunk map are set empty,
+    /// each with one aligned store, and persisted with one persist of the range they
+    /// span; only then are their chunk maps freed. A crash at any point leaves each
+    /// chunk old or empty. Their io units are returned still allocated: the caller frees
+    /// them ([`Metadata::release_io_units`]) once the device no longer has them in
+    /// hand. On error every entry is back as it was.
+    pub fn clear(&mut self, chunks: Range<u64>) -> Result<Vec<u64>> {
+        let geo = self.geo;
+        let olds: SmallVec<[(u64, u64); 4]> = chunks
+            .clone()
+            .filter_map(|chunk| Some((chunk, self.logical_entry(chunk)?)))
+            .collect();
+        let (Some(&(first, _)), Some(&(last, _))) = (olds.first(), olds.last()) else {
+            return Ok(Vec::new());
+        };
+        for &(chunk, _) in &olds {
+            self.pm
+                .store_u64(geo.logical_entry_offset(chunk), EMPTY_ENTRY);
+        }
+        let at = geo.logical_entry_offset(first);
+        let len = geo.logical_entry_offset(last) + 8 - at;
+        if let Err(e) = self.pm.persist(at, len) {
+            for &(chunk, old) in &olds {
+                self.pm.store_u64(geo.logical_entry_offset(chunk), old);
+            }
+            return Err(e.context(format_args!(
+                "chunks {first}..={last}: persisting their emptied logical map entries"
+            )));
+        }
+        let mut io_units = Vec::new();
+        for &(chunk, old) in &olds {
+            if let Some((index, old_map)) = self.forget(chunk, Some(old), EMPTY_ENTRY) {
+                self.chunk_maps.free(index as usize);
+                io_units.extend_from_slice(&old_map.io_units);
+            }
+        }
+        Ok(io_units)
+    }
+
+    /// Returns io units that [`Metadata::clear`] handed out to the free map.
+    pub fn release_io_units(&mut self, io_units: &[u64]) {
+        for &unit in io_units {
+            self.io_units.free(unit as usize);
+        }
+    }
+
+    /// What the chunks in use take.
+    pub fn space(&self) -> Space {
+        self.space
+    }
+
+    /// Io units free to allocate.
+    pub fn io_units_free(&self) -> u64 {
+        (self.io_units.len() - self.io_units.in_use()) as u64
     }
 
     /// Io units in use, metadata included.

@@ -29,7 +29,7 @@ fn base() -> Base {
     let part = data(7, 1024);
     rig.write(&vol, 3 * BPC + 2, &part).unwrap();
     model[3][1024..2048].copy_from_slice(&part);
-    let used = vol.info().allocated_io_units + 8; // plus the metadata io units
+    let used = vol.info().allocated_io_units; // the metadata io units included
     let path = vol.pm_path();
     rig.unload(&vol).unwrap();
     let mut images = Images {

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use reduce::testkit::*;
-use reduce::{InitPlan, Params, Volume};
+use reduce::{InitPlan, Params, Stats, Volume};
 
 const UUID: [u8; 16] = [
     0x5e, 0xd0, 0x7f, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x80, 0x00, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45,
@@ -75,7 +75,15 @@ fn init_layout_backing_and_pm() {
     assert!(pm[4096..].iter().all(|&b| b == 0xFF), "maps not all-ones");
 
     let info = vol.info();
-    assert_eq!(info.allocated_io_units, 0);
+    // The metadata's 2 io units, as later SPDK counts them.
+    assert_eq!(info.allocated_io_units, 2);
+    assert_eq!(
+        vol.stats(),
+        Stats {
+            io_units_free: 141 * 4 - 2,
+            ..Stats::default()
+        }
+    );
     assert_eq!(info.chunks_in_use, 0);
     assert_eq!(info.chunk_maps_usable, 13 + 128);
     assert_eq!(info.outstanding, 0);
@@ -261,7 +269,8 @@ fn one_compressed_write_layout() {
 
     let info = vol.info();
     assert_eq!(info.chunks_in_use, 1);
-    assert_eq!(info.allocated_io_units, used as u64);
+    assert_eq!(info.allocated_io_units, used as u64 + 2);
+    check_stats(&vol, GEO, &layout.stored(&pm));
     assert_eq!(layout.stored(&pm).len(), 1);
     rig.unload(&vol).unwrap();
 }
@@ -278,7 +287,11 @@ fn incompressible_write_is_stored_raw() {
     let image = rig.backing.image();
     assert_eq!(s.bytes(&image, 4096), data, "raw io units in slot order");
     assert_eq!(s.checksum, expected_checksum(&data));
-    assert_eq!(vol.info().allocated_io_units, 4);
+    assert_eq!(vol.info().allocated_io_units, 4 + 2);
+    assert_eq!(
+        (vol.stats().chunks_raw, vol.stats().stored_bytes),
+        (1, 16384)
+    );
     rig.unload(&vol).unwrap();
 }
 
@@ -314,7 +327,7 @@ fn partial_write_into_fresh_chunk_and_overwrite_is_never_in_place() {
     assert_eq!(second.bytes(&rig.backing.image(), 4096), data);
     let info = vol.info();
     assert_eq!(info.chunks_in_use, 1);
-    assert_eq!(info.allocated_io_units, 4);
+    assert_eq!(info.allocated_io_units, 4 + 2);
     assert_eq!(rig.read_chunk(&vol, 7).unwrap(), data);
     rig.unload(&vol).unwrap();
 }

@@ -201,7 +201,12 @@ impl Run {
         let info = self.vol.info();
         assert_eq!(info.chunks_in_use, stored.len() as u64);
         let units: usize = stored.iter().map(|s| s.io_units.len()).sum();
-        assert_eq!(info.allocated_io_units, units as u64, "io units leaked");
+        assert_eq!(
+            info.allocated_io_units,
+            units as u64 + self.geo().reserved_io_units(),
+            "io units leaked"
+        );
+        check_stats(&self.vol, self.geo(), &stored);
     }
 
     fn reload(&mut self, mode: Mode) {
@@ -490,7 +495,11 @@ fn shadow_random_faults_completion_model() {
             let info = vol.info();
             assert_eq!(info.chunks_in_use, stored.len() as u64);
             let units: usize = stored.iter().map(|s| s.io_units.len()).sum();
-            assert_eq!(info.allocated_io_units, units as u64);
+            assert_eq!(
+                info.allocated_io_units,
+                units as u64 + geo.reserved_io_units()
+            );
+            check_stats(&vol, geo, &stored);
         }
         let (ok, failed) = *counts.borrow();
         assert!(failed > 50 && ok > failed, "ok {ok}, failed {failed}");

@@ -46,7 +46,9 @@ fn write_read_reload() {
         },
     );
     assert_eq!(*done.borrow(), 2);
-    assert_eq!(v.info().allocated_io_units, 1);
+    // One io unit of data, two of metadata.
+    assert_eq!(v.info().allocated_io_units, 3);
+    assert_eq!(v.stats().io_units_in_use, 1);
     v.unload(|r| r.unwrap());
     let vol2: Rc<RefCell<Option<Volume>>> = Rc::default();
     let v3 = vol2.clone();

@@ -1,14 +1,19 @@
-//! Fault-injection soak: random reads, writes and overwrites at queue depth 32 against
-//! a shadow copy of the volume, with about 1 % of backing reads, backing writes,
+//! Fault-injection soak: random reads, writes, overwrites and unmaps at queue depth 32
+//! against a shadow copy of the volume, a fifth of them across chunk boundaries, in
+//! iovecs of any sizes, with about 1 % of backing reads, backing writes and unmaps,
 //! compressions and decompressions failing, and about 1 % of their completions
 //! delivered twice (to be ignored), in both completion modes, with unload and load
 //! cycles. Checked: every read that succeeds returns exactly the model's bytes; every
 //! failure carries an injected error and no more requests fail than faults were
 //! injected (no stale error); the checker finds nothing wrong at every cycle (no leaked
-//! io unit or chunk map). On a pm file of the fixed size nothing is ever full; a third
-//! run has the original's smaller pm file, room for 48 of the 64 chunks plus the spare
-//! chunk maps of their overwrites: there writes to chunks never written may get ENOSPC,
-//! overwrites never.
+//! io unit or chunk map), and the statistics match the checker's count. On a pm file of
+//! the fixed size nothing is ever full; a third run has the original's smaller pm
+//! file, room for 48 of the 64 chunks plus the spare chunk maps of their overwrites:
+//! there writes to chunks holding no data may get ENOSPC, overwrites never.
+//!
+//! A failed request over several chunks may have changed some of them (each wholly):
+//! the model then holds both contents for each such chunk, and the next read of it
+//! says which one it has.
 //!
 //! `REDUCE_SOAK_OPS` sets the operations per run (`make soak` runs 10^6 each).
 
@@ -34,6 +39,9 @@ const WRITE_FAULT: Errno = Errno(libc::EREMOTEIO);
 struct Counts {
     reads: u64,
     writes: u64,
+    unmaps: u64,
+    /// Requests over more than one chunk.
+    across: u64,
     failed: u64,
     /// Writes to chunks holding no data refused for space.
     enospc: u64,
@@ -42,10 +50,76 @@ struct Counts {
 
 /// The shadow model and the counts, shared with completion callbacks.
 struct Model {
-    bytes: Vec<u8>,
-    /// Chunks holding data (written successfully at least once).
-    held: [bool; CHUNKS as usize],
+    /// What each chunk may hold: one content, or more after a request over several
+    /// chunks failed part way.
+    chunks: Vec<Vec<Vec<u8>>>,
     counts: Counts,
+}
+
+const CHUNK: usize = BLOCKS_PER_CHUNK as usize * LBS;
+
+impl Model {
+    /// Applies a write (`Some(bytes)`) or an unmap (`None`) of blocks `offset..` that
+    /// completed with `ok`: when it failed, a request within one chunk changed nothing,
+    /// one over several may have changed any of them.
+    fn apply(&mut self, offset: u64, blocks: u64, bytes: Option<&[u8]>, ok: bool) {
+        let single = offset / BLOCKS_PER_CHUNK == (offset + blocks - 1) / BLOCKS_PER_CHUNK;
+        if !ok && single {
+            return;
+        }
+        for (chunk, range, at) in pieces(offset, blocks) {
+            let old = &self.chunks[chunk as usize];
+            let mut now: Vec<Vec<u8>> = Vec::new();
+            for candidate in old {
+                let mut new = candidate.clone();
+                match bytes {
+                    Some(bytes) => new[range.clone()].copy_from_slice(&bytes[at..at + range.len()]),
+                    None => new[range.clone()].fill(0),
+                }
+                if !ok && !now.contains(candidate) {
+                    now.push(candidate.clone());
+                }
+                if !now.contains(&new) {
+                    now.push(new);
+                }
+            }
+            self.chunks[chunk as usize] = now;
+        }
+    }
+
+    /// Checks a successful read of blocks `offset..` against the model; what it saw
+    /// settles a chunk that had several possible contents.
+    fn read(&mut self, offset: u64, blocks: u64, got: &[u8]) {
+        for (chunk, range, at) in pieces(offset, blocks) {
+            let seen = &got[at..at + range.len()];
+            let candidates = &mut self.chunks[chunk as usize];
+            candidates.retain(|c| c[range.clone()] == *seen);
+            assert!(
+                !candidates.is_empty(),
+                "read of blocks {offset}+{blocks} returned wrong data in chunk {chunk}"
+            );
+        }
+    }
+
+    /// Whether chunk `chunk` may hold no data (then a write to it may need a chunk map
+    /// the original pm file cannot spare).
+    fn may_be_empty(&self, chunk: u64) -> bool {
+        self.chunks[chunk as usize]
+            .iter()
+            .any(|c| c.iter().all(|&b| b == 0))
+    }
+}
+
+/// For blocks `offset..offset + blocks`: each chunk, the byte range in it, and where
+/// those bytes start in the request's buffers.
+fn pieces(offset: u64, blocks: u64) -> impl Iterator<Item = (u64, std::ops::Range<usize>, usize)> {
+    let end = offset + blocks;
+    (offset / BLOCKS_PER_CHUNK..=(end - 1) / BLOCKS_PER_CHUNK).map(move |chunk| {
+        let start = chunk * BLOCKS_PER_CHUNK;
+        let (from, to) = (offset.max(start), end.min(start + BLOCKS_PER_CHUNK));
+        let range = (from - start) as usize * LBS..(to - start) as usize * LBS;
+        (chunk, range, (from - offset) as usize * LBS)
+    })
 }
 
 fn ops_per_mode() -> u64 {
@@ -112,8 +186,7 @@ fn soak(mode: Mode, seed: u64, original_pm: bool) {
     inject(&rig, seed, &faults);
     duplicate(&rig, seed);
     let model = Rc::new(RefCell::new(Model {
-        bytes: vec![0; CHUNKS as usize * BLOCKS_PER_CHUNK as usize * LBS],
-        held: [false; CHUNKS as usize],
+        chunks: vec![vec![vec![0; CHUNK]]; CHUNKS as usize],
         counts: Counts::default(),
     }));
     let in_flight = Rc::new(Cell::new(0usize));
@@ -146,22 +219,25 @@ fn soak(mode: Mode, seed: u64, original_pm: bool) {
     rig.codec.double().set_fault(None);
     rig.backing.set_duplicate(None);
     rig.codec.double().set_duplicate(None);
-    let m = model.borrow();
+    let mut m = model.borrow_mut();
     for chunk in 0..CHUNKS {
-        let want = &m.bytes[(chunk * BLOCKS_PER_CHUNK) as usize * LBS..][..4096];
         let got = rig.read(&vol, chunk * BLOCKS_PER_CHUNK, BLOCKS_PER_CHUNK);
-        assert_eq!(got.as_deref(), Ok(want), "chunk {chunk} after the soak");
+        let got = got.unwrap_or_else(|e| panic!("chunk {chunk} after the soak: {e}"));
+        m.read(chunk * BLOCKS_PER_CHUNK, BLOCKS_PER_CHUNK, &got);
     }
     let duplicates = rig.backing.duplicates() + rig.codec.double().duplicates();
     let pm = if original_pm { "original" } else { "fixed" };
     eprintln!(
-        "soak {mode:?}, {pm} pm file: {} ops ({} reads, {} writes) at queue depth \
-         {QUEUE_DEPTH}, {} faults injected, {} requests failed with them, {duplicates} \
-         completions delivered twice and ignored, {} fresh-chunk writes refused for space, \
-         {} unload/load cycles, {} checker runs clean, 0 mismatches",
+        "soak {mode:?}, {pm} pm file: {} ops ({} reads, {} writes, {} unmaps; {} across \
+         chunks) at queue depth {QUEUE_DEPTH}, {} faults injected, {} requests failed \
+         with them, {duplicates} completions delivered twice and ignored, {} writes to \
+         chunks holding no data refused for space, {} unload/load cycles, {} checker runs \
+         clean, 0 mismatches",
         ops,
         m.counts.reads,
         m.counts.writes,
+        m.counts.unmaps,
+        m.counts.across,
         faults.get(),
         m.counts.failed,
         m.counts.enospc,
@@ -173,6 +249,7 @@ fn soak(mode: Mode, seed: u64, original_pm: bool) {
         "no fault was exercised"
     );
     assert!(duplicates > 0, "no duplicate was delivered");
+    assert!(m.counts.unmaps > 0 && m.counts.across > 0);
     assert_eq!(m.counts.enospc > 0, original_pm, "space refusals");
 }
 
@@ -196,50 +273,66 @@ fn submit(
 ) {
     let chunk = rng.below(CHUNKS);
     let first = rng.below(BLOCKS_PER_CHUNK);
-    let blocks = if rng.chance(40) {
+    let blocks = if rng.chance(20) {
+        // Across chunks: into the next one or two.
+        let most = (CHUNKS - chunk) * BLOCKS_PER_CHUNK - first;
+        rng.range(BLOCKS_PER_CHUNK - first + 1, 3 * BLOCKS_PER_CHUNK)
+            .min(most)
+    } else if rng.chance(40) {
         BLOCKS_PER_CHUNK - first
     } else {
         1 + rng.below(BLOCKS_PER_CHUNK - first)
     };
     let offset = chunk * BLOCKS_PER_CHUNK + first;
-    let range = offset as usize * LBS..(offset + blocks) as usize * LBS;
-    // Up to three segments of varied sizes.
-    let len = range.len();
-    let cut1 = rng.below(len as u64 / LBS as u64 + 1) as usize * LBS;
-    let cut2 = cut1 + rng.below(((len - cut1) / LBS) as u64 + 1) as usize * LBS;
-    let cuts = [0, cut1, cut2, len];
+    let len = blocks as usize * LBS;
+    let across = first + blocks > BLOCKS_PER_CHUNK;
     in_flight.set(in_flight.get() + 1);
     let (model, in_flight) = (model.clone(), in_flight.clone());
-    if rng.chance(55) {
+    model.borrow_mut().counts.across += u64::from(across);
+    // Up to four segments of any sizes.
+    let kind = rng.below(100);
+    if kind < 10 {
+        vol.unmap(offset, blocks, move |r| {
+            let mut m = model.borrow_mut();
+            m.counts.unmaps += 1;
+            m.apply(offset, blocks, None, r.is_ok());
+            // Zeroing part of a chunk is an overwrite of a chunk holding data, which
+            // always finds room: never ENOSPC.
+            if let Err(e) = r {
+                expect_injected(&mut m, e.errno(), true);
+            }
+            in_flight.set(in_flight.get() - 1);
+        });
+    } else if kind < 60 {
         let bytes = data(seq, len);
-        let segs = cuts
-            .windows(2)
-            .map(|w| bytes[w[0]..w[1]].to_vec())
-            .collect();
+        let segs = split(rng, &bytes, 4);
         vol.writev(offset, blocks, segs, move |r, _| {
             let mut m = model.borrow_mut();
             m.counts.writes += 1;
+            m.apply(offset, blocks, Some(&bytes), r.is_ok());
             match r {
-                Ok(()) => {
-                    m.bytes[range].copy_from_slice(&bytes);
-                    m.held[chunk as usize] = true;
+                Ok(()) => {}
+                // Only a chunk that may hold no data may be refused for space.
+                Err(e)
+                    if e == Errno::ENOSPC
+                        && pieces(offset, blocks).any(|(c, ..)| m.may_be_empty(c)) =>
+                {
+                    m.counts.enospc += 1
                 }
-                // Only a chunk holding no data may be refused for space.
-                Err(e) if e == Errno::ENOSPC && !m.held[chunk as usize] => m.counts.enospc += 1,
                 Err(e) => expect_injected(&mut m, e.errno(), true),
             }
             in_flight.set(in_flight.get() - 1);
         });
     } else {
-        let segs = cuts.windows(2).map(|w| vec![0x5A; w[1] - w[0]]).collect();
+        let segs = split_lens(rng, len, 4)
+            .into_iter()
+            .map(|n| vec![0x5A; n])
+            .collect();
         vol.readv(offset, blocks, segs, move |r, segs| {
             let mut m = model.borrow_mut();
             m.counts.reads += 1;
             match r {
-                Ok(()) => assert!(
-                    segs.concat() == m.bytes[range.clone()],
-                    "read of blocks {range:?} returned wrong data"
-                ),
+                Ok(()) => m.read(offset, blocks, &segs.concat()),
                 Err(e) => expect_injected(&mut m, e.errno(), false),
             }
             in_flight.set(in_flight.get() - 1);
@@ -268,7 +361,15 @@ fn audit(rig: &Rig, vol: &Volume, model: &Rc<RefCell<Model>>, faults: &Rc<Cell<u
     let (backing_fault, codec_fault) = (rig.backing.take_fault(), rig.codec.double().take_fault());
     let report = rig.check(vol).expect("check runs");
     assert!(report.is_clean(), "{report}");
-    assert_eq!(vol.info().allocated_io_units, report.io_units_referenced);
+    assert_eq!(
+        vol.info().allocated_io_units,
+        report.io_units_referenced + rig.geo.metadata_io_units()
+    );
+    let st = vol.stats();
+    assert_eq!(
+        (st.chunks_in_use, st.io_units_in_use),
+        (report.chunks_in_use, report.io_units_referenced)
+    );
     rig.backing.set_fault(backing_fault);
     rig.codec.double().set_fault(codec_fault);
 }

@@ -113,4 +113,12 @@ pub trait BackingDevice {
     /// Stores `io.buf` in the device's blocks, then completes `done` with `io` once the
     /// data is durable.
     fn write(&self, io: BackingIo, done: IoDone);
+    /// Discards the blocks of `io.extents` (`io.buf` is empty): the volume holds nothing
+    /// there any more, so a thin-provisioned device may give the space back. What the
+    /// blocks read afterwards does not matter to the volume, and neither does an
+    /// error (it is logged). The volume asks only for io units it has freed, and allocates
+    /// none of them again before this completes. The default does nothing.
+    fn unmap(&self, io: BackingIo, done: IoDone) {
+        done.complete(io, Ok(()));
+    }
 }

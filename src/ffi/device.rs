@@ -9,14 +9,26 @@ use libc::iovec;
 use smallvec::SmallVec;
 
 use super::boundary::refuse;
-use super::slab::{Call, Slab};
-use super::types::{FnOf, reduce_backing_codec_fn, reduce_backing_io_fn, spdk_reduce_backing_dev};
+use super::slab::{Call, NO_IOV, Slab};
+use super::types::{
+    FnOf, reduce_backing_codec_fn, reduce_backing_io_fn, reduce_backing_unmap_fn,
+    spdk_reduce_backing_dev,
+};
 use crate::backing::{BackingDevice, BackingIo, IoDone};
 use crate::codec::{Codec, CodecDone, CodecIo};
 use crate::error::Result;
 
 type BlockFn = FnOf<reduce_backing_io_fn>;
+type UnmapFn = FnOf<reduce_backing_unmap_fn>;
 type CodecFn = FnOf<reduce_backing_codec_fn>;
+
+/// Which block function an operation calls.
+#[derive(Clone, Copy)]
+enum BlockCall {
+    Readv(BlockFn),
+    Writev(BlockFn),
+    Unmap(UnmapFn),
+}
 
 /// The C device: its pointer (passed back to every call, so the caller's
 /// `container_of` works), the five functions, checked non-NULL once, and the slab its
@@ -28,6 +40,7 @@ pub(crate) struct CDevice {
     slab: Rc<Slab>,
     readv: BlockFn,
     writev: BlockFn,
+    unmap: UnmapFn,
     compress: CodecFn,
     decompress: CodecFn,
     blocklen: u32,
@@ -44,14 +57,12 @@ impl CDevice {
         // SAFETY: NULL or valid, per the caller.
         let d = unsafe { dev.as_ref() }.ok_or_else(|| refuse(what, "backing_dev is NULL"))?;
         let missing = |member| refuse(what, &format!("backing_dev->{member} is NULL"));
-        if d.unmap.is_none() {
-            return Err(missing("unmap"));
-        }
         Ok(CDevice {
             dev,
             slab: Slab::new(),
             readv: d.readv.ok_or_else(|| missing("readv"))?,
             writev: d.writev.ok_or_else(|| missing("writev"))?,
+            unmap: d.unmap.ok_or_else(|| missing("unmap"))?,
             compress: d.compress.ok_or_else(|| missing("compress"))?,
             decompress: d.decompress.ok_or_else(|| missing("decompress"))?,
             blocklen: d.blocklen,
@@ -59,9 +70,9 @@ impl CDevice {
         })
     }
 
-    fn block_io(&self, f: BlockFn, write: bool, mut io: BackingIo, done: IoDone) {
+    fn block_io(&self, f: BlockCall, mut io: BackingIo, done: IoDone) {
         // The buffer's heap block does not move when `io` moves into the slab, so the
-        // iovecs can point into it first.
+        // iovecs can point into it first. An unmap has no buffer, and no iovec.
         let base = io.buf.as_mut_ptr();
         let blocklen = self.blocklen as usize;
         let runs: SmallVec<[(Call, iovec); 4]> = io
@@ -69,15 +80,18 @@ impl CDevice {
             .iter()
             .map(|e| {
                 let (lba, lba_count) = (e.lba, e.lba_count);
-                let call = if write {
-                    Call::Writev { lba, lba_count }
-                } else {
-                    Call::Readv { lba, lba_count }
+                let call = match f {
+                    BlockCall::Readv(_) => Call::Readv { lba, lba_count },
+                    BlockCall::Writev(_) => Call::Writev { lba, lba_count },
+                    BlockCall::Unmap(_) => Call::Unmap { lba, lba_count },
                 };
-                let iov = iovec {
-                    // Pointer arithmetic only: the volume's extents lie within `buf`.
-                    iov_base: base.wrapping_add(e.buf_offset).cast(),
-                    iov_len: lba_count as usize * blocklen,
+                let iov = match f {
+                    BlockCall::Unmap(_) => NO_IOV,
+                    _ => iovec {
+                        // Pointer arithmetic only: the volume's extents lie within `buf`.
+                        iov_base: base.wrapping_add(e.buf_offset).cast(),
+                        iov_len: lba_count as usize * blocklen,
+                    },
                 };
                 (call, iov)
             })
@@ -89,10 +103,16 @@ impl CDevice {
         for (k, &(call, iov)) in runs.iter().enumerate() {
             let (lba, lba_count) = call.blocks();
             let (iov, args) = self.slab.run(head, k, call, iov);
-            // SAFETY: `dev` is the caller's device, valid while the volume is; the iovec
-            // and args sit in the slab, which outlives the call, and the buffer they
-            // point into stays in the slab until the operation completes.
-            unsafe { f(self.dev, iov, 1, lba, lba_count, args) };
+            match f {
+                // SAFETY: `dev` is the caller's device, valid while the volume is; the
+                // iovec and args sit in the slab, which outlives the call, and the buffer
+                // they point into stays in the slab until the operation completes.
+                BlockCall::Readv(f) | BlockCall::Writev(f) => unsafe {
+                    f(self.dev, iov, 1, lba, lba_count, args)
+                },
+                // SAFETY: as above; an unmap passes no buffer.
+                BlockCall::Unmap(f) => unsafe { f(self.dev, lba, lba_count, args) },
+            }
         }
         self.slab.issued(head);
     }
@@ -124,11 +144,15 @@ impl BackingDevice for CDevice {
     }
 
     fn read(&self, io: BackingIo, done: IoDone) {
-        self.block_io(self.readv, false, io, done);
+        self.block_io(BlockCall::Readv(self.readv), io, done);
     }
 
     fn write(&self, io: BackingIo, done: IoDone) {
-        self.block_io(self.writev, true, io, done);
+        self.block_io(BlockCall::Writev(self.writev), io, done);
+    }
+
+    fn unmap(&self, io: BackingIo, done: IoDone) {
+        self.block_io(BlockCall::Unmap(self.unmap), io, done);
     }
 }
 

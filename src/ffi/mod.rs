@@ -46,10 +46,10 @@ use crate::vol::{Backend, InitPlan, Op, Volume};
 /// until a successful unload completes.
 ///
 /// A volume belongs to the thread that loaded it (the one that called init or load).
-/// Reads, writes, unload, check, `spdk_reduce_vol_get_info` and
-/// `spdk_reduce_vol_print_info` called on another thread are refused and logged: -EPERM
-/// through the callback, on the calling thread (NULL, or nothing, for the functions
-/// without one). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
+/// Reads, writes, unmaps, unload, check, `spdk_reduce_vol_get_info`,
+/// `reduce_vol_get_stats` and `spdk_reduce_vol_print_info` called on another thread are
+/// refused and logged: -EPERM through the callback or the return value, on the calling
+/// thread (NULL, or nothing, for the functions without either). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
 /// `spdk_reduce_vol_get_pm_path` may be called from any thread.
 pub struct spdk_reduce_vol {
     vol: Volume,
@@ -427,7 +427,7 @@ fn destroyed(
     }
 }
 
-/// A read or write, after its export's guard.
+/// A read, write or unmap, after its export's guard.
 ///
 /// # Safety
 /// `vol` NULL or live; the iovecs valid until completion.
@@ -457,19 +457,27 @@ unsafe fn submit(
         Ok(io) => volume.submit(op, offset, length, Box::new(io)),
         // An empty request succeeds whatever its iovecs, as in the original.
         Err((io, _)) if length == 0 => volume.submit(op, offset, 0, Box::new(io)),
-        Err((io, why)) => volume.reject(Box::new(io), refuse(what, why)),
+        Err((io, why)) => volume.reject(op, Box::new(io), refuse(what, why)),
     }
 }
 
 /// Read `length` logical blocks, starting at logical block `offset`, into the `iovcnt`
-/// buffers of `iov`, which must hold exactly `length * logical_block_size` bytes. The
-/// range must lie within one chunk. The `iov` array is read during the call only; the
-/// buffers stay the caller's, and the library writes them until `cb_fn` runs.
+/// buffers of `iov`: any number of buffers, of any sizes, that hold exactly
+/// `length * logical_block_size` bytes in all. The range may cross chunk boundaries
+/// (the original refused that with -EINVAL): the library splits it and completes once.
+/// Blocks never written, unmapped, or written with zeros read as zeros. The `iov` array
+/// is read during the call only; the buffers stay the caller's, and the library writes
+/// them until `cb_fn` runs.
 ///
-/// `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
+/// Requests complete in submission order where they share a chunk (a read sees every
+/// write submitted before it); others may complete in any order. Any number may be
+/// outstanding.
+///
+/// `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or the first
+/// error of the chunks the range covers:
 /// - -EINVAL: `vol` is NULL; a bad iovec array (negative `iovcnt`, `iov` NULL, an
 ///   `iov_base` NULL with a length); buffers that do not hold exactly `length` blocks;
-///   a range past the end of the volume or across a chunk boundary;
+///   a range past the end of the volume;
 /// - -EPERM: called on a thread other than the volume's;
 /// - -EIO: stored data that fails its checksum or does not decompress to a chunk, or
 ///   map entries in the pm file that name something no chunk may use (an entry out of
@@ -508,13 +516,22 @@ pub unsafe extern "C" fn spdk_reduce_vol_readv(
 }
 
 /// Write `length` logical blocks, starting at logical block `offset`, from the `iovcnt`
-/// buffers of `iov`, which must hold exactly `length * logical_block_size` bytes. The
-/// range must lie within one chunk. The `iov` array is read during the call only; the
-/// buffers stay the caller's, and must not change until `cb_fn` runs. When `cb_fn`
-/// gets 0 the data is persisted; a crash before that leaves each chunk old or new,
-/// never mixed.
+/// buffers of `iov`: any number of buffers, of any sizes, that hold exactly
+/// `length * logical_block_size` bytes in all. The range may cross chunk boundaries
+/// (the original refused that with -EINVAL): the library splits it and completes once.
+/// The `iov` array is read during the call only; the buffers stay the caller's, and
+/// must not change until `cb_fn` runs. When `cb_fn` gets 0 the data is persisted; a
+/// crash before that leaves each chunk old or new, never mixed. A failed write over
+/// several chunks may have written some of them (each wholly).
 ///
-/// `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or:
+/// A chunk whose content becomes all zeros is not compressed nor stored: its logical
+/// map entry is emptied (it reads as zeros, in the original library too) and what it
+/// held is freed, as `spdk_reduce_vol_unmap` does.
+///
+/// Ordering as for `spdk_reduce_vol_readv`.
+///
+/// `cb_fn` gets 0 (also for `length` 0, whatever `iov` and `offset`), or the first
+/// error of the chunks the range covers:
 /// - -EINVAL, -EPERM: as for `spdk_reduce_vol_readv`;
 /// - -ENOSPC: a write to a chunk that holds no data, when the free chunk maps are all
 ///   held back for overwrites. A write never replaces a chunk in place, so overwriting
@@ -559,6 +576,61 @@ pub unsafe extern "C" fn spdk_reduce_vol_writev(
     })
 }
 
+/// Discard `length` logical blocks starting at logical block `offset` (as later SPDK
+/// releases declare it): afterwards they read as zeros. A chunk the range covers whole
+/// becomes empty: its logical map entry is emptied and persisted (a crash leaves it old
+/// or empty), then its chunk map and io units are freed, and the backing device's
+/// `unmap` is called for those io units (see `reduce_backing_unmap_fn`). A chunk the
+/// range covers in part has those blocks zeroed by a read-modify-write, and becomes
+/// empty in the same way if nothing else in it is non-zero. The range may cross chunk
+/// boundaries; the call completes once.
+///
+/// An unmapped chunk is only an empty logical map entry (all-ones), which the original
+/// library reads as zeros too: a volume unmapped here still loads there.
+///
+/// Ordering as for `spdk_reduce_vol_readv`. When `cb_fn` gets 0 the unmap is persisted.
+///
+/// `cb_fn` gets 0 (also for `length` 0), or the first error of the chunks the range
+/// covers:
+/// - -EINVAL: `vol` is NULL, or the range runs past the end of the volume;
+/// - -EPERM: called on a thread other than the volume's;
+/// - -EIO: a partly covered chunk whose stored data fails its checksum or does not
+///   decompress, or map entries in the pm file that name something no chunk may use;
+/// - -ENOSPC: a partly covered chunk whose new content needs a chunk map while the free
+///   ones are held back for overwrites (see `spdk_reduce_vol_writev`);
+/// - the error the device's readv or writev completed with, or the OS error persisting
+///   the pm file. An error of the device's unmap is not: it is logged, and the io units
+///   are free again.
+///
+/// With `cb_fn` NULL the call does nothing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn spdk_reduce_vol_unmap(
+    vol: *mut spdk_reduce_vol,
+    offset: u64,
+    length: u64,
+    cb_fn: spdk_reduce_vol_op_complete,
+    cb_arg: *mut c_void,
+) {
+    // Safety (Rust): `vol` is NULL or a live handle.
+    const WHAT: &str = "spdk_reduce_vol_unmap";
+    guard(WHAT, (), || {
+        // SAFETY: an unmap has no iovecs: NULL and 0 are a valid empty array.
+        unsafe {
+            submit(
+                WHAT,
+                Op::Unmap,
+                vol,
+                ptr::null_mut(),
+                0,
+                offset,
+                length,
+                cb_fn,
+                cb_arg,
+            )
+        }
+    })
+}
+
 /// The parameters of a volume, or NULL for a NULL `vol`. Valid until the volume is
 /// unloaded. All 40 bytes are defined: the padding after `chunk_size` is zeros, so the
 /// structure can be compared with memcmp.
@@ -585,9 +657,11 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_pm_path(vol: *const spdk_reduce_vol
     })
 }
 
-/// Current statistics of the volume, and the compression recorded in its superblock,
-/// or NULL for a NULL `vol` or on a thread other than the volume's. Valid until the
-/// next call of this function on the volume, or until it is unloaded.
+/// Current statistics of the volume, as later SPDK releases report them (see
+/// `struct spdk_reduce_vol_info`), and the compression recorded in its superblock, or
+/// NULL for a NULL `vol` or on a thread other than the volume's. Valid until the next
+/// call of this function on the volume, or until it is unloaded. More statistics:
+/// `reduce_vol_get_stats`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     vol: *const spdk_reduce_vol,
@@ -608,8 +682,57 @@ pub unsafe extern "C" fn spdk_reduce_vol_get_info(
     })
 }
 
-/// Print the volume's geometry, recorded compression and pm layout to stderr (nothing
-/// for a NULL `vol`, or on a thread other than the volume's).
+/// Fill the first `out_size` bytes of `*out` with the volume's statistics (see
+/// `struct reduce_vol_stats`). Pass `sizeof(struct reduce_vol_stats)`: a program built
+/// against an older, shorter struct gets the members it knows, and bytes beyond the
+/// struct this library knows are set to zero. Returns 0, or:
+/// - -EINVAL: `vol` or `out` is NULL (with `out_size` not 0);
+/// - -EPERM: called on a thread other than the volume's.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reduce_vol_get_stats(
+    vol: *const spdk_reduce_vol,
+    out: *mut reduce_vol_stats,
+    out_size: usize,
+) -> c_int {
+    // Safety (Rust): `vol` is NULL or a live handle; `out` NULL or `out_size` writable
+    // bytes.
+    const WHAT: &str = "reduce_vol_get_stats";
+    guard(WHAT, -libc::EIO, || {
+        // SAFETY: NULL or live, per the caller.
+        let h = match unsafe { owned(WHAT, vol) } {
+            Ok(Some(h)) => h,
+            Ok(None) => return errno(refuse(WHAT, "vol is NULL")),
+            Err(e) => return errno(e),
+        };
+        if out_size == 0 {
+            return 0;
+        }
+        if out.is_null() {
+            return errno(refuse(WHAT, "out is NULL"));
+        }
+        let stats = reduce_vol_stats::from(h.vol.stats());
+        // SAFETY: the struct is plain `u64`s without padding; reading its bytes is
+        // reading initialized memory.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const stats).cast::<u8>(),
+                size_of::<reduce_vol_stats>(),
+            )
+        };
+        let n = out_size.min(bytes.len());
+        // SAFETY: `out` holds `out_size` writable bytes, per the caller; ours are
+        // disjoint from it.
+        unsafe {
+            ptr::copy_nonoverlapping(bytes.as_ptr(), out.cast::<u8>(), n);
+            ptr::write_bytes(out.cast::<u8>().add(n), 0, out_size - n);
+        }
+        0
+    })
+}
+
+/// Print the volume's geometry, recorded compression, pm layout and statistics (as
+/// `reduce_vol_get_stats` reports them) to stderr (nothing for a NULL `vol`, or on a
+/// thread other than the volume's).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn spdk_reduce_vol_print_info(vol: *mut spdk_reduce_vol) {
     // Safety (Rust): `vol` is NULL or a live handle.

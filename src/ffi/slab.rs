@@ -40,7 +40,7 @@ const PAGE: usize = 64;
 /// Idle entries kept back before one is reused (see the module notes).
 pub(crate) const MIN_IDLE: usize = 256;
 
-const NO_IOV: iovec = iovec {
+pub(crate) const NO_IOV: iovec = iovec {
     iov_base: std::ptr::null_mut(),
     iov_len: 0,
 };
@@ -50,15 +50,19 @@ const NO_IOV: iovec = iovec {
 pub(crate) enum Call {
     Readv { lba: u64, lba_count: u32 },
     Writev { lba: u64, lba_count: u32 },
+    Unmap { lba: u64, lba_count: u32 },
     Compress,
     Decompress,
 }
 
 impl Call {
-    /// The blocks a readv or writev transfers, (lba, lba_count); none for a codec call.
+    /// The blocks a readv, writev or unmap covers, (lba, lba_count); none for a codec
+    /// call.
     pub(crate) fn blocks(self) -> (u64, u32) {
         match self {
-            Call::Readv { lba, lba_count } | Call::Writev { lba, lba_count } => (lba, lba_count),
+            Call::Readv { lba, lba_count }
+            | Call::Writev { lba, lba_count }
+            | Call::Unmap { lba, lba_count } => (lba, lba_count),
             Call::Compress | Call::Decompress => (0, 0),
         }
     }
@@ -71,6 +75,7 @@ impl fmt::Display for Call {
             Call::Writev { lba, lba_count } => {
                 write!(f, "writev of {lba_count} blocks at {lba}")
             }
+            Call::Unmap { lba, lba_count } => write!(f, "unmap of {lba_count} blocks at {lba}"),
             Call::Compress => write!(f, "compress"),
             Call::Decompress => write!(f, "decompress"),
         }
@@ -87,7 +92,7 @@ struct Entry {
     index: u32,
 }
 
-/// A block read or write, split in one call per run of blocks. It completes when every
+/// A block read, write or unmap, split in one call per run of blocks. It completes when every
 /// run has, and the call that issued them is done issuing.
 struct BlockOp {
     io: BackingIo,

@@ -135,11 +135,14 @@ const _: () = assert!(
 );
 
 /// Volume statistics, as later SPDK releases report them (`allocated_io_units`), and
-/// what this library adds after them.
+/// what this library adds after them. See also `reduce_vol_get_stats`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct spdk_reduce_vol_info {
-    /// Backing io units holding chunk data.
+    /// Backing io units marked allocated, counted as later SPDK releases count them:
+    /// those of the volume's metadata at the start of the device (8 KiB: 2 io units of
+    /// 4 KiB), those holding chunk data, and those of writes in flight or being
+    /// unmapped on the device.
     pub allocated_io_units: u64,
     /// The compression level recorded in the superblock at init (`comp_level`, where
     /// later SPDK releases keep it): the zstd level, or 1 for LZ4. 0 when not recorded.
@@ -150,6 +153,56 @@ pub struct spdk_reduce_vol_info {
     /// caller's own codec or by the original library, which record nothing; or
     /// another value written by later SPDK.
     pub comp_algo: u32,
+}
+
+/// Statistics of a loaded volume, from `reduce_vol_get_stats` (this library's
+/// extension). Members are only ever added at the end, so a program built against an
+/// older, shorter struct keeps working: it passes its own `sizeof`.
+///
+/// The space members describe the chunks that hold data, kept up to date at every write
+/// and unmap (no scan): a chunk never written, unmapped, or whose content is all zeros
+/// holds none and takes no space. The request members count since the volume was
+/// loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct reduce_vol_stats {
+    /// Chunks that hold data.
+    pub chunks_in_use: u64,
+    /// Of those, the ones stored uncompressed (compression would have saved no io unit).
+    pub chunks_raw: u64,
+    /// Backing io units those chunks take.
+    pub io_units_in_use: u64,
+    /// Backing io units free to allocate (not counting those of writes in flight, or
+    /// those being unmapped on the backing device).
+    pub io_units_free: u64,
+    /// Bytes those chunks are stored in: the sum of their compressed sizes, a chunk
+    /// stored uncompressed counting `chunk_size`.
+    pub stored_bytes: u64,
+    /// Reads completed since load, failed ones included.
+    pub reads: u64,
+    /// Writes completed since load, failed ones included.
+    pub writes: u64,
+    /// Unmaps completed since load, failed ones included.
+    pub unmaps: u64,
+    /// Of the reads, writes and unmaps completed since load, those that completed with
+    /// an error.
+    pub errors: u64,
+}
+
+impl From<crate::vol::Stats> for reduce_vol_stats {
+    fn from(s: crate::vol::Stats) -> reduce_vol_stats {
+        reduce_vol_stats {
+            chunks_in_use: s.chunks_in_use,
+            chunks_raw: s.chunks_raw,
+            io_units_in_use: s.io_units_in_use,
+            io_units_free: s.io_units_free,
+            stored_bytes: s.stored_bytes,
+            reads: s.reads,
+            writes: s.writes,
+            unmaps: s.unmaps,
+            errors: s.errors,
+        }
+    }
 }
 
 /// What `reduce_vol_check` found (this library's extension; not in the original).
@@ -181,7 +234,7 @@ pub type reduce_vol_check_complete = Option<
     ),
 >;
 
-/// Completion of unload, destroy, readv and writev: `ctx` is the caller's `cb_arg`;
+/// Completion of unload, destroy, readv, writev and unmap: `ctx` is the caller's `cb_arg`;
 /// `reduce_errno` is 0 or a negative errno (each function lists its values). Called
 /// exactly once per call, possibly before the call returns.
 pub type spdk_reduce_vol_op_complete =
@@ -249,6 +302,15 @@ pub type reduce_backing_io_fn = Option<
 /// The type of the `unmap` member of `struct spdk_reduce_backing_dev`: discard
 /// `lba_count` blocks of `dev->blocklen` bytes starting at block `lba`, and complete
 /// through `args` with 0 or a negative errno.
+///
+/// The library calls it for the io units a chunk held when the chunk becomes empty (an
+/// unmap of the volume, or a chunk written with zeros), once the chunk's emptied map
+/// entry is persisted, so a thin-provisioned device can give the space back. It never
+/// asks for io units that hold data, and it allocates none of them again before this
+/// completes, so a later write to them cannot be overtaken by the discard. What the
+/// blocks read afterwards does not matter to the library, and neither does an error (it
+/// is logged): a device with nothing to give back may complete at once with 0. It is
+/// not called for io units an overwrite frees (they are taken again soon).
 pub type reduce_backing_unmap_fn = Option<
     unsafe extern "C" fn(
         dev: *mut spdk_reduce_backing_dev,
@@ -309,7 +371,8 @@ pub struct spdk_reduce_backing_dev {
     pub readv: reduce_backing_io_fn,
     /// Write blocks from the library's buffers.
     pub writev: reduce_backing_io_fn,
-    /// Discard blocks. Must be set, as the original library required.
+    /// Discard blocks the volume no longer uses (see `reduce_backing_unmap_fn`). Must be
+    /// set, as the original library required.
     pub unmap: reduce_backing_unmap_fn,
     /// Compress one chunk.
     pub compress: reduce_backing_codec_fn,
@@ -373,6 +436,9 @@ mod tests {
         assert_eq!(offset_of!(spdk_reduce_vol_info, comp_level), 8);
         assert_eq!(offset_of!(spdk_reduce_vol_info, comp_algo), 12);
         assert_eq!(size_of::<spdk_reduce_vol_info>(), 16);
+        assert_eq!(offset_of!(reduce_vol_stats, stored_bytes), 32);
+        assert_eq!(offset_of!(reduce_vol_stats, errors), 64);
+        assert_eq!(size_of::<reduce_vol_stats>(), 72);
     }
 
     #[test]

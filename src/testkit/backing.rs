@@ -1,7 +1,9 @@
 //! An in-memory backing device for tests: completes inside the call or from `poll`,
 //! can fail chosen operations, misbehave as a buggy device would (deliver a completion
 //! twice, hand back a mangled buffer), and records which writes have completed so a
-//! test can cut the power between any two of them.
+//! test can cut the power between any two of them. An unmap zeroes its blocks when it
+//! completes (so data the volume still needed would fail its checksum), and counts as a
+//! write for faults, duplicates and the journal.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -21,8 +23,8 @@ pub enum Mode {
     Deferred,
 }
 
-/// Decides the fate of each operation: `Some(errno)` fails it. Arguments: is_write,
-/// the operation's number since the device was made.
+/// Decides the fate of each operation: `Some(errno)` fails it. Arguments: is_write
+/// (true for an unmap too), the operation's number since the device was made.
 pub type FaultFn = Box<dyn FnMut(bool, u64) -> Option<Errno>>;
 
 /// Decides which completions are delivered twice: `true` for (is_write, operation
@@ -36,8 +38,18 @@ pub type DuplicateFn = Box<dyn FnMut(bool, u64) -> bool>;
 /// a device with a bug might: the volume must treat it as its own bug, not crash.
 pub type TamperFn = Box<dyn FnMut(bool, u64, &mut BackingIo)>;
 
+/// What an operation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Unmap,
+}
+
 struct Pending {
     id: u64,
+    kind: Kind,
+    /// Writes and unmaps: they change the device.
     write: bool,
     io: BackingIo,
     done: IoDone,
@@ -61,6 +73,8 @@ struct State {
     writes_completed: u64,
     reads: u64,
     writes: u64,
+    /// Completed unmaps' block runs, (lba, lba_count), in completion order.
+    unmapped: Vec<(u64, u32)>,
     journal: Option<Journal>,
 }
 
@@ -94,6 +108,7 @@ impl MemBacking {
             writes_completed: 0,
             reads: 0,
             writes: 0,
+            unmapped: Vec::new(),
             journal: None,
         };
         MemBacking {
@@ -150,10 +165,15 @@ impl MemBacking {
         self.state.borrow().pending.len()
     }
 
-    /// (reads, writes) submitted so far.
+    /// (reads, writes) submitted so far (unmaps not counted).
     pub fn op_counts(&self) -> (u64, u64) {
         let s = self.state.borrow();
         (s.reads, s.writes)
+    }
+
+    /// The block runs of the unmaps completed so far, (lba, lba_count), in order.
+    pub fn unmapped(&self) -> Vec<(u64, u32)> {
+        self.state.borrow().unmapped.clone()
     }
 
     pub fn writes_completed(&self) -> u64 {
@@ -182,16 +202,17 @@ impl MemBacking {
         n
     }
 
-    fn submit(&self, write: bool, io: BackingIo, done: IoDone) {
+    fn submit(&self, kind: Kind, io: BackingIo, done: IoDone) {
         let mut s = self.state.borrow_mut();
         let op = s.ops;
         s.ops += 1;
-        if write {
-            s.writes += 1;
-        } else {
-            s.reads += 1;
+        match kind {
+            Kind::Read => s.reads += 1,
+            Kind::Write => s.writes += 1,
+            Kind::Unmap => {}
         }
-        let mut result = self.check(&s.image, &io);
+        let write = kind != Kind::Read;
+        let mut result = self.check(&s.image, kind, &io);
         if result.is_ok() {
             if let Some(err) = s.fault.as_mut().and_then(|f| f(write, op)) {
                 result = Err(err.into());
@@ -203,7 +224,10 @@ impl MemBacking {
                     id: op,
                     runs: self
                         .runs(&io.extents)
-                        .map(|(dev, buf)| (dev.start, io.buf[buf].to_vec()))
+                        .map(|(dev, buf)| match kind {
+                            Kind::Unmap => (dev.start, vec![0; dev.len()]),
+                            _ => (dev.start, io.buf[buf].to_vec()),
+                        })
                         .collect(),
                 });
             }
@@ -211,6 +235,7 @@ impl MemBacking {
         let twice = s.duplicate.as_mut().is_some_and(|f| f(write, op));
         let p = Pending {
             id: op,
+            kind,
             write,
             io,
             done,
@@ -226,12 +251,13 @@ impl MemBacking {
         }
     }
 
-    fn check(&self, image: &[u8], io: &BackingIo) -> Result<()> {
+    fn check(&self, image: &[u8], kind: Kind, io: &BackingIo) -> Result<()> {
         let bl = self.blocklen as usize;
         for e in &io.extents {
             let len = e.lba_count as usize * bl;
             let start = (e.lba as usize).checked_mul(bl).ok_or(Errno::EIO)?;
-            if start + len > image.len() || e.buf_offset + len > io.buf.len() {
+            let in_buf = kind == Kind::Unmap || e.buf_offset + len <= io.buf.len();
+            if start + len > image.len() || !in_buf {
                 return Err(Errno::EIO.into());
             }
         }
@@ -261,11 +287,15 @@ impl MemBacking {
         if p.result.is_ok() {
             let mut s = self.state.borrow_mut();
             for (dev, buf) in self.runs(&p.io.extents) {
-                if p.write {
-                    s.image[dev].copy_from_slice(&p.io.buf[buf]);
-                } else {
-                    p.io.buf[buf].copy_from_slice(&s.image[dev]);
+                match p.kind {
+                    Kind::Write => s.image[dev].copy_from_slice(&p.io.buf[buf]),
+                    Kind::Read => p.io.buf[buf].copy_from_slice(&s.image[dev]),
+                    Kind::Unmap => s.image[dev].fill(0),
                 }
+            }
+            if p.kind == Kind::Unmap {
+                let runs = p.io.extents.iter().map(|e| (e.lba, e.lba_count));
+                s.unmapped.extend(runs);
             }
             if p.write {
                 s.writes_completed += 1;
@@ -316,10 +346,14 @@ impl BackingDevice for MemBacking {
     }
 
     fn read(&self, io: BackingIo, done: IoDone) {
-        self.submit(false, io, done);
+        self.submit(Kind::Read, io, done);
     }
 
     fn write(&self, io: BackingIo, done: IoDone) {
-        self.submit(true, io, done);
+        self.submit(Kind::Write, io, done);
+    }
+
+    fn unmap(&self, io: BackingIo, done: IoDone) {
+        self.submit(Kind::Unmap, io, done);
     }
 }

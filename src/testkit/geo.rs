@@ -57,6 +57,12 @@ impl Geo {
         u64::from(self.chunk / self.io_unit)
     }
 
+    /// Io units overlapping the 8 KiB of metadata at the start of the device: never
+    /// allocated to chunks, but counted in `allocated_io_units`.
+    pub fn metadata_io_units(&self) -> u64 {
+        8192u64.div_ceil(u64::from(self.io_unit))
+    }
+
     /// Init parameters for this geometry (random uuid, size from the device).
     pub fn params(&self) -> Params {
         Params {

@@ -230,6 +230,13 @@ impl Rig {
         self.writev(vol, offset, vec![data.to_vec()])
     }
 
+    /// Unmaps `length` blocks at `offset`.
+    pub fn unmap(&self, vol: &Volume, offset: u64, length: u64) -> Result<()> {
+        let s = slot();
+        vol.unmap(offset, length, filler(&s));
+        self.wait(&s)
+    }
+
     /// Reads `length` blocks at `offset` into segments of `seg_lens` bytes.
     pub fn readv(
         &self,

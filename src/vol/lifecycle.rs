@@ -34,7 +34,7 @@
 use std::path::{Path, PathBuf};
 
 use super::request::Engine;
-use super::{Action, Backend, DoneCallback, Event, Info, OpenCallback, Shared, Volume};
+use super::{Action, Backend, DoneCallback, Event, Info, OpenCallback, Shared, Stats, Volume};
 use crate::backing::{BackingDevice, BackingIo, Extent};
 use crate::check::{self, Report};
 use crate::codec::Compression;
@@ -262,13 +262,33 @@ impl Core {
     pub(crate) fn info(&self) -> Info {
         match &self.phase {
             Phase::Ready(engine) => Info {
-                allocated_io_units: engine.meta.io_units_in_use()
-                    - engine.meta.geo.reserved_io_units,
+                allocated_io_units: engine.meta.io_units_in_use(),
                 chunks_in_use: engine.meta.chunk_maps_in_use(),
                 chunk_maps_usable: engine.meta.chunk_maps_usable(),
                 outstanding: engine.outstanding(),
             },
             _ => Info::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        match &self.phase {
+            Phase::Ready(engine) => {
+                let space = engine.meta.space();
+                let counts = engine.parents.counts;
+                Stats {
+                    chunks_in_use: space.chunks,
+                    chunks_raw: space.raw_chunks,
+                    io_units_in_use: space.io_units,
+                    io_units_free: engine.meta.io_units_free(),
+                    stored_bytes: space.stored_bytes,
+                    reads: counts.reads,
+                    writes: counts.writes,
+                    unmaps: counts.unmaps,
+                    errors: counts.errors,
+                }
+            }
+            _ => Stats::default(),
         }
     }
 
@@ -304,7 +324,7 @@ impl Core {
             let geo = &engine.meta.geo;
             let info = self.info();
             s += &format!(
-                "\ttotal chunks (including extra) = 0x{:x}\n\ttotal chunks (excluding extra) = 0x{:x}\n\tchunk_struct_size = 0x{:x}\npmem info:\n\tpath = {}\n\tsize = 0x{:x}\n\tlogical_map_offset = 0x{:x}\n\tchunk_maps_offset = 0x{:x}\n\tchunk maps usable = {}\n\tchunks in use = {}\n\tallocated io units = {}\n\toutstanding requests = {}\n",
+                "\ttotal chunks (including extra) = 0x{:x}\n\ttotal chunks (excluding extra) = 0x{:x}\n\tchunk_struct_size = 0x{:x}\npmem info:\n\tpath = {}\n\tsize = 0x{:x}\n\tlogical_map_offset = 0x{:x}\n\tchunk_maps_offset = 0x{:x}\n\tchunk maps usable = {}\n\tchunk maps allocated = {}\n\tallocated io units = {} (metadata included)\n\toutstanding requests = {}\n",
                 geo.total_chunk_maps,
                 geo.chunks,
                 geo.chunk_map_stride,
@@ -316,6 +336,26 @@ impl Core {
                 info.chunks_in_use,
                 info.allocated_io_units,
                 info.outstanding
+            );
+            let st = self.stats();
+            let held = st.chunks_in_use * u64::from(geo.params.chunk_size);
+            let ratio = match st.stored_bytes {
+                0 => String::new(),
+                stored => format!(" ({:.2}:1)", held as f64 / stored as f64),
+            };
+            s += &format!(
+                "stats:\n\tchunks in use = {} of {}\n\tchunks stored raw = {}\n\tio units in use = {}\n\tio units free = {}\n\tstored bytes = {} for {} bytes of chunks{ratio}\n\trequests completed since load = {} reads, {} writes, {} unmaps\n\terrors = {}\n",
+                st.chunks_in_use,
+                geo.chunks,
+                st.chunks_raw,
+                st.io_units_in_use,
+                st.io_units_free,
+                st.stored_bytes,
+                held,
+                st.reads,
+                st.writes,
+                st.unmaps,
+                st.errors
             );
         }
         s
@@ -339,11 +379,15 @@ impl Core {
                 offset,
                 length,
                 io,
+                counted,
             } => match &mut self.phase {
-                Phase::Ready(engine) => engine.submit(op, offset, length, io, out),
+                Phase::Ready(engine) => engine.submit(op, offset, length, io, counted, out),
                 _ => out.push(Action::Finish(io, Err(not_loaded()))),
             },
-            Event::Reject { io, err } => out.push(Action::Finish(io, Err(err))),
+            Event::Reject { op, io, err } => match &mut self.phase {
+                Phase::Ready(engine) => engine.reject(op, io, Err(err), true, out),
+                _ => out.push(Action::Finish(io, Err(err))),
+            },
             Event::Unload(cb) => out.push(Action::Done(cb, self.unload())),
             Event::BackingDone {
                 token: Token::Request(id),

@@ -16,6 +16,7 @@
 
 mod lifecycle;
 mod request;
+mod split;
 mod user;
 mod verify;
 
@@ -64,8 +65,11 @@ pub(crate) enum Event {
         offset: u64,
         length: u64,
         io: Box<dyn UserIo>,
+        /// Counted in the volume's statistics (the checker's reads are not).
+        counted: bool,
     },
     Reject {
+        op: Op,
         io: Box<dyn UserIo>,
         err: Error,
     },
@@ -100,6 +104,7 @@ impl Event {
 pub(crate) enum Action {
     Read(BackingIo, Token),
     Write(BackingIo, Token),
+    Unmap(BackingIo, Token),
     Compress(CodecIo, Token),
     Decompress(CodecIo, Token),
     Finish(Box<dyn UserIo>, Result<()>),
@@ -113,6 +118,7 @@ impl Action {
         match self {
             Action::Read(_, Token::Request(t))
             | Action::Write(_, Token::Request(t))
+            | Action::Unmap(_, Token::Request(t))
             | Action::Compress(_, Token::Request(t))
             | Action::Decompress(_, Token::Request(t)) => Some(*t),
             _ => None,
@@ -216,6 +222,7 @@ impl Shared {
         match action {
             Action::Read(io, token) => self.backing.read(io, io_done(token)),
             Action::Write(io, token) => self.backing.write(io, io_done(token)),
+            Action::Unmap(io, token) => self.backing.unmap(io, io_done(token)),
             Action::Compress(io, token) => self.codec.compress(io, codec_done(token)),
             Action::Decompress(io, token) => self.codec.decompress(io, codec_done(token)),
             Action::Finish(user, result) => user.complete(result),
@@ -253,14 +260,43 @@ impl Receiver<CodecIo, usize> for Shared {
 /// Counters of a loaded volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Info {
-    /// Io units holding chunk data (the metadata area not counted).
+    /// Io units marked allocated, as later SPDK releases report them
+    /// (`allocated_io_units`): those of the metadata area at the start of the device,
+    /// those holding chunk data, and those of writes in flight or being unmapped.
     pub allocated_io_units: u64,
-    /// Chunks that hold data.
+    /// Chunk maps allocated: chunks that hold data, and writes in flight.
     pub chunks_in_use: u64,
     /// Chunk maps the pm file has room for.
     pub chunk_maps_usable: u64,
     /// Requests submitted and not completed.
     pub outstanding: usize,
+}
+
+/// Statistics of a loaded volume: the space its data takes, kept up to date at every
+/// commit (not by scanning), and the requests completed since it was loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Chunks that hold data. A chunk never written, unmapped, or written with zeros
+    /// holds none: it reads as zeros and takes no space.
+    pub chunks_in_use: u64,
+    /// Of those, the ones stored uncompressed (compression saved no io unit).
+    pub chunks_raw: u64,
+    /// Io units those chunks take.
+    pub io_units_in_use: u64,
+    /// Io units free to allocate (not counting those of writes in flight, or those
+    /// being unmapped on the device).
+    pub io_units_free: u64,
+    /// Bytes those chunks are stored in (the sum of their compressed sizes; a raw chunk
+    /// counts `chunk_size`).
+    pub stored_bytes: u64,
+    /// Reads completed since load, failed ones included.
+    pub reads: u64,
+    /// Writes completed since load, failed ones included.
+    pub writes: u64,
+    /// Unmaps completed since load, failed ones included.
+    pub unmaps: u64,
+    /// Of the reads, writes and unmaps completed since load, those that failed.
+    pub errors: u64,
 }
 
 /// A compressed volume. Single-threaded, like SPDK: every call, and every backing and
@@ -294,26 +330,37 @@ impl Volume {
         Shared::start(core, backend.backing, backend.codec);
     }
 
-    /// Reads or writes `length` logical blocks at `offset` through the caller's `io`.
+    /// Runs `op` on `length` logical blocks at `offset` through the caller's `io` (whose
+    /// buffers hold exactly those blocks; an unmap's hold none). The range may cross
+    /// chunk boundaries: the request is split inside and completes once, with the first
+    /// error. Requests that share a chunk complete in the order they were submitted.
     pub fn submit(&self, op: Op, offset: u64, length: u64, io: Box<dyn UserIo>) {
+        self.post_submit(op, offset, length, io, true);
+    }
+
+    fn post_submit(&self, op: Op, offset: u64, length: u64, io: Box<dyn UserIo>, counted: bool) {
         self.shared.post(Event::Submit {
             op,
             offset,
             length,
             io,
+            counted,
         });
     }
 
-    /// Completes `io` with `err` in order with the volume's other completions (for
-    /// requests refused before they reach the volume, such as a bad iovec).
-    pub fn reject(&self, io: Box<dyn UserIo>, err: impl Into<Error>) {
+    /// Completes `io` (a request of `op`) with `err` in order with the volume's other
+    /// completions (for requests refused before they reach the volume, such as a bad
+    /// iovec).
+    pub fn reject(&self, op: Op, io: Box<dyn UserIo>, err: impl Into<Error>) {
         self.shared.post(Event::Reject {
+            op,
             io,
             err: err.into(),
         });
     }
 
-    /// Reads into `segs` (whose lengths add up to `length` blocks); they come back in `cb`.
+    /// Reads into `segs` (whose lengths add up to `length` blocks, of any sizes); they
+    /// come back in `cb`. The range may cross chunks.
     pub fn readv(
         &self,
         offset: u64,
@@ -324,7 +371,9 @@ impl Volume {
         self.submit(Op::Read, offset, length, Segments::boxed(segs, cb));
     }
 
-    /// Writes `segs` (`length` blocks in all); they come back in `cb`. When `cb` gets
+    /// Writes `segs` (`length` blocks in all, in segments of any sizes); they come back
+    /// in `cb`. The range may cross chunks. A chunk whose new content is all zeros is
+    /// not stored: it takes no space and reads as zeros. When `cb` gets
     /// `Ok`, the write is durable (the device completes a write only once its data is
     /// durable, and the volume persists its maps before completing): a crash at any
     /// moment leaves each chunk either old or new, never mixed.
@@ -336,6 +385,17 @@ impl Volume {
         cb: impl FnOnce(Result<()>, Vec<Vec<u8>>) + 'static,
     ) {
         self.submit(Op::Write, offset, length, Segments::boxed(segs, cb));
+    }
+
+    /// Discards `length` logical blocks at `offset`: afterwards they read as zeros. A
+    /// chunk left all zeros (every chunk the range covers whole) takes no space any more:
+    /// its logical map entry is emptied, its chunk map and io units freed, and the
+    /// device's [`unmap`](BackingDevice::unmap) is told of the io units. A chunk the range
+    /// covers in part has those blocks zeroed by a read-modify-write. The range may cross
+    /// chunks; `cb` gets `Ok` once it is durable, or the first error. `EINVAL` for a
+    /// range outside the volume.
+    pub fn unmap(&self, offset: u64, length: u64, cb: impl FnOnce(Result<()>) + 'static) {
+        self.submit(Op::Unmap, offset, length, Box::new(NoBuffers(Box::new(cb))));
     }
 
     /// Closes the volume: `EBUSY` while requests are outstanding.
@@ -358,8 +418,30 @@ impl Volume {
         self.shared.core.borrow().info()
     }
 
-    /// A description of the geometry, pm layout and counters, for logs.
+    /// The volume's statistics; all zeros once it is unloaded.
+    pub fn stats(&self) -> Stats {
+        self.shared.core.borrow().stats()
+    }
+
+    /// A description of the geometry, pm layout, counters and statistics, for logs.
     pub fn describe(&self) -> String {
         self.shared.core.borrow().describe()
+    }
+}
+
+/// The caller's side of an unmap: no buffers, a completion.
+struct NoBuffers(Box<dyn FnOnce(Result<()>)>);
+
+impl UserIo for NoBuffers {
+    fn len(&self) -> usize {
+        0
+    }
+
+    fn gather(&self, _offset: usize, _dst: &mut [u8]) {}
+
+    fn scatter(&mut self, _offset: usize, _src: &[u8]) {}
+
+    fn complete(self: Box<Self>, result: Result<()>) {
+        (self.0)(result)
     }
 }

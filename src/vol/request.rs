@@ -1,38 +1,49 @@
-//! The request state machine: reads and writes of a loaded volume.
+//! The request state machine, chunk by chunk. A caller's request (`split.rs`) is cut
+//! into pieces: one per chunk it touches, or for an unmap, one per run of whole chunks.
+//! This file runs the pieces.
 //!
 //! ```text
-//! read:   admit ─ chunk never written ──────────────────────────────────────► finish
+//! read:   admit ─ chunk empty: zeros ───────────────────────────────────────► finish
 //!           └─ read_chunk ─► backing_read_done ─ raw ──────────► chunk_ready ► finish
 //!                                  └─ compressed ─► decompress_done ─┘
-//! write:  admit ─ partial, chunk written ─► read_chunk ─► ... ─► chunk_ready
-//!           └─ whole chunk, or never written ─────────────────► chunk_ready
-//!         chunk_ready (merge caller's data) ─► compress_done ─► write_chunk (allocate)
-//!           ─► write_chunk_done ─► commit (persist chunk map, switch logical map
-//!           entry, free old) ─► finish
-//!         write_chunk, no space while other writes hold some ─► (waits) ─► write_chunk
+//! write,  admit ─ unmap of an empty chunk ──────────────────────────────────► finish
+//! partial   ├─ partial, chunk holds data ─► read_chunk ─► ... ─► chunk_ready
+//! unmap:    └─ whole-chunk write, or chunk empty (zeros around) ─► chunk_ready
+//!         chunk_ready (merge the caller's data, or zeros for an unmap)
+//!           ├─ all zeros ─► clear ─► (trim_done) ─► finish
+//!           └─ compress_done ─► write_chunk (allocate) ─► write_chunk_done ─► commit
+//!              (persist chunk map, switch logical map entry, free old) ─► finish
+//!         write_chunk, no space while others hold some ─► (waits) ─► write_chunk
+//! clear:  admit ─► clear (empty the entries of a run of whole chunks, persist, free
+//!         their chunk maps) ─► the device discards their io units ─► trim_done ─►
+//!         the io units are free again ─► finish
 //! ```
 //!
-//! A request keeps one slot of the request table from submission to completion. The
-//! slot holds the caller's side and what the request owns beyond its current step (a
-//! new chunk map and io units, its claim on buffers); between steps the request's
-//! [`Stage`] is parked there too, holding exactly what the request owns at that stage.
-//! A step takes the stage in hand, moves what it owns along, and parks it again or
-//! finishes the request. A buffer lent to the device or the codec travels in the
+//! A piece keeps one slot of the piece table from its start to its end. The slot holds
+//! what the piece owns beyond its current step (a new chunk map and io units, io units
+//! it freed while the device discards them, its claim on buffers); between steps the
+//! piece's [`Stage`] is parked there too, holding exactly what the piece owns at that
+//! stage. A step takes the stage in hand, moves what it owns along, and parks it again
+//! or finishes the piece. A buffer lent to the device or the codec travels in the
 //! operation and comes back with its completion.
 //!
-//! Every operation a request issues carries a [`Ticket`]: its slot and a generation
-//! that changes at each operation, so a completion is taken only if it is the one the
-//! slot waits for. Anything else (delivered twice, late, for a request long gone) is
-//! logged and ignored.
+//! Every operation a piece issues carries a [`Ticket`]: its slot and a generation that
+//! changes at each operation, so a completion is taken only if it is the one the slot
+//! waits for. Anything else (delivered twice, late, for a piece long gone) is logged
+//! and ignored.
 //!
-//! If a step panics (a bug), the drain loop calls [`Engine::recover`]: the request in
-//! hand completes with `EIO`, releasing its new chunk map and io units and its claim on
-//! buffers; whatever it had lent comes back later under a stale ticket and is dropped.
+//! If a step panics (a bug), the drain loop calls [`Engine::recover`]: the piece in hand
+//! ends with `EIO` (so its request fails), releasing its new chunk map and io units, the
+//! io units it freed and its claim on buffers; whatever it had lent comes back later
+//! under a stale ticket and is dropped.
 //!
-//! Requests to the same chunk run one at a time in submission order (a per-chunk
-//! queue). At most [`MAX_ACTIVE`] requests hold chunk buffers at once; the rest wait
-//! in order, so any number may be submitted. Everything a request holds (buffers, a
-//! new chunk map and its io units) is released before its caller hears of it.
+//! At most [`MAX_ACTIVE`] pieces hold chunk buffers at once; the rest wait in order, so
+//! any number may be submitted. Everything a piece holds is released before its request
+//! can complete.
+//!
+//! Zero chunks: a chunk whose new content is all zeros (a write of zeros, or what an
+//! unmap or a write leaves) is neither compressed nor stored: its logical map entry is
+//! emptied, as an unmap does, and it reads as zeros.
 //!
 //! Space: a write never replaces a chunk in place, so an overwrite needs a second chunk
 //! map and its io units until it commits and frees the old ones. Overwrites of chunks
@@ -41,13 +52,14 @@
 //! written get `ENOSPC` first. Io units need no such rule: chunks holding data never
 //! take more than the volume's own share of them, and the device holds
 //! [`EXTRA_CHUNKS`](crate::format::EXTRA_CHUNKS) chunks' worth beyond it. The last
-//! resort stays: a write that finds no space while others are writing waits for them
-//! to free what they replace.
+//! resort stays: a write that finds no space while others are writing, or while io
+//! units are being discarded, waits for them to free what they hold.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 
+use super::split::Parents;
 use super::{Action, UserIo};
 use crate::backing::{BackingIo, Extent};
 use crate::codec::CodecIo;
@@ -57,7 +69,7 @@ use crate::format::chunk_checksum;
 use crate::log::{self, Level};
 use crate::maps::{ChunkMap, Metadata, checksum_ok};
 
-/// Requests holding chunk buffers at once. It matches the extra chunk maps, so writes in
+/// Pieces holding chunk buffers at once. It matches the extra chunk maps, so writes in
 /// flight on a volume full of incompressible data still find room.
 pub const MAX_ACTIVE: usize = crate::format::EXTRA_CHUNKS as usize;
 
@@ -68,19 +80,39 @@ pub enum Op {
     Read,
     /// Stores the caller's buffers in the volume.
     Write,
+    /// Discards blocks: they read as zeros afterwards, and a chunk left all zeros takes
+    /// no space. Carries no buffers.
+    Unmap,
 }
 
-/// What a caller asked for, resolved to one chunk.
-#[derive(Clone, Copy)]
-struct Request {
-    op: Op,
-    chunk: u64,
-    /// Byte range of the chunk the caller reads or writes.
-    start: usize,
-    len: usize,
+/// What one piece of a request does.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Piece {
+    /// `op` on bytes `start..start + len` of chunk `chunk`, which are bytes `at..` of the
+    /// request's buffers (an unmap has none).
+    Chunk {
+        op: Op,
+        chunk: u64,
+        start: usize,
+        len: usize,
+        at: usize,
+    },
+    /// Empties `count` whole chunks from `first` (an unmap).
+    Clear { first: u64, count: u64 },
 }
 
-/// The two chunk-sized buffers of an active request: `plain` for the chunk's data,
+impl Piece {
+    /// The piece's chunks, for messages.
+    fn chunks(&self) -> String {
+        match *self {
+            Piece::Chunk { chunk, .. } => format!("chunk {chunk}"),
+            Piece::Clear { first, count: 1 } => format!("chunk {first}"),
+            Piece::Clear { first, count } => format!("chunks {first}..={}", first + count - 1),
+        }
+    }
+}
+
+/// The two chunk-sized buffers of an active piece: `plain` for the chunk's data,
 /// `packed` for its compressed form.
 struct Buffers {
     plain: Vec<u8>,
@@ -111,7 +143,7 @@ impl Buffers {
     }
 }
 
-/// The buffer a request keeps while the other is lent to the device.
+/// The buffer a piece keeps while the other is lent to the device.
 struct Kept {
     buf: Vec<u8>,
     /// Whether the lent one is `plain`.
@@ -135,13 +167,13 @@ impl Kept {
     }
 }
 
-/// Where a parked request is, and what it owns there. The completion that arrives next
+/// Where a parked piece is, and what it owns there. The completion that arrives next
 /// is named after what finished.
 enum Stage {
-    /// Behind an earlier request to the same chunk, or waiting for buffers. Holds none.
+    /// Waiting to be admitted, or for buffers. Holds none.
     Waiting,
     /// Reading `stored` from the device (for a read, or the old data of a partial
-    /// write); the buffer for its stored form is lent to the device.
+    /// write or unmap); the buffer for its stored form is lent to the device.
     ReadingChunk {
         stored: ChunkMap,
         kept: Kept,
@@ -159,6 +191,8 @@ enum Stage {
     WritingChunk {
         kept: Kept,
     },
+    /// The device is discarding the io units the piece freed (held in the slot).
+    Trimming,
 }
 
 /// Who completes an operation.
@@ -181,7 +215,9 @@ impl Stage {
     /// Whose completion the stage waits for, if any.
     fn awaits(&self) -> Option<Kind> {
         match self {
-            Stage::ReadingChunk { .. } | Stage::WritingChunk { .. } => Some(Kind::Backing),
+            Stage::ReadingChunk { .. } | Stage::WritingChunk { .. } | Stage::Trimming => {
+                Some(Kind::Backing)
+            }
             Stage::DecompressingChunk | Stage::CompressingChunk => Some(Kind::Codec),
             Stage::Waiting | Stage::WaitingForSpace { .. } => None,
         }
@@ -197,25 +233,24 @@ struct NewChunk {
     replaces: bool,
 }
 
-/// One entry of the request table.
+/// One entry of the piece table.
 struct Slot {
     /// Changes at every operation issued from the slot, when it comes back, and when
-    /// the request ends: a completion is taken only with the generation it was issued
+    /// the piece ends: a completion is taken only with the generation it was issued
     /// with.
     generation: u64,
-    /// The caller's side, from submission until the request completes.
-    user: Option<Box<dyn UserIo>>,
-    request: Request,
-    /// The parked request's stage; `None` while a step has it in hand, or when free.
+    /// The request the piece belongs to; `None` when the slot is free.
+    parent: Option<usize>,
+    piece: Piece,
+    /// The parked piece's stage; `None` while a step has it in hand, or when free.
     stage: Option<Stage>,
-    /// On its chunk's queue (so its end lets the next one go).
-    queued: bool,
-    /// The next request to the same chunk, admitted when this one finishes.
-    next: Option<usize>,
     /// Holds a pair of chunk buffers (one of the [`MAX_ACTIVE`]).
     active: bool,
     /// The chunk map and io units of its write, from allocation until commit.
     new: Option<NewChunk>,
+    /// Io units it freed, held out of the free map while the device discards them, so
+    /// no write can take one and have its data discarded.
+    freed: Vec<u64>,
 }
 
 /// The I/O side of a loaded volume.
@@ -224,24 +259,33 @@ pub(crate) struct Engine {
     pub(crate) meta: Box<Metadata>,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
-    outstanding: usize,
-    /// The last request queued on each busy chunk.
-    chunk_tails: HashMap<u64, usize>,
-    /// Requests now at the head of their chunk, to admit.
+    /// The callers' requests, their order, and the counts of those completed.
+    pub(super) parents: Parents,
+    /// Pieces to admit: new ones, and ones that waited for buffers.
     to_admit: VecDeque<usize>,
-    /// Admitted requests waiting for buffers.
+    /// Admitted pieces waiting for buffers.
     waiting: VecDeque<usize>,
-    /// Requests holding buffers.
+    /// Pieces holding buffers.
     active: usize,
     spare_buffers: Vec<Vec<u8>>,
-    /// Requests writing their chunk, holding a new chunk map and io units.
+    /// Pieces writing their chunk, holding a new chunk map and io units.
     writing: usize,
     /// Of those, the ones replacing a chunk that holds data.
     overwriting: u64,
+    /// Pieces holding io units they freed while the device discards them.
+    trimming: usize,
     /// Compressed writes that found no space while others were writing.
     space_waiters: VecDeque<usize>,
-    /// The request a step has in hand: the one to fail if the step panics.
+    /// The piece a step has in hand: the one to fail if the step panics.
     in_hand: Option<usize>,
+}
+
+/// True when `buf` holds only zeros; stops at the first block that does not.
+fn all_zero(buf: &[u8]) -> bool {
+    // A block at a time: the OR of a block vectorizes, the exit between blocks is cheap.
+    let mut blocks = buf.chunks_exact(64);
+    blocks.all(|b| b.iter().fold(0, |acc, &x| acc | x) == 0)
+        && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 impl Engine {
@@ -250,77 +294,34 @@ impl Engine {
             meta: Box::new(meta),
             slots: Vec::new(),
             free_slots: Vec::new(),
-            outstanding: 0,
-            chunk_tails: HashMap::new(),
+            parents: Parents::default(),
             to_admit: VecDeque::new(),
             waiting: VecDeque::new(),
             active: 0,
             spare_buffers: Vec::new(),
             writing: 0,
             overwriting: 0,
+            trimming: 0,
             space_waiters: VecDeque::new(),
             in_hand: None,
         }
     }
 
-    pub(crate) fn outstanding(&self) -> usize {
-        self.outstanding
-    }
-
-    /// Takes a request: into a slot first, so it is answered whatever happens next;
-    /// then validated (an invalid one completes at once, holding nothing) and queued.
-    pub(crate) fn submit(
-        &mut self,
-        op: Op,
-        offset: u64,
-        length: u64,
-        user: Box<dyn UserIo>,
-        out: &mut Vec<Action>,
-    ) {
-        let user_len = user.len();
-        let id = self.open_slot(user);
-        let (chunk, start, len) = match self.locate(offset, length, user_len) {
-            Ok(Some(place)) => place,
-            Ok(None) => return self.complete(id, Ok(()), out),
-            Err(e) => return self.complete(id, Err(e), out),
-        };
-        let slot = &mut self.slots[id];
-        slot.request = Request {
-            op,
-            chunk,
-            start,
-            len,
-        };
-        slot.queued = true;
-        self.park(id, Stage::Waiting);
-        match self.chunk_tails.insert(chunk, id) {
-            Some(prev) => self.slots[prev].next = Some(id),
-            None => self.to_admit.push_back(id),
-        }
-        self.run_admissions(out);
-    }
-
-    /// A slot for a new request, with the caller's side in it, in hand.
-    fn open_slot(&mut self, user: Box<dyn UserIo>) -> usize {
+    /// A slot for a new piece of request `parent`, queued to be admitted.
+    pub(super) fn open_slot(&mut self, parent: usize, piece: Piece) {
         let slot = Slot {
             generation: 0,
-            user: Some(user),
-            request: Request {
-                op: Op::Read,
-                chunk: 0,
-                start: 0,
-                len: 0,
-            },
-            stage: None,
-            queued: false,
-            next: None,
+            parent: Some(parent),
+            piece,
+            stage: Some(Stage::Waiting),
             active: false,
             new: None,
+            freed: Vec::new(),
         };
         let id = match self.free_slots.pop() {
             Some(id) => {
-                // The generation goes on from the slot's last request, so none of that
-                // request's tickets can match this one's.
+                // The generation goes on from the slot's last piece, so none of that
+                // piece's tickets can match this one's.
                 let generation = self.slots[id].generation;
                 self.slots[id] = Slot { generation, ..slot };
                 id
@@ -330,59 +331,35 @@ impl Engine {
                 self.slots.len() - 1
             }
         };
-        self.outstanding += 1;
-        self.in_hand = Some(id);
-        id
+        self.to_admit.push_back(id);
     }
 
-    /// (chunk, byte start, byte length) of a request, `None` for an empty one.
-    fn locate(
-        &self,
-        offset: u64,
-        length: u64,
-        user_len: usize,
-    ) -> Result<Option<(u64, usize, usize)>> {
-        if length == 0 {
-            return Ok(None);
-        }
-        let geo = &self.meta.geo;
-        let lbs = u64::from(geo.params.logical_block_size);
-        let per_chunk = u64::from(geo.blocks_per_chunk);
-        let blocks = geo.chunks * per_chunk;
-        let invalid = |why: String| Err(Error::new(Errno::EINVAL, why));
-        let end = match offset.checked_add(length) {
-            Some(end) if end <= blocks => end,
-            _ => {
-                return invalid(format!(
-                    "blocks {offset}+{length} run past the end of the volume ({blocks} blocks)"
-                ));
+    /// Admits the pieces waiting to start and lets requests hand out more pieces or
+    /// complete; a loop, not recursion, so that pieces finishing at once (a long
+    /// request over empty chunks, a chain of same-chunk requests) do not deepen the
+    /// stack.
+    pub(super) fn run(&mut self, out: &mut Vec<Action>) {
+        loop {
+            if let Some(id) = self.to_admit.pop_front() {
+                self.admit(id, out);
+            } else if let Some(parent) = self.parents.to_refill.pop_front() {
+                self.refill(parent, out);
+            } else {
+                break;
             }
-        };
-        let chunk = offset / per_chunk;
-        if (end - 1) / per_chunk != chunk {
-            return invalid(format!(
-                "blocks {offset}+{length} cross a chunk boundary ({per_chunk} blocks a chunk)"
-            ));
         }
-        if length.checked_mul(lbs) != Some(user_len as u64) {
-            return invalid(format!(
-                "buffers of {user_len} bytes for {length} blocks of {lbs} bytes"
-            ));
-        }
-        let start = (offset % per_chunk * lbs) as usize;
-        Ok(Some((chunk, start, user_len)))
     }
 
-    fn request(&self, id: usize) -> Request {
-        self.slots[id].request
+    fn piece(&self, id: usize) -> Piece {
+        self.slots[id].piece
     }
 
-    /// The caller's side of request `id`, which is in flight.
+    /// The caller's side of the request piece `id` belongs to.
     fn user(&mut self, id: usize) -> &mut dyn UserIo {
-        self.slots[id]
-            .user
-            .as_deref_mut()
-            .expect("a request in flight has its caller's side")
+        let parent = self.slots[id]
+            .parent
+            .expect("a piece in flight belongs to a request");
+        self.parents.user(parent)
     }
 
     fn park(&mut self, id: usize, stage: Stage) {
@@ -390,9 +367,9 @@ impl Engine {
         self.in_hand = None;
     }
 
-    /// Takes in hand request `id`, queued by the engine itself as waiting (for its
-    /// chunk, buffers or space). Anything else there stays in place: the queues would
-    /// be out of step with the slots.
+    /// Takes in hand piece `id`, queued by the engine itself as waiting (to start, for
+    /// buffers or space). Anything else there stays in place: the queues would be out
+    /// of step with the slots.
     fn take_queued(&mut self, id: usize) -> Option<Stage> {
         let slot = &mut self.slots[id];
         match slot.stage.take() {
@@ -401,15 +378,14 @@ impl Engine {
                 Some(stage)
             }
             other => {
-                debug_assert!(false, "request {id} queued but not waiting");
+                debug_assert!(false, "piece {id} queued but not waiting");
                 slot.stage = other;
                 None
             }
         }
     }
 
-    /// A new generation for an operation request `id` issues: the token it goes out
-    /// with.
+    /// A new generation for an operation piece `id` issues: the token it goes out with.
     fn issue(&mut self, id: usize) -> Token {
         let slot = &mut self.slots[id];
         slot.generation += 1;
@@ -419,13 +395,13 @@ impl Engine {
         })
     }
 
-    /// Takes in hand the request a `kind` completion with `ticket` belongs to, if it is
-    /// the operation that request waits for. Anything else is logged and ignored: the
+    /// Takes in hand the piece a `kind` completion with `ticket` belongs to, if it is
+    /// the operation that piece waits for. Anything else is logged and ignored: the
     /// caller's device or codec completed something twice, late, or not ours.
     fn accept(&mut self, ticket: Ticket, kind: Kind) -> Option<Stage> {
         let why = match self.slots.get_mut(ticket.slot) {
             None => "there is no such request",
-            Some(slot) if slot.user.is_none() => "that request has completed",
+            Some(slot) if slot.parent.is_none() => "that request has completed",
             Some(slot) if slot.generation != ticket.generation => {
                 "that request is not waiting for this operation (delivered twice, or late)"
             }
@@ -445,22 +421,26 @@ impl Engine {
         None
     }
 
-    /// Admits requests that reached the head of their chunk; a loop, not recursion, so
-    /// long same-chunk queues that finish at once do not deepen the stack.
-    fn run_admissions(&mut self, out: &mut Vec<Action>) {
-        while let Some(id) = self.to_admit.pop_front() {
-            self.admit(id, out);
-        }
-    }
-
     fn admit(&mut self, id: usize, out: &mut Vec<Action>) {
         if self.take_queued(id).is_none() {
             return;
         }
-        let request = self.request(id);
-        if request.op == Op::Read && self.meta.logical_entry(request.chunk).is_none() {
-            self.user(id).zero();
-            return self.finish(id, None, Ok(()), out);
+        let (op, chunk) = match self.piece(id) {
+            Piece::Clear { first, count } => return self.clear(id, first..first + count, out),
+            Piece::Chunk { op, chunk, .. } => (op, chunk),
+        };
+        if op != Op::Write && self.meta.logical_entry(chunk).is_none() {
+            // An empty chunk reads as zeros, and has nothing to discard.
+            if let Piece::Chunk {
+                op: Op::Read,
+                at,
+                len,
+                ..
+            } = self.piece(id)
+            {
+                self.user(id).zero(at, len);
+            }
+            return self.finish(id, None, Ok(()));
         }
         if self.active == MAX_ACTIVE {
             self.park(id, Stage::Waiting);
@@ -472,7 +452,7 @@ impl Engine {
             plain: self.take_buffer(),
             packed: self.take_buffer(),
         };
-        self.start(id, buffers, out);
+        self.start(id, op, chunk, buffers, out);
     }
 
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -480,21 +460,30 @@ impl Engine {
         self.spare_buffers.pop().unwrap_or_else(|| vec![0; size])
     }
 
-    fn start(&mut self, id: usize, mut buffers: Buffers, out: &mut Vec<Action>) {
-        let request = self.request(id);
-        let whole = request.start == 0 && request.len == self.meta.geo.chunk_size();
+    fn start(
+        &mut self,
+        id: usize,
+        op: Op,
+        chunk: u64,
+        mut buffers: Buffers,
+        out: &mut Vec<Action>,
+    ) {
+        let whole = match self.piece(id) {
+            Piece::Chunk { start, len, .. } => start == 0 && len == self.meta.geo.chunk_size(),
+            Piece::Clear { .. } => true,
+        };
         // A whole-chunk write needs nothing of what was there.
-        if request.op == Op::Write && whole {
+        if op == Op::Write && whole {
             return self.chunk_ready(id, buffers, out);
         }
-        match self.meta.lookup(request.chunk) {
+        match self.meta.lookup(chunk) {
             Ok(Some(stored)) => self.read_chunk(id, stored, buffers, out),
             Ok(None) => {
                 // A chunk never written reads as zeros around the caller's data.
                 buffers.plain.fill(0);
                 self.chunk_ready(id, buffers, out)
             }
-            Err(e) => self.finish(id, Some(buffers), Err(e.logged()), out),
+            Err(e) => self.finish(id, Some(buffers), Err(e.logged())),
         }
     }
 
@@ -527,7 +516,7 @@ impl Engine {
         extents
     }
 
-    /// A backing read or write finished.
+    /// A backing read, write or unmap finished.
     pub(crate) fn backing_done(
         &mut self,
         ticket: Ticket,
@@ -543,11 +532,12 @@ impl Engine {
             Some(Stage::WritingChunk { kept }) => {
                 self.write_chunk_done(id, kept.rejoin(io.buf), result, out)
             }
+            Some(Stage::Trimming) => self.trim_done(id, result, out),
             // Refused (and logged) by `accept`, which hands out only a stage that waits
             // for the device.
             _ => {}
         }
-        self.run_admissions(out);
+        self.run(out);
     }
 
     /// A compress or decompress finished.
@@ -566,7 +556,7 @@ impl Engine {
             // for the codec.
             _ => {}
         }
-        self.run_admissions(out);
+        self.run(out);
     }
 
     fn backing_read_done(
@@ -578,7 +568,7 @@ impl Engine {
         out: &mut Vec<Action>,
     ) {
         if let Err(e) = result {
-            return self.finish(id, Some(buffers), Err(e), out);
+            return self.finish(id, Some(buffers), Err(e));
         }
         let raw = stored.is_raw(&self.meta.geo);
         let stored_len = stored.compressed_size as usize;
@@ -588,11 +578,11 @@ impl Engine {
             let e = Error::new(
                 Errno::EIO,
                 format!(
-                    "chunk {}: checksum mismatch in its {stored_len} stored bytes",
-                    self.request(id).chunk
+                    "{}: checksum mismatch in its {stored_len} stored bytes",
+                    self.piece(id).chunks()
                 ),
             );
-            return self.finish(id, Some(buffers), Err(e.logged()), out);
+            return self.finish(id, Some(buffers), Err(e.logged()));
         }
         if raw {
             return self.chunk_ready(id, buffers, out);
@@ -627,21 +617,37 @@ impl Engine {
                 detail => format!("the codec failed to decompress it: {detail}"),
             },
         };
-        let chunk = self.request(id).chunk;
-        let e = Error::new(Errno::EIO, format!("chunk {chunk}: {why}"));
-        self.finish(id, Some(buffers), Err(e.logged()), out)
+        let e = Error::new(Errno::EIO, format!("{}: {why}", self.piece(id).chunks()));
+        self.finish(id, Some(buffers), Err(e.logged()))
     }
 
     /// The chunk's current content is in `plain`: a read copies out and is done; a
-    /// write merges the caller's data and compresses.
+    /// write merges the caller's data, an unmap zeros its range. A result of all zeros
+    /// is not stored: the chunk is emptied. Anything else is compressed.
     fn chunk_ready(&mut self, id: usize, mut buffers: Buffers, out: &mut Vec<Action>) {
-        let request = self.request(id);
-        let range = request.start..request.start + request.len;
-        if request.op == Op::Read {
-            self.user(id).scatter(0, &buffers.plain[range]);
-            return self.finish(id, Some(buffers), Ok(()), out);
+        let Piece::Chunk {
+            op,
+            chunk,
+            start,
+            len,
+            at,
+        } = self.piece(id)
+        else {
+            unreachable!("only a chunk piece reads or merges a chunk")
+        };
+        let range = start..start + len;
+        match op {
+            Op::Read => {
+                self.user(id).scatter(at, &buffers.plain[range]);
+                return self.finish(id, Some(buffers), Ok(()));
+            }
+            Op::Write => self.user(id).gather(at, &mut buffers.plain[range]),
+            Op::Unmap => buffers.plain[range].fill(0),
         }
-        self.user(id).gather(0, &mut buffers.plain[range]);
+        if all_zero(&buffers.plain) {
+            self.let_go(id, buffers);
+            return self.clear(id, chunk..chunk + 1, out);
+        }
         self.park(id, Stage::CompressingChunk);
         let io = CodecIo {
             src_len: buffers.plain.len(),
@@ -650,6 +656,82 @@ impl Engine {
         };
         let token = self.issue(id);
         out.push(Action::Compress(io, token));
+    }
+
+    /// Empties `chunks` (see [`Metadata::clear`]), then has the device discard the io
+    /// units they held, keeping them out of the free map until it is done.
+    fn clear(&mut self, id: usize, chunks: std::ops::Range<u64>, out: &mut Vec<Action>) {
+        let mut freed = match self.meta.clear(chunks) {
+            Ok(freed) => freed,
+            Err(e) => return self.finish(id, None, Err(e.logged())),
+        };
+        if freed.is_empty() {
+            return self.finish(id, None, Ok(()));
+        }
+        freed.sort_unstable();
+        let extents = self.trim_extents(&freed);
+        self.trimming += 1;
+        self.slots[id].freed = freed;
+        self.park(id, Stage::Trimming);
+        let token = self.issue(id);
+        out.push(Action::Unmap(
+            BackingIo {
+                buf: Vec::new(),
+                extents,
+            },
+            token,
+        ));
+    }
+
+    /// Block runs of sorted io units: adjacent ones merge, up to what one run can count.
+    fn trim_extents(&self, sorted: &[u64]) -> SmallVec<[Extent; 4]> {
+        let geo = &self.meta.geo;
+        let mut extents: SmallVec<[Extent; 4]> = SmallVec::new();
+        for &unit in sorted {
+            let lba = geo.io_unit_lba(unit);
+            match extents.last_mut() {
+                Some(last)
+                    if last.lba + u64::from(last.lba_count) == lba
+                        && last.lba_count <= u32::MAX - geo.lba_per_io_unit =>
+                {
+                    last.lba_count += geo.lba_per_io_unit
+                }
+                _ => extents.push(Extent {
+                    lba,
+                    lba_count: geo.lba_per_io_unit,
+                    buf_offset: 0,
+                }),
+            }
+        }
+        extents
+    }
+
+    /// The device has discarded what piece `id` freed (or failed to, which costs
+    /// nothing but the space it could have given back): the io units are free again.
+    fn trim_done(&mut self, id: usize, result: Result<()>, out: &mut Vec<Action>) {
+        let freed = self.drop_freed(id);
+        if let Err(e) = result {
+            log::emit(
+                Level::Warn,
+                format_args!(
+                    "{}: the device failed to unmap the {} io units they no longer use ({e}); they are free again",
+                    self.piece(id).chunks(),
+                    freed.len()
+                ),
+            );
+        }
+        self.meta.release_io_units(&freed);
+        self.finish(id, None, Ok(()));
+        self.retry_space_waiters(out);
+    }
+
+    /// Takes back the io units piece `id` freed, if any: no longer being discarded.
+    fn drop_freed(&mut self, id: usize) -> Vec<u64> {
+        let freed = std::mem::take(&mut self.slots[id].freed);
+        if !freed.is_empty() {
+            self.trimming -= 1;
+        }
+        freed
     }
 
     fn compress_done(
@@ -683,7 +765,7 @@ impl Engine {
     /// that holds no data may take a chunk map only if, counting it, the chunks holding
     /// data (or being written for the first time) plus one spare map for each of them,
     /// up to [`MAX_ACTIVE`] spares, fit in the chunk maps the pm file has. An overwrite
-    /// holds its spare from allocation until it commits; one request per chunk runs at a
+    /// holds its spare from allocation until it commits; one piece per chunk runs at a
     /// time and at most `MAX_ACTIVE` hold buffers, so that many spares cover every
     /// overwrite that can be in flight at once.
     fn room_for_new_chunk(&self) -> bool {
@@ -691,14 +773,21 @@ impl Engine {
         held + held.min(MAX_ACTIVE as u64) <= self.meta.chunk_maps_usable()
     }
 
+    /// The chunk of chunk piece `id`.
+    fn chunk_of(&self, id: usize) -> u64 {
+        match self.piece(id) {
+            Piece::Chunk { chunk, .. } | Piece::Clear { first: chunk, .. } => chunk,
+        }
+    }
+
     /// Allocates a chunk map and io units for the stored chunk of `size` bytes and
     /// writes it. A chunk never written gets `ENOSPC` when the spare chunk maps are
-    /// all that is left. When the volume is out of space while other writes hold
-    /// allocations, waits for them: each frees the chunk it replaces. Only with none in
-    /// flight is it `ENOSPC`.
+    /// all that is left. When the volume is out of space while other pieces hold some
+    /// (writing, or having freed io units the device is discarding), waits for them.
+    /// Only with none in flight is it `ENOSPC`.
     fn write_chunk(&mut self, id: usize, buffers: Buffers, size: usize, out: &mut Vec<Action>) {
         let geo = self.meta.geo;
-        let chunk = self.request(id).chunk;
+        let chunk = self.chunk_of(id);
         let replaces = self.meta.logical_entry(chunk).is_some();
         if !replaces && !self.room_for_new_chunk() {
             let e = Error::new(
@@ -708,15 +797,15 @@ impl Engine {
                     self.meta.chunk_maps_usable() - self.meta.chunk_maps_in_use()
                 ),
             );
-            return self.finish(id, Some(buffers), Err(e), out);
+            return self.finish(id, Some(buffers), Err(e));
         }
         let (index, io_units) = match self.meta.allocate(geo.io_units_for(size as u32)) {
             Ok(allocation) => allocation,
-            Err(_) if self.writing > 0 => {
+            Err(_) if self.writing > 0 || self.trimming > 0 => {
                 self.park(id, Stage::WaitingForSpace { buffers, size });
                 return self.space_waiters.push_back(id);
             }
-            Err(e) => return self.finish(id, Some(buffers), Err(e), out),
+            Err(e) => return self.finish(id, Some(buffers), Err(e)),
         };
         let extents = self.extents(&io_units);
         let written = io_units.len() * geo.io_unit_size();
@@ -742,14 +831,14 @@ impl Engine {
         out.push(Action::Write(BackingIo { buf, extents }, token));
     }
 
-    /// Request `id` now holds `new` (and counts among the writes in flight).
+    /// Piece `id` now holds `new` (and counts among the writes in flight).
     fn hold_new(&mut self, id: usize, new: NewChunk) {
         self.writing += 1;
         self.overwriting += u64::from(new.replaces);
         self.slots[id].new = Some(new);
     }
 
-    /// The new chunk of request `id`, which is writing.
+    /// The new chunk of piece `id`, which is writing.
     fn new_chunk(&mut self, id: usize) -> &mut NewChunk {
         self.slots[id]
             .new
@@ -757,7 +846,7 @@ impl Engine {
             .expect("a write in flight holds its new chunk")
     }
 
-    /// Takes back the new chunk request `id` holds, if any: no longer a write in flight.
+    /// Takes back the new chunk piece `id` holds, if any: no longer a write in flight.
     fn drop_new(&mut self, id: usize) -> Option<NewChunk> {
         let new = self.slots[id].new.take()?;
         self.writing -= 1;
@@ -772,7 +861,7 @@ impl Engine {
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
-        let chunk = self.request(id).chunk;
+        let chunk = self.chunk_of(id);
         // A device error is the device's to explain; a failed commit is ours.
         let committed = match result {
             Ok(()) => {
@@ -791,7 +880,7 @@ impl Engine {
                 self.meta.release(new.index, &new.map.io_units);
             }
         }
-        self.finish(id, Some(buffers), committed, out);
+        self.finish(id, Some(buffers), committed);
         self.retry_space_waiters(out);
     }
 
@@ -808,90 +897,99 @@ impl Engine {
         }
     }
 
-    /// Releases everything request `id` holds (`buffers`, if it was active), lets the
-    /// next request on its chunk and the next waiting for buffers go, then reports to
-    /// the caller.
-    fn finish(
-        &mut self,
-        id: usize,
-        buffers: Option<Buffers>,
-        result: Result<()>,
-        out: &mut Vec<Action>,
-    ) {
-        if let Some(Buffers { plain, packed }) = buffers {
-            self.spare_buffers.push(plain);
-            self.spare_buffers.push(packed);
-        }
-        self.end(id, result, out);
+    /// Returns piece `id`'s buffers and gives up its claim on them: the next piece
+    /// waiting for buffers may go.
+    fn let_go(&mut self, id: usize, buffers: Buffers) {
+        self.spare_buffers.push(buffers.plain);
+        self.spare_buffers.push(buffers.packed);
+        self.drop_claim(id);
     }
 
-    /// Gives up request `id`'s claim on buffers and its place in its chunk's queue,
-    /// then completes it.
-    fn end(&mut self, id: usize, result: Result<()>, out: &mut Vec<Action>) {
+    fn drop_claim(&mut self, id: usize) {
         let slot = &mut self.slots[id];
-        let (was_active, was_queued) = (slot.active, slot.queued);
-        slot.active = false;
-        slot.queued = false;
-        let next = slot.next.take();
-        if was_active {
+        if slot.active {
+            slot.active = false;
             self.active -= 1;
             self.to_admit.extend(self.waiting.pop_front());
         }
-        if was_queued {
-            match next {
-                Some(next) => self.to_admit.push_back(next),
-                None => {
-                    self.chunk_tails.remove(&self.slots[id].request.chunk);
-                }
-            }
-        }
-        self.complete(id, result, out);
     }
 
-    /// Frees slot `id` and reports `result` to its caller. Its generation moves on, so
-    /// nothing still out under its tickets is taken.
-    fn complete(&mut self, id: usize, result: Result<()>, out: &mut Vec<Action>) {
+    /// Releases everything piece `id` holds (`buffers`, if it has them back) and ends
+    /// it with `result`.
+    fn finish(&mut self, id: usize, buffers: Option<Buffers>, result: Result<()>) {
+        if let Some(buffers) = buffers {
+            self.let_go(id, buffers);
+        }
+        self.end(id, result);
+    }
+
+    /// Gives up piece `id`'s claim on buffers, frees its slot (its generation moves on,
+    /// so nothing still out under its tickets is taken) and reports `result` to its
+    /// request.
+    fn end(&mut self, id: usize, result: Result<()>) {
+        self.drop_claim(id);
         let slot = &mut self.slots[id];
         slot.generation += 1;
         slot.stage = None;
-        let user = slot.user.take();
+        let parent = slot.parent.take();
         self.free_slots.push(id);
-        self.outstanding -= 1;
         self.in_hand = None;
-        out.extend(user.map(|user| Action::Finish(user, result)));
+        if let Some(parent) = parent {
+            self.piece_done(parent, result);
+        }
     }
 
-    /// Goes on after [`Engine::recover`]: the step that panicked may have left requests
+    /// Goes on after [`Engine::recover`]: the step that panicked may have left pieces
     /// to admit, or writes waiting for space that nothing in flight will wake.
     pub(crate) fn resume(&mut self, out: &mut Vec<Action>) {
         self.retry_space_waiters(out);
-        self.run_admissions(out);
+        self.run(out);
     }
 
-    /// After a step panicked (`why`): completes the request it had in hand with `EIO`.
-    /// Its new chunk map and io units go back unless its commit already made them the
-    /// chunk's; operations it issued in this step are withdrawn from `out` (their
-    /// buffers were never lent), and anything lent earlier comes back under a stale
-    /// ticket and is dropped. Returns the slot, or `None` when no request was in hand.
+    /// After a step panicked (`why`): ends the piece it had in hand with `EIO`. Its new
+    /// chunk map and io units go back unless its commit already made them the chunk's,
+    /// and so do the io units it freed; operations it issued in this step are withdrawn
+    /// from `out` (their buffers were never lent), and anything lent earlier comes back
+    /// under a stale ticket and is dropped. Returns the slot, or `None` when no piece
+    /// was in hand.
     pub(crate) fn recover(&mut self, why: &str, out: &mut Vec<Action>) -> Option<usize> {
         let id = self.in_hand.take()?;
         out.retain(|action| action.ticket().is_none_or(|t| t.slot != id));
-        let chunk = self.request(id).chunk;
+        let chunk = self.chunk_of(id);
         if let Some(new) = self.drop_new(id) {
             if self.meta.logical_entry(chunk) != Some(new.index) {
                 self.meta.release(new.index, &new.map.io_units);
             }
         }
-        let what = if self.slots[id].queued {
-            format!("chunk {chunk}")
-        } else {
-            "a request".to_string()
-        };
+        let freed = self.drop_freed(id);
+        self.meta.release_io_units(&freed);
         let e = Error::new(
             Errno::EIO,
-            format!("{what}: internal error ({why}); the request failed"),
+            format!(
+                "{}: internal error ({why}); the request failed",
+                self.piece(id).chunks()
+            ),
         );
-        self.end(id, Err(e.logged()), out);
+        self.end(id, Err(e.logged()));
         Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_zero;
+
+    #[test]
+    fn zero_scan_finds_any_nonzero_byte() {
+        assert!(all_zero(&[]));
+        for len in [1, 63, 64, 65, 200, 4096] {
+            let mut buf = vec![0u8; len];
+            assert!(all_zero(&buf));
+            for at in [0, len / 2, len - 1] {
+                buf[at] = 1;
+                assert!(!all_zero(&buf), "len {len}, byte {at}");
+                buf[at] = 0;
+            }
+        }
     }
 }

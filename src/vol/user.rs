@@ -1,5 +1,7 @@
-//! The caller's side of a read or write: its buffers and its completion, in one object
-//! the volume holds until the request completes.
+//! The caller's side of a read, write or unmap: its buffers and its completion, in one
+//! object the volume holds until the request completes. A request that crosses chunks
+//! is served piece by piece, each piece copying to or from its own part of the buffers
+//! (`offset` below).
 
 use crate::error::Result;
 use std::ops::Range;
@@ -21,15 +23,15 @@ pub trait UserIo {
         self.len() == 0
     }
 
-    /// Fills the caller's buffers with zeros (a chunk never written).
-    fn zero(&mut self) {
+    /// Fills `len` bytes of the caller's buffers from `offset` on with zeros (blocks of
+    /// a chunk that holds no data).
+    fn zero(&mut self, offset: usize, len: usize) {
         const ZEROS: [u8; 4096] = [0; 4096];
-        let len = self.len();
-        let mut off = 0;
-        while off < len {
-            let n = (len - off).min(ZEROS.len());
-            self.scatter(off, &ZEROS[..n]);
-            off += n;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ZEROS.len());
+            self.scatter(offset + done, &ZEROS[..n]);
+            done += n;
         }
     }
 }

@@ -79,7 +79,7 @@ impl Volume {
                 len: params.chunk_size as usize,
                 run: Rc::clone(&run),
             };
-            self.submit(Op::Read, chunk * blocks, blocks, Box::new(probe));
+            self.post_submit(Op::Read, chunk * blocks, blocks, Box::new(probe), false);
         }
     }
 }

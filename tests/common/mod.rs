@@ -208,6 +208,23 @@ impl Shadow {
         self.data[at..at + bytes.len()].copy_from_slice(bytes);
     }
 
+    /// An unmap: the blocks read as zeros.
+    pub fn unmap(&mut self, offset: u64, length: u64) {
+        let at = offset as usize * self.lbs;
+        self.data[at..at + length as usize * self.lbs].fill(0);
+    }
+
+    /// The chunks (of `chunk` bytes) that hold anything but zeros: those a volume must
+    /// store.
+    pub fn nonzero_chunks(&self, chunk: u32) -> Vec<u64> {
+        self.data
+            .chunks(chunk as usize)
+            .enumerate()
+            .filter(|(_, c)| c.iter().any(|&b| b != 0))
+            .map(|(i, _)| i as u64)
+            .collect()
+    }
+
     pub fn expect(&self, offset: u64, length: u64) -> &[u8] {
         let at = offset as usize * self.lbs;
         &self.data[at..at + length as usize * self.lbs]
@@ -225,6 +242,31 @@ impl Shadow {
             }
         }
     }
+}
+
+/// The space statistics of an idle volume against its chunks as parsed from its pm
+/// file here: chunks in use, those stored raw (compressed size = chunk size), their io
+/// units and stored bytes, and every other io unit past the metadata free.
+pub fn check_stats(vol: &Volume, geo: Geo, stored: &[StoredChunk]) {
+    let st = vol.stats();
+    let units: u64 = stored.iter().map(|s| s.io_units.len() as u64).sum();
+    let bytes: u64 = stored.iter().map(|s| u64::from(s.size)).sum();
+    let raw = stored.iter().filter(|s| s.size == geo.chunk).count() as u64;
+    assert_eq!(
+        (
+            st.chunks_in_use,
+            st.chunks_raw,
+            st.io_units_in_use,
+            st.stored_bytes
+        ),
+        (stored.len() as u64, raw, units, bytes),
+        "stats (chunks, raw, io units, stored bytes) against the pm file"
+    );
+    assert_eq!(
+        st.io_units_free,
+        geo.total_io_units() - geo.reserved_io_units() - units,
+        "free io units"
+    );
 }
 
 pub fn errno_of<T>(r: Result<T>) -> Errno {

@@ -1,0 +1,432 @@
+//! A caller's request, of any shape: validated, ordered against the requests before
+//! it, cut into pieces (`request.rs` runs them), and completed once, with the first
+//! error, when its last piece ends.
+//!
+//! ```text
+//! submit ─ bad ───────────────────────────────────────────────────► complete(EINVAL)
+//!   │ length 0 ───────────────────────────────────────────────────► complete(ok)
+//!   ▼
+//! open ─ an earlier request overlaps ─► Blocked ─(the last of them completes)─┐
+//!   └───────────────────────────────────────────────────────────────────────┐ │
+//!                                                                           ▼ ▼
+//! refill: hand out pieces in chunk order, up to PIECES_IN_FLIGHT at once ◄─ piece ends
+//!   └─ every piece ended (or one failed and the rest in flight ended) ─► complete
+//! ```
+//!
+//! Order: a request waits until every earlier request that shares a chunk with it has
+//! completed, so requests to the same blocks complete in submission order and a read
+//! sees every write submitted before it. [`Order`] keeps, for each chunk some request
+//! covers, the request submitted last over it, as disjoint runs of chunks: a request
+//! over a million chunks costs one run, not a million entries, and its pieces exist only
+//! while they run.
+//!
+//! Pieces: one per chunk the request touches, except that an unmap empties whole chunks
+//! a run at a time (one persist of their logical map entries). A piece that fails stops
+//! the handing out of more; the request completes once those in flight have ended, with
+//! the first error. So a failed write or unmap over many chunks may have changed some
+//! of them (each wholly, old or new), as a failed write to one chunk may have changed
+//! none.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use smallvec::SmallVec;
+
+use super::request::{Engine, Op, Piece};
+use super::{Action, UserIo};
+use crate::error::{Errno, Error, Result};
+use crate::format::Geometry;
+
+/// Pieces of one request in flight at once: enough to keep a device and a codec pool
+/// busy, few enough that a huge request holds little.
+const PIECES_IN_FLIGHT: usize = 32;
+
+/// Io units an unmap frees with one piece at most (the chunks of a run hold at most
+/// this many): the list of them stays small whatever the chunk size.
+const CLEAR_RUN_IO_UNITS: u64 = 4096;
+
+/// Requests completed since load, by kind, and those that failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) reads: u64,
+    pub(crate) writes: u64,
+    pub(crate) unmaps: u64,
+    pub(crate) errors: u64,
+}
+
+impl Counts {
+    fn record(&mut self, op: Op, failed: bool) {
+        match op {
+            Op::Read => self.reads += 1,
+            Op::Write => self.writes += 1,
+            Op::Unmap => self.unmaps += 1,
+        }
+        self.errors += u64::from(failed);
+    }
+}
+
+/// The chunks and blocks a valid, non-empty request covers.
+#[derive(Clone, Copy)]
+struct Span {
+    /// Logical blocks `offset..offset + length`.
+    offset: u64,
+    length: u64,
+    /// Chunks `first..=last`.
+    first: u64,
+    last: u64,
+}
+
+/// A caller's request from submission to completion.
+struct Parent {
+    /// The caller's side; `None` once completed (the entry is free).
+    user: Option<Box<dyn UserIo>>,
+    op: Op,
+    /// Counted in [`Counts`] (the checker's own reads are not).
+    counted: bool,
+    span: Span,
+    /// The next chunk to hand out a piece for.
+    next: u64,
+    /// Pieces handed out and not ended.
+    live: usize,
+    /// The first error a piece ended with.
+    result: Result<()>,
+    /// Earlier overlapping requests not yet completed.
+    blockers: usize,
+    /// Later requests waiting for this one.
+    successors: SmallVec<[usize; 2]>,
+}
+
+/// The runs of chunks requests cover: each run (first chunk ↦ last chunk, request)
+/// names the request submitted last over it. Runs are disjoint.
+#[derive(Default)]
+struct Order {
+    runs: BTreeMap<u64, (u64, usize)>,
+}
+
+impl Order {
+    /// The runs overlapping chunks `first..=last`, in order.
+    fn overlapping(&self, first: u64, last: u64) -> SmallVec<[(u64, u64, usize); 4]> {
+        let before = self
+            .runs
+            .range(..first)
+            .next_back()
+            .filter(|(_, (end, _))| *end >= first);
+        before
+            .into_iter()
+            .chain(self.runs.range(first..=last))
+            .map(|(&start, &(end, r))| (start, end, r))
+            .collect()
+    }
+
+    /// Request `r` now comes last over `first..=last`: returns the requests it must
+    /// wait for (the last over each of its chunks), each once.
+    fn enter(&mut self, first: u64, last: u64, r: usize) -> SmallVec<[usize; 4]> {
+        let mut before: SmallVec<[usize; 4]> = SmallVec::new();
+        for (start, end, q) in self.overlapping(first, last) {
+            self.runs.remove(&start);
+            if start < first {
+                self.runs.insert(start, (first - 1, q));
+            }
+            if end > last {
+                self.runs.insert(last + 1, (end, q));
+            }
+            if !before.contains(&q) {
+                before.push(q);
+            }
+        }
+        self.runs.insert(first, (last, r));
+        before
+    }
+
+    /// Request `r` over `first..=last` completed: its runs that no later request
+    /// covered go.
+    fn leave(&mut self, first: u64, last: u64, r: usize) {
+        for (start, _, q) in self.overlapping(first, last) {
+            if q == r {
+                self.runs.remove(&start);
+            }
+        }
+    }
+}
+
+/// The callers' requests in flight and their order.
+#[derive(Default)]
+pub(crate) struct Parents {
+    table: Vec<Parent>,
+    free: Vec<usize>,
+    order: Order,
+    /// Requests that may hand out more pieces, or complete.
+    pub(super) to_refill: VecDeque<usize>,
+    /// Requests submitted and not completed.
+    outstanding: usize,
+    pub(crate) counts: Counts,
+}
+
+impl Parents {
+    /// The caller's side of request `r`, which is in flight.
+    pub(super) fn user(&mut self, r: usize) -> &mut dyn UserIo {
+        self.table[r]
+            .user
+            .as_deref_mut()
+            .expect("a request in flight has its caller's side")
+    }
+
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// A new request over `span`, after every earlier one it overlaps: queued to hand
+    /// out pieces at once when none is in flight.
+    fn open(&mut self, op: Op, span: Span, user: Box<dyn UserIo>, counted: bool) {
+        let parent = Parent {
+            user: Some(user),
+            op,
+            counted,
+            span,
+            next: span.first,
+            live: 0,
+            result: Ok(()),
+            blockers: 0,
+            successors: SmallVec::new(),
+        };
+        let r = match self.free.pop() {
+            Some(r) => {
+                self.table[r] = parent;
+                r
+            }
+            None => {
+                self.table.push(parent);
+                self.table.len() - 1
+            }
+        };
+        self.outstanding += 1;
+        for q in self.order.enter(span.first, span.last, r) {
+            self.table[q].successors.push(r);
+            self.table[r].blockers += 1;
+        }
+        if self.table[r].blockers == 0 {
+            self.to_refill.push_back(r);
+        }
+    }
+
+    /// The next piece of request `r`, or `None` when it should hand out no more (all
+    /// handed out, a piece failed, or as many in flight as it may have).
+    fn next_piece(&mut self, r: usize, geo: &Geometry) -> Option<Piece> {
+        let p = &mut self.table[r];
+        let Span {
+            offset,
+            length,
+            last,
+            ..
+        } = p.span;
+        if p.live >= PIECES_IN_FLIGHT || p.next > last || p.result.is_err() {
+            return None;
+        }
+        let bpc = u64::from(geo.blocks_per_chunk);
+        let lbs = u64::from(geo.params.logical_block_size);
+        let chunk = p.next;
+        let (end, chunk_start) = (offset + length, chunk * bpc);
+        let (from, to) = (offset.max(chunk_start), end.min(chunk_start + bpc));
+        let piece = if p.op == Op::Unmap && from == chunk_start && to == chunk_start + bpc {
+            let run = (CLEAR_RUN_IO_UNITS / u64::from(geo.io_units_per_chunk)).max(1);
+            let count = (end / bpc - chunk).min(run);
+            Piece::Clear {
+                first: chunk,
+                count,
+            }
+        } else {
+            Piece::Chunk {
+                op: p.op,
+                chunk,
+                start: ((from - chunk_start) * lbs) as usize,
+                len: ((to - from) * lbs) as usize,
+                at: ((from - offset) * lbs) as usize,
+            }
+        };
+        p.next += match piece {
+            Piece::Clear { count, .. } => count,
+            Piece::Chunk { .. } => 1,
+        };
+        p.live += 1;
+        Some(piece)
+    }
+
+    /// Whether request `r` has handed out all it will and every piece has ended.
+    fn done(&self, r: usize) -> bool {
+        let p = &self.table[r];
+        p.live == 0 && (p.next > p.span.last || p.result.is_err())
+    }
+
+    /// Request `r` is in flight and no earlier request holds it back.
+    fn runnable(&self, r: usize) -> bool {
+        self.table
+            .get(r)
+            .is_some_and(|p| p.user.is_some() && p.blockers == 0)
+    }
+
+    /// Completes request `r`: the requests waiting for it go (once nothing else holds
+    /// them back); returns its caller's side and result.
+    fn close(&mut self, r: usize) -> (Box<dyn UserIo>, Result<()>) {
+        let p = &mut self.table[r];
+        let user = p.user.take().expect("a request completes once");
+        let result = std::mem::replace(&mut p.result, Ok(()));
+        let successors = std::mem::take(&mut p.successors);
+        let (span, op, counted) = (p.span, p.op, p.counted);
+        self.order.leave(span.first, span.last, r);
+        for s in successors {
+            let next = &mut self.table[s];
+            next.blockers -= 1;
+            if next.blockers == 0 {
+                self.to_refill.push_back(s);
+            }
+        }
+        self.free.push(r);
+        self.outstanding -= 1;
+        if counted {
+            self.counts.record(op, result.is_err());
+        }
+        (user, result)
+    }
+}
+
+impl Engine {
+    pub(crate) fn outstanding(&self) -> usize {
+        self.parents.outstanding()
+    }
+
+    /// Takes a request: an invalid or empty one completes at once, holding nothing;
+    /// any other is ordered after the earlier ones it overlaps and runs piece by piece.
+    /// `counted`: whether it counts in the volume's statistics.
+    pub(crate) fn submit(
+        &mut self,
+        op: Op,
+        offset: u64,
+        length: u64,
+        user: Box<dyn UserIo>,
+        counted: bool,
+        out: &mut Vec<Action>,
+    ) {
+        match self.locate(op, offset, length, user.len()) {
+            Ok(Some(span)) => {
+                self.parents.open(op, span, user, counted);
+                self.run(out);
+            }
+            Ok(None) => self.reject(op, user, Ok(()), counted, out),
+            Err(e) => self.reject(op, user, Err(e), counted, out),
+        }
+    }
+
+    /// Completes a request that never ran (refused, or empty), counting it.
+    pub(crate) fn reject(
+        &mut self,
+        op: Op,
+        user: Box<dyn UserIo>,
+        result: Result<()>,
+        counted: bool,
+        out: &mut Vec<Action>,
+    ) {
+        if counted {
+            self.parents.counts.record(op, result.is_err());
+        }
+        out.push(Action::Finish(user, result));
+    }
+
+    /// The span of a request, `None` for an empty one; `EINVAL` for a range outside the
+    /// volume, or buffers that do not hold exactly its blocks (an unmap has none).
+    fn locate(&self, op: Op, offset: u64, length: u64, user_len: usize) -> Result<Option<Span>> {
+        if length == 0 {
+            return Ok(None);
+        }
+        let geo = &self.meta.geo;
+        let lbs = u64::from(geo.params.logical_block_size);
+        let per_chunk = u64::from(geo.blocks_per_chunk);
+        let blocks = geo.chunks * per_chunk;
+        let invalid = |why: String| Err(Error::new(Errno::EINVAL, why));
+        let end = match offset.checked_add(length) {
+            Some(end) if end <= blocks => end,
+            _ => {
+                return invalid(format!(
+                    "blocks {offset}+{length} run past the end of the volume ({blocks} blocks)"
+                ));
+            }
+        };
+        let want = match op {
+            Op::Unmap => Some(0),
+            Op::Read | Op::Write => length.checked_mul(lbs),
+        };
+        if want != Some(user_len as u64) {
+            return invalid(match op {
+                Op::Unmap => {
+                    format!("an unmap carries no buffers, and these hold {user_len} bytes")
+                }
+                _ => format!("buffers of {user_len} bytes for {length} blocks of {lbs} bytes"),
+            });
+        }
+        Ok(Some(Span {
+            offset,
+            length,
+            first: offset / per_chunk,
+            last: (end - 1) / per_chunk,
+        }))
+    }
+
+    /// Request `r` hands out what pieces it may, and completes once it is done.
+    pub(super) fn refill(&mut self, r: usize, out: &mut Vec<Action>) {
+        if !self.parents.runnable(r) {
+            return;
+        }
+        let geo = self.meta.geo;
+        while let Some(piece) = self.parents.next_piece(r, &geo) {
+            self.open_slot(r, piece);
+        }
+        if self.parents.done(r) {
+            let (user, result) = self.parents.close(r);
+            out.push(Action::Finish(user, result));
+        }
+    }
+
+    /// A piece of request `r` ended with `result`: the first error is the request's.
+    pub(super) fn piece_done(&mut self, r: usize, result: Result<()>) {
+        let p = &mut self.parents.table[r];
+        p.live -= 1;
+        if let (Err(e), Ok(())) = (result, &p.result) {
+            p.result = Err(e);
+        }
+        self.parents.to_refill.push_back(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Order;
+
+    #[test]
+    fn a_request_waits_for_the_last_one_over_each_of_its_chunks() {
+        let mut o = Order::default();
+        assert!(o.enter(0, 9, 1).is_empty());
+        assert_eq!(o.enter(4, 4, 2).as_slice(), &[1]);
+        assert!(o.enter(20, 20, 3).is_empty());
+        // Over 1 (twice, around 2), 2 and 3: each once.
+        assert_eq!(o.enter(0, 30, 4).as_slice(), &[1, 2, 3]);
+        assert_eq!(o.runs.len(), 1);
+        assert_eq!(o.enter(30, 31, 5).as_slice(), &[4]);
+        o.leave(0, 30, 4);
+        assert_eq!(
+            o.runs.iter().map(|(&s, &v)| (s, v)).collect::<Vec<_>>(),
+            vec![(30, (31, 5))]
+        );
+        o.leave(30, 31, 5);
+        assert!(o.runs.is_empty());
+    }
+
+    #[test]
+    fn leaving_keeps_the_runs_of_later_requests() {
+        let mut o = Order::default();
+        o.enter(0, 9, 1);
+        o.enter(3, 5, 2);
+        o.leave(0, 9, 1);
+        assert_eq!(
+            o.runs.iter().map(|(&s, &v)| (s, v)).collect::<Vec<_>>(),
+            vec![(3, (5, 2))]
+        );
+    }
+}

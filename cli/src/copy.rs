@@ -145,7 +145,8 @@ fn copy_in(
             if is_zero(held) {
                 counts.skipped += 1;
             } else {
-                vol.write(block, piece).map_err(|e| failed("clearing", e))?;
+                vol.unmap(block, padded as u64 / lbs)
+                    .map_err(|e| failed("clearing", e))?;
                 counts.cleared += 1;
             }
         } else {

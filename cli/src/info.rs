@@ -3,7 +3,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use reduce::{CompAlgo, Compression, Params};
+use reduce::{CompAlgo, Compression, Params, Stats};
 use serde::Serialize;
 
 use crate::args::Info;
@@ -35,6 +35,33 @@ struct Summary {
     /// The backing file's size, and the bytes it takes on disk.
     backing_size: u64,
     backing_allocated: u64,
+    stats: StatsInfo,
+}
+
+/// The volume's own statistics (`Volume::stats`), kept up to date at every write and
+/// unmap.
+#[derive(Debug, Serialize)]
+struct StatsInfo {
+    /// Chunks that hold data, and those of them stored uncompressed.
+    chunks_in_use: u64,
+    chunks_raw: u64,
+    /// The sum of the chunks' compressed sizes (a raw chunk counts a whole chunk).
+    stored_bytes: u64,
+    /// Io units those chunks take, and those free to allocate.
+    io_units_in_use: u64,
+    io_units_free: u64,
+}
+
+impl From<Stats> for StatsInfo {
+    fn from(s: Stats) -> Self {
+        StatsInfo {
+            chunks_in_use: s.chunks_in_use,
+            chunks_raw: s.chunks_raw,
+            stored_bytes: s.stored_bytes,
+            io_units_in_use: s.io_units_in_use,
+            io_units_free: s.io_units_free,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -63,11 +90,12 @@ pub fn run(args: &Info) -> Result<(), Failure> {
 }
 
 fn summarize(file: &Path, vol: &reduce::blocking::Volume) -> Result<Summary, Failure> {
-    let (p, info) = (vol.params(), vol.info());
+    // The stats, not `info`: its allocated io units count the metadata's too.
+    let (p, stats) = (vol.params(), vol.stats());
     let on_disk = std::fs::metadata(file)
         .map_err(|e| Failure::new(format!("{}: {}", file.display(), io_reason(&e))))?;
-    let logical_bytes = info.chunks_in_use * u64::from(p.chunk_size);
-    let stored_bytes = info.allocated_io_units * u64::from(p.backing_io_unit_size);
+    let logical_bytes = stats.chunks_in_use * u64::from(p.chunk_size);
+    let stored_bytes = stats.io_units_in_use * u64::from(p.backing_io_unit_size);
     Ok(Summary {
         file: file.display().to_string(),
         uuid: uuid(&p),
@@ -82,13 +110,14 @@ fn summarize(file: &Path, vol: &reduce::blocking::Volume) -> Result<Summary, Fai
         io_unit_size: p.backing_io_unit_size,
         logical_block_size: p.logical_block_size,
         chunks: p.vol_size / u64::from(p.chunk_size),
-        chunks_in_use: info.chunks_in_use,
+        chunks_in_use: stats.chunks_in_use,
         logical_bytes,
         stored_bytes,
         ratio: (stored_bytes > 0).then(|| logical_bytes as f64 / stored_bytes as f64),
         backing_size: on_disk.len(),
         // st_blocks counts 512-byte units whatever the file system's block.
         backing_allocated: on_disk.blocks() * 512,
+        stats: stats.into(),
     })
 }
 
@@ -139,6 +168,20 @@ fn print(s: &Summary) {
         Some(ratio) => say!("ratio:         {ratio:.2} (logical / stored)"),
         None => say!("ratio:         - (nothing stored)"),
     }
+    say!(
+        "raw chunks:    {} of the chunks in use (stored uncompressed)",
+        s.stats.chunks_raw
+    );
+    say!(
+        "compressed:    {} ({} bytes) of data in the chunks in use",
+        human(s.stats.stored_bytes),
+        s.stats.stored_bytes
+    );
+    say!(
+        "io units:      {} in use, {} free",
+        s.stats.io_units_in_use,
+        s.stats.io_units_free
+    );
     say!(
         "backing file:  {} ({} bytes), {} allocated on disk",
         human(s.backing_size),

@@ -8,6 +8,9 @@ use crate::common::{CHUNK, Scene, allocated, fails, random, stdout, text};
 fn info_reports_stored_against_logical_bytes() {
     let s = Scene::new();
     s.create("vol.img", "16M");
+    let free_when_empty = s.info("vol.img")["stats"]["io_units_free"]
+        .as_u64()
+        .unwrap();
     // 6 chunks of text (one 4 KiB io unit each), 2 of random bytes (stored whole: 4 io
     // units), 2 of zeros (not stored).
     let mut image = text(6 * CHUNK);
@@ -38,6 +41,19 @@ fn info_reports_stored_against_logical_bytes() {
     );
     assert!(pm.ends_with(info["uuid"].as_str().unwrap()));
 
+    // The volume's own statistics: the random chunks are the raw ones; the text
+    // compresses into less than its io units.
+    let stats = &info["stats"];
+    assert_eq!(stats["chunks_in_use"], 8);
+    assert_eq!(stats["chunks_raw"], 2);
+    assert_eq!(stats["io_units_in_use"], 6 + 2 * 4);
+    assert_eq!(stats["io_units_free"], free_when_empty - (6 + 2 * 4));
+    let compressed = stats["stored_bytes"].as_u64().unwrap();
+    assert!(
+        compressed > 2 * CHUNK as u64 && compressed < 2 * CHUNK as u64 + 6 * 4096,
+        "{compressed} compressed bytes for 2 raw chunks and 6 of text"
+    );
+
     let out = stdout(&mut s.reduce(&["info", "vol.img"]));
     for line in [
         "file:          vol.img".to_string(),
@@ -50,6 +66,9 @@ fn info_reports_stored_against_logical_bytes() {
         "logical bytes: 128 KiB (131072 bytes) in the chunks in use".to_string(),
         "stored bytes:  56 KiB (57344 bytes) in io units".to_string(),
         "ratio:         2.29 (logical / stored)".to_string(),
+        "raw chunks:    2 of the chunks in use (stored uncompressed)".to_string(),
+        format!("({compressed} bytes) of data in the chunks in use"),
+        format!("io units:      14 in use, {} free", free_when_empty - 14),
     ] {
         assert!(out.contains(&line), "{line:?} not in:\n{out}");
     }
@@ -62,8 +81,12 @@ fn info_of_an_empty_volume_has_no_ratio() {
     let info = s.info("vol.img");
     assert_eq!(info["stored_bytes"], 0);
     assert!(info["ratio"].is_null());
+    assert_eq!(info["stats"]["chunks_in_use"], 0);
+    assert_eq!(info["stats"]["io_units_in_use"], 0);
+    assert_eq!(info["stats"]["stored_bytes"], 0);
     let out = stdout(&mut s.reduce(&["info", "vol.img"]));
     assert!(out.contains("ratio:         - (nothing stored)"), "{out}");
+    assert!(out.contains("compressed:    0 B (0 bytes)"), "{out}");
 }
 
 #[test]

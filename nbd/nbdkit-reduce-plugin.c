@@ -18,15 +18,20 @@
  * native and flush has nothing left to do. A crash never leaves the pm metadata
  * pointing at data that was only in the page cache.
  *
- * Requests. The volume takes requests in whole logical blocks within one chunk; the
- * plugin splits larger requests at chunk boundaries and submits the pieces at once.
- * The partial blocks at the ends of a request not aligned to logical blocks are read
- * whole; for a write they are modified and written back while the write excludes
- * every other request, so it never loses a concurrent write to the same block. The
- * block sizes advertised to clients keep well-behaved clients aligned.
+ * Requests. The volume takes requests of whole logical blocks, across chunks, as one
+ * call each. The partial blocks at the ends of a request not aligned to logical
+ * blocks are read whole; for a write they are modified and written back while the
+ * write excludes every other request, so it never loses a concurrent write to the
+ * same block. The block sizes advertised to clients keep well-behaved clients aligned.
  *
- * Trim is not offered (can_trim is false) until the library has spdk_reduce_vol_unmap;
- * zero writes zeros, which the volume compresses to almost nothing. */
+ * Trim and zero are both spdk_reduce_vol_unmap: the chunks a request covers whole
+ * become empty (no space, read as zeros), those it covers in part have the blocks
+ * zeroed. Zero ignores NBDKIT_FLAG_MAY_TRIM, as nbdkit allows: the volume never
+ * stores a chunk of zeros, so writing zeros would leave the very same empty chunks.
+ *
+ * Codec. The volume is served with the codec its superblock records (zstd or lz4, at
+ * its level); one that records none (the 2019 libreduce, or a caller's own codec) is
+ * refused, its chunks being unreadable here. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -102,21 +107,15 @@ static void job_push(struct job_list *l, struct io_job *j)
 
 /* A volume request from an nbdkit thread. It lives on that thread's stack: the owner
  * must not touch it once `done` is posted. */
-enum req_op { REQ_READ, REQ_WRITE, REQ_ZERO };
+enum req_op { REQ_READ, REQ_WRITE, REQ_ZERO, REQ_TRIM };
 
 struct request {
 	struct request *next;
 	enum req_op op;
-	uint8_t *buf; /* NULL for REQ_ZERO */
+	uint8_t *buf; /* NULL for REQ_ZERO and REQ_TRIM */
 	uint64_t block, nblocks;
-	int status;       /* the first error of its pieces */
-	unsigned pending; /* pieces outstanding, plus one while the owner submits */
+	int status;
 	sem_t done;
-	/* One iovec per piece, kept until the request completes: the original library
-	 * keeps a request's iovec array until its completion, and so does this one today
-	 * (although its header promises to read it during the call only). */
-	struct iovec *iovs;
-	struct iovec inline_iovs[4];
 };
 
 static struct {
@@ -148,7 +147,6 @@ static struct {
 
 	/* Owned by the owner thread once it runs. */
 	struct spdk_reduce_vol *vol;
-	uint8_t *zeros; /* one chunk of zeros, the source of REQ_ZERO */
 
 	/* Aligned requests hold it shared; an unaligned write holds it exclusively. */
 	pthread_rwlock_t rmw_lock;
@@ -411,49 +409,30 @@ static int check_volume(struct spdk_reduce_vol *vol)
 
 /* ---- the owner thread ---- */
 
-static void piece_done(void *ctx, int status)
+static void request_done(void *ctx, int status)
 {
 	struct request *r = ctx;
-	if (status != 0 && r->status == 0) {
-		r->status = status;
-	}
-	if (--r->pending == 0) {
-		sem_post(&r->done); /* r belongs to its waiter again from here */
-	}
+	r->status = status;
+	sem_post(&r->done); /* r belongs to its waiter again from here */
 }
 
-/* Submits a request as pieces that each lie within one chunk. The owner's own hold on
- * `pending` keeps the request alive until every piece is submitted. */
+/* One call, whatever chunks the request crosses; the volume copies the iovec array
+ * during the call. r may be gone once the call returns (it can complete inside). */
 static void submit_request(struct request *r)
 {
-	const uint64_t lbs = st.params.logical_block_size;
-	const uint64_t per_chunk = st.params.chunk_size / lbs;
-	const enum req_op op = r->op;
-	uint8_t *buf = r->buf;
-	uint64_t at = r->block;
-	const uint64_t end = at + r->nblocks;
-	struct iovec *iov = r->iovs;
-
-	r->pending = 1;
-	while (at < end) {
-		uint64_t piece_end = (at / per_chunk + 1) * per_chunk;
-		if (piece_end > end) {
-			piece_end = end;
-		}
-		*iov = (struct iovec){op == REQ_ZERO ? st.zeros : buf, (piece_end - at) * lbs};
-		r->pending++;
-		if (op == REQ_READ) {
-			spdk_reduce_vol_readv(st.vol, iov, 1, at, piece_end - at, piece_done, r);
-		} else {
-			spdk_reduce_vol_writev(st.vol, iov, 1, at, piece_end - at, piece_done, r);
-		}
-		if (buf) {
-			buf += iov->iov_len;
-		}
-		iov++;
-		at = piece_end;
+	struct iovec iov = {r->buf, r->nblocks * st.params.logical_block_size};
+	switch (r->op) {
+	case REQ_READ:
+		spdk_reduce_vol_readv(st.vol, &iov, 1, r->block, r->nblocks, request_done, r);
+		break;
+	case REQ_WRITE:
+		spdk_reduce_vol_writev(st.vol, &iov, 1, r->block, r->nblocks, request_done, r);
+		break;
+	case REQ_ZERO:
+	case REQ_TRIM:
+		spdk_reduce_vol_unmap(st.vol, r->block, r->nblocks, request_done, r);
+		break;
 	}
-	piece_done(r, 0);
 }
 
 /* Delivers the I/O threads' completions; each may submit more backing operations. */
@@ -536,12 +515,6 @@ static void *owner_thread(void *unused)
 static int run_request(enum req_op op, void *buf, uint64_t block, uint64_t nblocks)
 {
 	struct request r = {.op = op, .buf = buf, .block = block, .nblocks = nblocks};
-	const uint64_t per_chunk = st.params.chunk_size / st.params.logical_block_size;
-	const uint64_t pieces = (block + nblocks - 1) / per_chunk - block / per_chunk + 1;
-	r.iovs = pieces <= 4 ? r.inline_iovs : malloc(pieces * sizeof(struct iovec));
-	if (!r.iovs) {
-		return -ENOMEM;
-	}
 	sem_init(&r.done, 0, 0);
 	pthread_mutex_lock(&st.lock);
 	if (st.req_tail) {
@@ -556,15 +529,13 @@ static int run_request(enum req_op op, void *buf, uint64_t block, uint64_t nbloc
 		/* EINTR: keep waiting, the owner still holds r */
 	}
 	sem_destroy(&r.done);
-	if (r.iovs != r.inline_iovs) {
-		free(r.iovs);
-	}
 	return r.status;
 }
 
 static const char *op_name(enum req_op op)
 {
-	return op == REQ_READ ? "read" : op == REQ_WRITE ? "write" : "zero";
+	static const char *const names[] = {"read", "write", "zero", "trim"};
+	return names[op];
 }
 
 static int report(enum req_op op, int status, uint64_t offset, uint64_t count)
@@ -578,30 +549,8 @@ static int report(enum req_op op, int status, uint64_t offset, uint64_t count)
 	return -1;
 }
 
-/* Whole blocks, in runs of at most RUN_BYTES: a zero request may cover gigabytes, and
- * a run is split into pieces all submitted at once. */
-#define RUN_BYTES (32u << 20)
-
-static int run_blocks(enum req_op op, uint8_t *buf, uint64_t block, uint64_t nblocks)
-{
-	const uint64_t max = RUN_BYTES / st.params.logical_block_size;
-	while (nblocks > 0) {
-		uint64_t n = nblocks < max ? nblocks : max;
-		int status = run_request(op, buf, block, n);
-		if (status != 0) {
-			return status;
-		}
-		if (buf) {
-			buf += n * st.params.logical_block_size;
-		}
-		block += n;
-		nblocks -= n;
-	}
-	return 0;
-}
-
 /* `len` bytes at byte `in` of one logical block: read the block, then copy out (read)
- * or lay the bytes over it and write it back (write, zero). */
+ * or lay the bytes over it and write it back (write, zero, trim). */
 static int partial_block(enum req_op op, uint8_t *buf, uint64_t block, size_t in, size_t len)
 {
 	uint8_t *tmp = malloc(st.params.logical_block_size);
@@ -645,7 +594,7 @@ static int do_bytes(enum req_op op, void *buf, uint32_t count, uint64_t offset)
 		size_t in = at % lbs;
 		if (in == 0 && left >= lbs) {
 			done = left / lbs * lbs;
-			status = run_blocks(op, p, at / lbs, left / lbs);
+			status = run_request(op, p, at / lbs, left / lbs);
 		} else {
 			done = lbs - in < left ? lbs - in : left;
 			status = partial_block(op, p, at / lbs, in, done);
@@ -832,6 +781,36 @@ fail:
 	return -1;
 }
 
+/* Sets the device's codec to the one the volume's superblock records, taking effect at
+ * the next load; refuses a volume whose codec this plugin does not have. */
+static int use_recorded_codec(const struct spdk_reduce_vol_info *info)
+{
+	const char *algo = info->comp_algo == REDUCE_COMP_ALGO_ZSTD  ? "zstd"
+			   : info->comp_algo == REDUCE_COMP_ALGO_LZ4 ? "lz4"
+								     : NULL;
+	if (!algo) {
+		nbdkit_error("%s: %s", cfg.file,
+			     info->comp_algo == REDUCE_COMP_ALGO_DEFLATE
+				 ? "the volume records no codec (the 2019 libreduce, or a program "
+				   "with its own codec, made it): this plugin has only zstd and lz4 "
+				   "and cannot read its chunks"
+				 : "the volume records a codec this plugin does not have (only zstd "
+				   "and lz4)");
+		if (info->comp_algo != REDUCE_COMP_ALGO_DEFLATE) {
+			nbdkit_error("%s: recorded comp_algo %" PRIu32 ", comp_level %" PRIu32,
+				     cfg.file, info->comp_algo, info->comp_level);
+		}
+		return -1;
+	}
+	if (reduce_backing_dev_set_codec(&st.dev, algo, (int)info->comp_level) != 0) {
+		nbdkit_error("%s: the volume records %s at level %" PRIu32
+			     ", a level this library does not have",
+			     cfg.file, algo, info->comp_level);
+		return -1;
+	}
+	return 0;
+}
+
 /* Before nbdkit forks: create the volume if asked, then load it once here (inline) so
  * that every error shows before nbdkit goes to the background. */
 static int reduce_get_ready(void)
@@ -863,22 +842,30 @@ static int reduce_get_ready(void)
 		st.dev.blockcnt = (uint64_t)sb.st_size / BACKING_BLOCKLEN;
 	}
 
+	/* Loading reads no chunk, so the codec the device has now does not matter yet. */
 	struct spdk_reduce_vol *vol = load_volume();
 	if (!vol) {
 		return -1;
 	}
 	st.params = *spdk_reduce_vol_get_params(vol);
-	int rc = cfg.check ? check_volume(vol) : 0;
-	if (unload_volume(vol) != 0) {
+	const struct spdk_reduce_vol_info info = *spdk_reduce_vol_get_info(vol);
+	if (unload_volume(vol) != 0 || use_recorded_codec(&info) < 0) {
 		return -1;
 	}
-	if (rc == 0) {
-		nbdkit_debug("%s: %" PRIu64 " bytes, chunk %" PRIu32 ", io unit %" PRIu32
-			     ", logical block %" PRIu32,
-			     cfg.file, st.params.vol_size, st.params.chunk_size,
-			     st.params.backing_io_unit_size, st.params.logical_block_size);
+	nbdkit_debug("%s: %" PRIu64 " bytes, chunk %" PRIu32 ", io unit %" PRIu32
+		     ", logical block %" PRIu32 ", codec %s level %" PRIu32,
+		     cfg.file, st.params.vol_size, st.params.chunk_size,
+		     st.params.backing_io_unit_size, st.params.logical_block_size,
+		     info.comp_algo == REDUCE_COMP_ALGO_LZ4 ? "lz4" : "zstd", info.comp_level);
+	if (!cfg.check) {
+		return 0;
 	}
-	return rc;
+	/* The checker decompresses every chunk: a fresh load, with the volume's codec. */
+	if (!(vol = load_volume())) {
+		return -1;
+	}
+	int rc = check_volume(vol);
+	return unload_volume(vol) != 0 ? -1 : rc;
 }
 
 /* After the fork: the owner thread loads the volume for good and serves it. */
@@ -891,11 +878,6 @@ static int reduce_after_fork(void)
 	pthread_rwlock_init(&st.rmw_lock, &attr);
 	pthread_rwlockattr_destroy(&attr);
 
-	st.zeros = calloc(1, st.params.chunk_size);
-	if (!st.zeros) {
-		nbdkit_error("out of memory");
-		return -1;
-	}
 	sem_init(&st.owner_ready, 0, 0);
 	st.deferred = true;
 	start_io_threads();
@@ -928,8 +910,6 @@ static void reduce_cleanup(void)
 	pthread_join(st.owner, NULL);
 	st.owner_running = false;
 	stop_io_threads();
-	free(st.zeros);
-	st.zeros = NULL;
 	nbdkit_debug("%s: volume unloaded", cfg.file);
 }
 
@@ -993,7 +973,7 @@ static int reduce_can_zero(void *h)
 static int reduce_can_trim(void *h)
 {
 	(void)h;
-	return 0; /* until the library has spdk_reduce_vol_unmap */
+	return 1;
 }
 
 static int reduce_pread(void *h, void *buf, uint32_t count, uint64_t offset, uint32_t flags)
@@ -1011,11 +991,19 @@ static int reduce_pwrite(void *h, const void *buf, uint32_t count, uint64_t offs
 	return do_bytes(REQ_WRITE, (void *)buf, count, offset);
 }
 
+/* FUA: an unmap is persisted when it completes. MAY_TRIM: see the top of this file. */
 static int reduce_zero(void *h, uint32_t count, uint64_t offset, uint32_t flags)
 {
 	(void)h;
-	(void)flags; /* MAY_TRIM: nothing to trim with yet; FUA as for pwrite */
+	(void)flags;
 	return do_bytes(REQ_ZERO, NULL, count, offset);
+}
+
+static int reduce_trim(void *h, uint32_t count, uint64_t offset, uint32_t flags)
+{
+	(void)h;
+	(void)flags; /* FUA: as for zero */
+	return do_bytes(REQ_TRIM, NULL, count, offset);
 }
 
 static int reduce_flush(void *h, uint32_t flags)
@@ -1050,6 +1038,7 @@ static struct nbdkit_plugin plugin = {
 	.pread = reduce_pread,
 	.pwrite = reduce_pwrite,
 	.zero = reduce_zero,
+	.trim = reduce_trim,
 	.flush = reduce_flush,
 };
 

@@ -31,11 +31,11 @@ $(NBD_PLUGIN_INSTALL): $(NBD_SRC) include/reduce.h lib nbd-header
 
 # The quick tests with real clients (qemu-img, qemu-io, nbdcopy, nbdsh, fio, SIGKILL),
 # in make test; the long ones in make integration.
-nbd-test: $(NBD_PLUGIN) | deps
-	PLUGIN=$(NBD_PLUGIN) BUILD=$(BUILD) tests/integration/nbd.sh quick
+nbd-test: $(NBD_PLUGIN) cli | deps
+	PLUGIN=$(NBD_PLUGIN) REDUCE=$(CLI) BUILD=$(BUILD) tests/integration/nbd.sh quick
 
-integration: deps $(NBD_PLUGIN)
-	PLUGIN=$(NBD_PLUGIN) BUILD=$(BUILD) tests/integration/nbd.sh long
+integration: deps $(NBD_PLUGIN) cli
+	PLUGIN=$(NBD_PLUGIN) REDUCE=$(CLI) BUILD=$(BUILD) tests/integration/nbd.sh long
 
 # Serves a new volume on a unix socket and writes a disk image of real files to it with
 # qemu-img, then reads it back.

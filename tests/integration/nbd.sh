@@ -3,7 +3,8 @@
 # nbdcopy, nbdinfo, nbdsh (libnbd), fio (its nbd engine), e2fsck, and nbdkit itself
 # killed with SIGKILL in the middle of writes.
 #
-#   PLUGIN=build/nbdkit-reduce-plugin.so tests/integration/nbd.sh quick|long
+#   PLUGIN=build/nbdkit-reduce-plugin.so REDUCE=target/release/reduce \
+#     tests/integration/nbd.sh quick|long
 #
 # quick (make test, about a minute): every client once, one kill. long (make
 # integration): bigger images, fio over block sizes x queue depths x patterns,
@@ -11,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/integration/lib.sh
+# The reduce command: inspects (info --json) and checks the volumes served here.
+REDUCE=$(realpath "${REDUCE:?REDUCE must name the reduce command}")
 
 MODE=${1:?quick or long}
 case $MODE in
@@ -85,16 +88,15 @@ t_info() {
 	size=$(nbdinfo --size "$URI")
 	[ "$size" -gt $((1000 << 20)) ] && [ "$size" -le $((1 << 30)) ] ||
 		fail "export size $size for a 1G backing file"
-	for can in flush fua zero multi-conn; do
+	for can in flush fua zero trim multi-conn; do
 		nbdinfo --can "$can" "$URI" || fail "the export cannot $can"
 	done
-	if nbdinfo --can trim "$URI"; then fail "can_trim is true before unmap exists"; fi
 	local info
 	info=$(nbdinfo "$URI")
 	grep -q "block_size_minimum: 512" <<<"$info" || fail "minimum block size not 512"
 	grep -q "block_size_preferred: 16384" <<<"$info" || fail "preferred block size not a chunk"
 	stop_nbdkit
-	passed "nbdinfo: size, flush, fua, zero, multi-conn, no trim, block sizes"
+	passed "nbdinfo: size, flush, fua, zero, trim, multi-conn, block sizes"
 }
 
 # A real disk image (ext4 of real files), as qcow2, written with qemu-img convert and
@@ -270,6 +272,109 @@ h.shutdown()
 	passed "nbdsh: 300 unaligned writes, zeros and reads against a shadow; 20 rounds of 64 concurrent unaligned writes into shared blocks; an unaligned 33 MiB zero"
 }
 
+# info_field VOL KEY...: one field of `reduce info --json` (nested KEYs for objects).
+info_field() {
+	local vol=$1
+	shift
+	"$REDUCE" info --json "$vol" | python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+for k in sys.argv[1:]:
+    v = v[k]
+print(v)' "$@"
+}
+
+# Trim and zero free what they cover whole: after a discard (qemu-io), a trim and a
+# zero (nbdsh), reduce info shows the chunks and io units freed, and every range reads
+# back as zeros, the rest unchanged; a zero unaligned at both ends zeroes only its bytes.
+t_trim() {
+	new_volume trim
+	# 64 chunks of 16K: text-like data, so each takes one or two io units.
+	nbdsh -u "$URI" -c "
+import random
+rng = random.Random(5)
+words = [bytes(rng.choice(b'abcdefgh') for _ in range(rng.randrange(2, 9))) for _ in range(200)]
+data = bytearray()
+while len(data) < 1 << 20:
+    data += rng.choice(words) + b' '
+h.pwrite(bytes(data[:1 << 20]), 0)
+h.flush()
+open('$WORK/trim.data', 'wb').write(bytes(data[:1 << 20]))
+"
+	stop_nbdkit
+	local chunks units free
+	chunks=$(info_field "$VOL" stats chunks_in_use)
+	units=$(info_field "$VOL" stats io_units_in_use)
+	free=$(info_field "$VOL" stats io_units_free)
+	[ "$chunks" = 64 ] || fail "64 chunks written, reduce info says $chunks in use"
+	start_nbdkit file="$VOL"
+	# Chunks 0-15 discarded by qemu-io, 16-31 trimmed and 32-39 zeroed by nbdsh; bytes
+	# 700000-700999 (inside chunk 42) zeroed, unaligned.
+	qemu-io -f raw -d unmap "$URI" -c "discard 0 256k" >"$WORK/qemu-io.out" ||
+		fail "qemu-io discard: $(cat "$WORK/qemu-io.out")"
+	nbdsh -u "$URI" -c "
+h.trim(256 << 10, 256 << 10)
+h.zero(128 << 10, 512 << 10)
+h.set_strict_mode(0)
+h.zero(1000, 700000)
+h.flush()
+want = bytearray(open('$WORK/trim.data', 'rb').read())
+want[0:640 << 10] = bytes(640 << 10)
+want[700000:701000] = bytes(1000)
+got = h.pread(1 << 20, 0)
+bad = next((i for i in range(len(want)) if got[i] != want[i]), None)
+assert bad is None, 'after trim and zero, byte %d reads %r, not %r' % (bad, got[bad], want[bad])
+" || fail "nbdsh: trim and zero"
+	stop_nbdkit
+	local chunks2 units2 free2
+	chunks2=$(info_field "$VOL" stats chunks_in_use)
+	units2=$(info_field "$VOL" stats io_units_in_use)
+	free2=$(info_field "$VOL" stats io_units_free)
+	[ "$chunks2" = 24 ] || fail "40 of 64 chunks discarded, reduce info says $chunks2 in use, not 24"
+	[ "$units2" -lt "$units" ] && [ $((free2 - free)) = $((units - units2)) ] ||
+		fail "io units in use $units -> $units2, free $free -> $free2: not freed"
+	"$REDUCE" check "$VOL" >"$WORK/check.out" 2>&1 || fail "reduce check after trim: $(cat "$WORK/check.out")"
+	rm -f "$WORK/trim.data"
+	passed "trim and zero: qemu-io discard, nbdsh trim and zero free 40 chunks ($((units - units2)) io units), read back as zeros; unaligned zero"
+}
+
+# A volume made with lz4 by the reduce command is served with lz4: what the command
+# imported reads back over NBD, and what NBD wrote the command exports back.
+t_lz4() {
+	mkdir -p "$WORK/pm"
+	VOL=$WORK/lz4.img
+	"$REDUCE" create "$VOL" --pm-dir "$WORK/pm" --size 256M --codec lz4 >/dev/null
+	real_files "$WORK/tree" 8000000
+	tar -cf "$WORK/data" -C "$WORK/tree" .
+	rm -rf "$WORK/tree" "$WORK/tree.list"
+	truncate -s 8M "$WORK/data"
+	"$REDUCE" import "$VOL" "$WORK/data" >/dev/null 2>&1 || fail "reduce import into the lz4 volume"
+	start_nbdkit file="$VOL"
+	nbdcopy "$URI" "$WORK/back"
+	cmp -n 8388608 "$WORK/back" "$WORK/data" || fail "lz4 volume: NBD reads other bytes than were imported"
+	# Reversed halves, written over NBD, for the command to read.
+	{ tail -c 4M "$WORK/data"; head -c 4M "$WORK/data"; } >"$WORK/data2"
+	nbdcopy --flush "$WORK/data2" "$URI"
+	stop_nbdkit
+	"$REDUCE" export "$VOL" "$WORK/back" >/dev/null 2>&1 || fail "reduce export of the lz4 volume"
+	cmp -n 8388608 "$WORK/data2" "$WORK/back" || fail "lz4 volume: reduce export reads other bytes than NBD wrote"
+	local algo
+	algo=$(info_field "$VOL" compression algo)
+	[ "$algo" = lz4 ] || fail "the lz4 volume now records $algo"
+	"$REDUCE" check "$VOL" >"$WORK/check.out" 2>&1 || fail "reduce check of the lz4 volume: $(cat "$WORK/check.out")"
+
+	# The same volume with no codec recorded (as the 2019 original writes: zeros where
+	# later SPDK keeps comp_level and comp_algo, in the superblock and its pm copy).
+	local pm
+	pm=$(info_field "$VOL" pm_file)
+	for f in "$VOL" "$pm"; do
+		head -c 8 /dev/zero | dd of="$f" bs=1 seek=48 conv=notrunc status=none
+	done
+	refused "the volume records no codec" file="$VOL"
+	rm -f "$WORK/data" "$WORK/data2" "$WORK/back" "$VOL" "$pm"
+	passed "lz4 volume: imported data served, NBD writes exported back, checker clean; a volume with no codec recorded is refused"
+}
+
 # fio_run NAME FIO-ARGS...: fio's nbd engine against the export, verify=crc32c.
 fio_run() {
 	local name=$1
@@ -363,8 +468,9 @@ t_kill() {
 		sleep "0.$((RANDOM % 9 + 1))"
 		kill_nbdkit
 		for w in "${pids[@]}"; do wait "$w"; done
+		"$REDUCE" check "$VOL" >"$WORK/check.out" 2>&1 ||
+			fail "after SIGKILL $cycle: reduce check: $(cat "$WORK/check.out")"
 		start_nbdkit file="$VOL" check=true
-		# `reduce check "$VOL"` goes here once the reduce command exists.
 		local -a last=()
 		for ((w = 0; w < WRITERS; w++)); do
 			last+=("$(tail -n 1 "$WORK/writer$w.flushed" 2>/dev/null || echo 0)")
@@ -399,6 +505,8 @@ t_qemu_img
 t_qemu_io
 t_nbdcopy
 t_unaligned
+t_trim
+t_lz4
 t_fio
 t_kill
 echo "nbd ($MODE): $PASSED passed, 0 failed"

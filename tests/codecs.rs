@@ -9,7 +9,8 @@ mod common;
 use common::*;
 use reduce::testkit::*;
 use reduce::{
-    Backend, Codec, CompAlgo, Compression, Errno, Lz4Codec, Params, Result, Volume, ZstdCodec,
+    Backend, Codec, CompAlgo, Compression, Errno, Lz4Codec, Params, Result, SyncCodec, Volume,
+    ZstdCodec,
 };
 
 const GEO: Geo = Geo::new(512, 4096, 16384, 512, 24);
@@ -79,6 +80,39 @@ fn lz4_block_decode(mut src: &[u8]) -> Vec<u8> {
             out.push(out[out.len() - offset]);
         }
     }
+}
+
+#[test]
+fn lz4_blocks_follow_the_block_format() {
+    let src: Vec<u8> = (0..16384u32)
+        .map(|i| match i % 4096 {
+            0..1000 => b'a',
+            1000..2000 => (i % 251) as u8,
+            _ => (i / 7) as u8,
+        })
+        .collect();
+    let mut dst = vec![0u8; 16384];
+    let n = Lz4Codec.compress_buf(&src, &mut dst).unwrap();
+    assert!(n < 16384 / 2, "{n}");
+    assert_eq!(lz4_block_decode(&dst[..n]), src);
+    let mut out = vec![0u8; 16384];
+    assert_eq!(Lz4Codec.decompress_buf(&dst[..n], &mut out).unwrap(), 16384);
+    assert_eq!(out, src);
+}
+
+#[test]
+fn lz4_incompressible_data_does_not_fit_but_encodes_with_room() {
+    let mut rng = Rng::new(7);
+    let src: Vec<u8> = (0..16384).map(|_| rng.below(256) as u8).collect();
+    let err = Lz4Codec
+        .compress_buf(&src, &mut vec![0u8; 16384])
+        .unwrap_err();
+    assert_eq!(err, Errno::ENOSPC);
+    // With room for the worst case it fits, as a block of mostly literals.
+    let mut big = vec![0u8; 16384 + 16384 / 255 + 16];
+    let n = Lz4Codec.compress_buf(&src, &mut big).unwrap();
+    assert!(n > 16384);
+    assert_eq!(lz4_block_decode(&big[..n]), src);
 }
 
 /// Writes a mix of whole chunks and partial writes of every kind of data.

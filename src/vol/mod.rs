@@ -23,7 +23,7 @@ mod verify;
 pub use lifecycle::InitPlan;
 #[cfg(feature = "testkit")]
 pub use request::MAX_ACTIVE;
-pub use request::Op;
+pub use split::Op;
 pub use user::{Segments, UserIo, segment_pieces};
 
 pub(crate) use lifecycle::Core;

@@ -59,7 +59,7 @@ use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 
-use super::split::Parents;
+use super::split::{Op, Parents, Piece, locate};
 use super::{Action, UserIo};
 use crate::backing::{BackingIo, Extent};
 use crate::codec::CodecIo;
@@ -72,45 +72,6 @@ use crate::maps::{ChunkMap, Metadata, checksum_ok};
 /// Pieces holding chunk buffers at once. It matches the extra chunk maps, so writes in
 /// flight on a volume full of incompressible data still find room.
 pub const MAX_ACTIVE: usize = crate::format::EXTRA_CHUNKS as usize;
-
-/// What a request does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Copies blocks from the volume into the caller's buffers.
-    Read,
-    /// Stores the caller's buffers in the volume.
-    Write,
-    /// Discards blocks: they read as zeros afterwards, and a chunk left all zeros takes
-    /// no space. Carries no buffers.
-    Unmap,
-}
-
-/// What one piece of a request does.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Piece {
-    /// `op` on bytes `start..start + len` of chunk `chunk`, which are bytes `at..` of the
-    /// request's buffers (an unmap has none).
-    Chunk {
-        op: Op,
-        chunk: u64,
-        start: usize,
-        len: usize,
-        at: usize,
-    },
-    /// Empties `count` whole chunks from `first` (an unmap).
-    Clear { first: u64, count: u64 },
-}
-
-impl Piece {
-    /// The piece's chunks, for messages.
-    fn chunks(&self) -> String {
-        match *self {
-            Piece::Chunk { chunk, .. } => format!("chunk {chunk}"),
-            Piece::Clear { first, count: 1 } => format!("chunk {first}"),
-            Piece::Clear { first, count } => format!("chunks {first}..={}", first + count - 1),
-        }
-    }
-}
 
 /// The two chunk-sized buffers of an active piece: `plain` for the chunk's data,
 /// `packed` for its compressed form.
@@ -935,7 +896,7 @@ impl Engine {
         self.free_slots.push(id);
         self.in_hand = None;
         if let Some(parent) = parent {
-            self.piece_done(parent, result);
+            self.parents.piece_done(parent, result);
         }
     }
 
@@ -972,6 +933,64 @@ impl Engine {
         );
         self.end(id, Err(e.logged()));
         Some(id)
+    }
+}
+
+impl Engine {
+    pub(crate) fn outstanding(&self) -> usize {
+        self.parents.outstanding()
+    }
+
+    /// Takes a request: an invalid or empty one completes at once, holding nothing;
+    /// any other is ordered after the earlier ones it overlaps and runs piece by piece.
+    /// `counted`: whether it counts in the volume's statistics.
+    pub(crate) fn submit(
+        &mut self,
+        op: Op,
+        offset: u64,
+        length: u64,
+        user: Box<dyn UserIo>,
+        counted: bool,
+        out: &mut Vec<Action>,
+    ) {
+        match locate(&self.meta.geo, op, offset, length, user.len()) {
+            Ok(Some(span)) => {
+                self.parents.open(op, span, user, counted);
+                self.run(out);
+            }
+            Ok(None) => self.reject(op, user, Ok(()), counted, out),
+            Err(e) => self.reject(op, user, Err(e), counted, out),
+        }
+    }
+
+    /// Completes a request that never ran (refused, or empty), counting it.
+    pub(crate) fn reject(
+        &mut self,
+        op: Op,
+        user: Box<dyn UserIo>,
+        result: Result<()>,
+        counted: bool,
+        out: &mut Vec<Action>,
+    ) {
+        if counted {
+            self.parents.record(op, result.is_err());
+        }
+        out.push(Action::Finish(user, result));
+    }
+
+    /// Request `r` hands out what pieces it may, and completes once it is done.
+    pub(super) fn refill(&mut self, r: usize, out: &mut Vec<Action>) {
+        if !self.parents.runnable(r) {
+            return;
+        }
+        let geo = self.meta.geo;
+        while let Some(piece) = self.parents.next_piece(r, &geo) {
+            self.open_slot(r, piece);
+        }
+        if self.parents.done(r) {
+            let (user, result) = self.parents.close(r);
+            out.push(Action::Finish(user, result));
+        }
     }
 }
 

@@ -31,10 +31,48 @@ use std::collections::{BTreeMap, VecDeque};
 
 use smallvec::SmallVec;
 
-use super::request::{Engine, Op, Piece};
-use super::{Action, UserIo};
+use super::UserIo;
 use crate::error::{Errno, Error, Result};
 use crate::format::Geometry;
+
+/// What a request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Copies blocks from the volume into the caller's buffers.
+    Read,
+    /// Stores the caller's buffers in the volume.
+    Write,
+    /// Discards blocks: they read as zeros afterwards, and a chunk left all zeros takes
+    /// no space. Carries no buffers.
+    Unmap,
+}
+
+/// What one piece of a request does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Piece {
+    /// `op` on bytes `start..start + len` of chunk `chunk`, which are bytes `at..` of the
+    /// request's buffers (an unmap has none).
+    Chunk {
+        op: Op,
+        chunk: u64,
+        start: usize,
+        len: usize,
+        at: usize,
+    },
+    /// Empties `count` whole chunks from `first` (an unmap).
+    Clear { first: u64, count: u64 },
+}
+
+impl Piece {
+    /// The piece's chunks, for messages.
+    pub(super) fn chunks(&self) -> String {
+        match *self {
+            Piece::Chunk { chunk, .. } => format!("chunk {chunk}"),
+            Piece::Clear { first, count: 1 } => format!("chunk {first}"),
+            Piece::Clear { first, count } => format!("chunks {first}..={}", first + count - 1),
+        }
+    }
+}
 
 /// Pieces of one request in flight at once: enough to keep a device and a codec pool
 /// busy, few enough that a huge request holds little.
@@ -66,7 +104,7 @@ impl Counts {
 
 /// The chunks and blocks a valid, non-empty request covers.
 #[derive(Clone, Copy)]
-struct Span {
+pub(super) struct Span {
     /// Logical blocks `offset..offset + length`.
     offset: u64,
     length: u64,
@@ -174,9 +212,24 @@ impl Parents {
         self.outstanding
     }
 
+    /// Counts a request that completed without running (refused, or empty).
+    pub(super) fn record(&mut self, op: Op, failed: bool) {
+        self.counts.record(op, failed);
+    }
+
+    /// A piece of request `r` ended with `result`: the first error is the request's.
+    pub(super) fn piece_done(&mut self, r: usize, result: Result<()>) {
+        let p = &mut self.table[r];
+        p.live -= 1;
+        if let (Err(e), Ok(())) = (result, &p.result) {
+            p.result = Err(e);
+        }
+        self.to_refill.push_back(r);
+    }
+
     /// A new request over `span`, after every earlier one it overlaps: queued to hand
     /// out pieces at once when none is in flight.
-    fn open(&mut self, op: Op, span: Span, user: Box<dyn UserIo>, counted: bool) {
+    pub(super) fn open(&mut self, op: Op, span: Span, user: Box<dyn UserIo>, counted: bool) {
         let parent = Parent {
             user: Some(user),
             op,
@@ -210,7 +263,7 @@ impl Parents {
 
     /// The next piece of request `r`, or `None` when it should hand out no more (all
     /// handed out, a piece failed, or as many in flight as it may have).
-    fn next_piece(&mut self, r: usize, geo: &Geometry) -> Option<Piece> {
+    pub(super) fn next_piece(&mut self, r: usize, geo: &Geometry) -> Option<Piece> {
         let p = &mut self.table[r];
         let Span {
             offset,
@@ -251,13 +304,13 @@ impl Parents {
     }
 
     /// Whether request `r` has handed out all it will and every piece has ended.
-    fn done(&self, r: usize) -> bool {
+    pub(super) fn done(&self, r: usize) -> bool {
         let p = &self.table[r];
         p.live == 0 && (p.next > p.span.last || p.result.is_err())
     }
 
     /// Request `r` is in flight and no earlier request holds it back.
-    fn runnable(&self, r: usize) -> bool {
+    pub(super) fn runnable(&self, r: usize) -> bool {
         self.table
             .get(r)
             .is_some_and(|p| p.user.is_some() && p.blockers == 0)
@@ -265,7 +318,7 @@ impl Parents {
 
     /// Completes request `r`: the requests waiting for it go (once nothing else holds
     /// them back); returns its caller's side and result.
-    fn close(&mut self, r: usize) -> (Box<dyn UserIo>, Result<()>) {
+    pub(super) fn close(&mut self, r: usize) -> (Box<dyn UserIo>, Result<()>) {
         let p = &mut self.table[r];
         let user = p.user.take().expect("a request completes once");
         let result = std::mem::replace(&mut p.result, Ok(()));
@@ -288,111 +341,48 @@ impl Parents {
     }
 }
 
-impl Engine {
-    pub(crate) fn outstanding(&self) -> usize {
-        self.parents.outstanding()
+/// The span of a request, `None` for an empty one; `EINVAL` for a range outside the
+/// volume, or buffers that do not hold exactly its blocks (an unmap has none).
+pub(super) fn locate(
+    geo: &Geometry,
+    op: Op,
+    offset: u64,
+    length: u64,
+    user_len: usize,
+) -> Result<Option<Span>> {
+    if length == 0 {
+        return Ok(None);
     }
-
-    /// Takes a request: an invalid or empty one completes at once, holding nothing;
-    /// any other is ordered after the earlier ones it overlaps and runs piece by piece.
-    /// `counted`: whether it counts in the volume's statistics.
-    pub(crate) fn submit(
-        &mut self,
-        op: Op,
-        offset: u64,
-        length: u64,
-        user: Box<dyn UserIo>,
-        counted: bool,
-        out: &mut Vec<Action>,
-    ) {
-        match self.locate(op, offset, length, user.len()) {
-            Ok(Some(span)) => {
-                self.parents.open(op, span, user, counted);
-                self.run(out);
+    let lbs = u64::from(geo.params.logical_block_size);
+    let per_chunk = u64::from(geo.blocks_per_chunk);
+    let blocks = geo.chunks * per_chunk;
+    let invalid = |why: String| Err(Error::new(Errno::EINVAL, why));
+    let end = match offset.checked_add(length) {
+        Some(end) if end <= blocks => end,
+        _ => {
+            return invalid(format!(
+                "blocks {offset}+{length} run past the end of the volume ({blocks} blocks)"
+            ));
+        }
+    };
+    let want = match op {
+        Op::Unmap => Some(0),
+        Op::Read | Op::Write => length.checked_mul(lbs),
+    };
+    if want != Some(user_len as u64) {
+        return invalid(match op {
+            Op::Unmap => {
+                format!("an unmap carries no buffers, and these hold {user_len} bytes")
             }
-            Ok(None) => self.reject(op, user, Ok(()), counted, out),
-            Err(e) => self.reject(op, user, Err(e), counted, out),
-        }
+            _ => format!("buffers of {user_len} bytes for {length} blocks of {lbs} bytes"),
+        });
     }
-
-    /// Completes a request that never ran (refused, or empty), counting it.
-    pub(crate) fn reject(
-        &mut self,
-        op: Op,
-        user: Box<dyn UserIo>,
-        result: Result<()>,
-        counted: bool,
-        out: &mut Vec<Action>,
-    ) {
-        if counted {
-            self.parents.counts.record(op, result.is_err());
-        }
-        out.push(Action::Finish(user, result));
-    }
-
-    /// The span of a request, `None` for an empty one; `EINVAL` for a range outside the
-    /// volume, or buffers that do not hold exactly its blocks (an unmap has none).
-    fn locate(&self, op: Op, offset: u64, length: u64, user_len: usize) -> Result<Option<Span>> {
-        if length == 0 {
-            return Ok(None);
-        }
-        let geo = &self.meta.geo;
-        let lbs = u64::from(geo.params.logical_block_size);
-        let per_chunk = u64::from(geo.blocks_per_chunk);
-        let blocks = geo.chunks * per_chunk;
-        let invalid = |why: String| Err(Error::new(Errno::EINVAL, why));
-        let end = match offset.checked_add(length) {
-            Some(end) if end <= blocks => end,
-            _ => {
-                return invalid(format!(
-                    "blocks {offset}+{length} run past the end of the volume ({blocks} blocks)"
-                ));
-            }
-        };
-        let want = match op {
-            Op::Unmap => Some(0),
-            Op::Read | Op::Write => length.checked_mul(lbs),
-        };
-        if want != Some(user_len as u64) {
-            return invalid(match op {
-                Op::Unmap => {
-                    format!("an unmap carries no buffers, and these hold {user_len} bytes")
-                }
-                _ => format!("buffers of {user_len} bytes for {length} blocks of {lbs} bytes"),
-            });
-        }
-        Ok(Some(Span {
-            offset,
-            length,
-            first: offset / per_chunk,
-            last: (end - 1) / per_chunk,
-        }))
-    }
-
-    /// Request `r` hands out what pieces it may, and completes once it is done.
-    pub(super) fn refill(&mut self, r: usize, out: &mut Vec<Action>) {
-        if !self.parents.runnable(r) {
-            return;
-        }
-        let geo = self.meta.geo;
-        while let Some(piece) = self.parents.next_piece(r, &geo) {
-            self.open_slot(r, piece);
-        }
-        if self.parents.done(r) {
-            let (user, result) = self.parents.close(r);
-            out.push(Action::Finish(user, result));
-        }
-    }
-
-    /// A piece of request `r` ended with `result`: the first error is the request's.
-    pub(super) fn piece_done(&mut self, r: usize, result: Result<()>) {
-        let p = &mut self.parents.table[r];
-        p.live -= 1;
-        if let (Err(e), Ok(())) = (result, &p.result) {
-            p.result = Err(e);
-        }
-        self.parents.to_refill.push_back(r);
-    }
+    Ok(Some(Span {
+        offset,
+        length,
+        first: offset / per_chunk,
+        last: (end - 1) / per_chunk,
+    }))
 }
 
 #[cfg(test)]

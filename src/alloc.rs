@@ -13,11 +13,14 @@ pub struct FreeMap {
 }
 
 impl FreeMap {
-    pub fn new(len: usize) -> FreeMap {
+    /// A map whose used bits are `used`, `in_use` of them (counted by the caller as it
+    /// set them, so that taking over a bitmap of millions of bits costs no pass).
+    pub fn from_used(used: FixedBitSet, in_use: usize) -> FreeMap {
+        debug_assert_eq!(used.count_ones(..), in_use);
         FreeMap {
-            used: FixedBitSet::with_capacity(len),
+            used,
             hint: 0,
-            in_use: 0,
+            in_use,
         }
     }
 
@@ -31,15 +34,6 @@ impl FreeMap {
 
     pub fn is_used(&self, index: usize) -> bool {
         self.used.contains(index)
-    }
-
-    /// Marks `index` used; false when it is out of range or already used.
-    pub fn claim(&mut self, index: usize) -> bool {
-        if index >= self.used.len() || self.used.put(index) {
-            return false;
-        }
-        self.in_use += 1;
-        true
     }
 
     /// The lowest free index, now marked used.
@@ -75,12 +69,15 @@ impl FreeMap {
 mod tests {
     use super::*;
 
+    fn empty(len: usize) -> FreeMap {
+        FreeMap::from_used(FixedBitSet::with_capacity(len), 0)
+    }
+
     #[test]
     fn first_fit_reuses_the_lowest_free() {
-        let mut m = FreeMap::new(130);
-        assert!(m.claim(0) && m.claim(1));
-        assert!(!m.claim(1), "claimed twice");
-        assert!(!m.claim(130), "out of range");
+        let mut used = FixedBitSet::with_capacity(130);
+        used.insert_range(..2);
+        let mut m = FreeMap::from_used(used, 2);
         let got: Vec<_> = (0..128).map(|_| m.alloc().unwrap()).collect();
         assert_eq!(got, (2..130).collect::<Vec<_>>());
         assert_eq!(m.alloc(), None);
@@ -94,8 +91,8 @@ mod tests {
 
     #[test]
     fn empty_and_word_sized_maps() {
-        assert_eq!(FreeMap::new(0).alloc(), None);
-        let mut m = FreeMap::new(64);
+        assert_eq!(empty(0).alloc(), None);
+        let mut m = empty(64);
         for i in 0..64 {
             assert_eq!(m.alloc(), Some(i));
         }

@@ -1,16 +1,18 @@
 //! pm files on a file system, mapped with memmap2 and persisted with msync, each held
-//! with `flock(LOCK_EX | LOCK_NB)` while in use.
+//! with `flock(LOCK_EX | LOCK_NB)` while in use. A fill goes through the descriptor
+//! (pwrite, then fdatasync), so formatting a file of gigabytes leaves its pages in the
+//! page cache and out of the process's resident memory.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
-use super::{PmLock, PmRegion, PmStore};
+use super::{PmLock, PmRegion, PmStore, in_pieces};
 use crate::error::{Errno, Error, Result};
 
 /// The pm store of a real application: files in a directory the caller names.
@@ -19,8 +21,9 @@ pub struct FileStore;
 
 struct FileRegion {
     map: MmapMut,
-    /// The locked file: the lock lives as long as this descriptor.
-    _file: File,
+    /// The locked file (the lock lives as long as this descriptor), written through
+    /// by `fill`.
+    file: File,
 }
 
 /// A locked file, not mapped.
@@ -60,18 +63,6 @@ fn lock_exclusive(file: &File) -> Result<()> {
     Err(os_error("locking", &err))
 }
 
-/// Gives the file `len` bytes with their blocks allocated, so a full file system is an
-/// `ENOSPC` now rather than a SIGBUS on the first store into a sparse mapping.
-fn reserve(file: &File, len: u64) -> Result<()> {
-    let bytes = libc::off_t::try_from(len)
-        .map_err(|_| Error::new(Errno::EINVAL, format!("{len} bytes is too large a file")))?;
-    // SAFETY: a plain syscall on a file descriptor we own for the duration.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes) } {
-        0 => Ok(()),
-        err => Err(Error::new(Errno(err), format!("allocating {len} bytes"))),
-    }
-}
-
 impl PmStore for FileStore {
     fn create(&self, path: &Path, len: u64) -> Result<Box<dyn PmRegion>> {
         let file = OpenOptions::new()
@@ -81,11 +72,16 @@ impl PmStore for FileStore {
             .mode(0o600)
             .open(path)
             .map_err(|e| os_error("creating", &e))?;
+        // Sized only: the fill that follows allocates the blocks (and is where a full
+        // file system shows), which costs one pass over the file instead of two.
         let mapped = lock_exclusive(&file)
-            .and_then(|()| reserve(&file, len))
+            .and_then(|()| {
+                file.set_len(len)
+                    .map_err(|e| os_error(&format!("sizing to {len} bytes"), &e))
+            })
             .and_then(|()| map(&file));
         match mapped {
-            Ok(map) => Ok(Box::new(FileRegion { map, _file: file })),
+            Ok(map) => Ok(Box::new(FileRegion { map, file })),
             Err(e) => {
                 // Nothing is left behind by a failed create; the create error is the
                 // one the caller needs.
@@ -114,7 +110,7 @@ impl PmStore for FileStore {
         }
         check_len(meta.len())?;
         let map = map(&file)?;
-        Ok(Box::new(FileRegion { map, _file: file }))
+        Ok(Box::new(FileRegion { map, file }))
     }
 
     fn lock(&self, path: &Path) -> Result<Option<Box<dyn PmLock>>> {
@@ -166,5 +162,17 @@ impl PmRegion for FileRegion {
         self.map
             .flush_range(offset, len)
             .map_err(|e| os_error("persisting", &e))
+    }
+
+    fn fill(&mut self, offset: usize, len: usize, byte: u8) -> Result<()> {
+        debug_assert!(offset + len <= self.map.len(), "fill beyond the pm file");
+        in_pieces(offset, len, byte, |at, piece| {
+            self.file
+                .write_all_at(piece, at as u64)
+                .map_err(|e| os_error("filling", &e))
+        })?;
+        self.file
+            .sync_data()
+            .map_err(|e| os_error("persisting the fill", &e))
     }
 }

@@ -1,7 +1,8 @@
 //! The pm file: the metadata region the volume maps whole, and where such files live.
 //!
 //! [`PmRegion`] is one mapped file: read it as bytes, write it, and `persist` a range
-//! (msync for a file). [`PmStore`] creates, opens and removes them by path. Paths are
+//! (msync for a file), and `fill` a range without mapping it in (init's all-ones
+//! maps). [`PmStore`] creates, opens and removes them by path. Paths are
 //! bytes, as the OS has them (`Path`), never required to be UTF-8.
 //!
 //! A volume is open at most once: a region holds an exclusive lock on its file for as
@@ -23,6 +24,28 @@ use std::path::Path;
 
 use crate::error::Result;
 
+/// Bytes [`PmRegion::fill`] writes at a time: filling needs no buffer of the file's size.
+pub const FILL_PIECE: usize = 1 << 20;
+
+/// Hands `write` the range `offset..offset + len` as pieces of [`FILL_PIECE`] bytes of
+/// `byte` (one buffer, reused), stopping at the first error.
+fn in_pieces(
+    offset: usize,
+    len: usize,
+    byte: u8,
+    mut write: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let piece = vec![byte; FILL_PIECE.min(len)];
+    let end = offset + len;
+    let mut at = offset;
+    while at < end {
+        let n = piece.len().min(end - at);
+        write(at, &piece[..n])?;
+        at += n;
+    }
+    Ok(())
+}
+
 /// One mapped pm file. Offsets and ranges are always within `bytes()`.
 pub trait PmRegion {
     /// The whole file, as it is now in memory.
@@ -34,6 +57,19 @@ pub trait PmRegion {
     fn store_u64(&mut self, offset: usize, value: u64);
     /// Makes `len` bytes at `offset` durable.
     fn persist(&mut self, offset: usize, len: usize) -> Result<()>;
+
+    /// Sets `len` bytes at `offset` to `byte` and makes them durable, [`FILL_PIECE`]
+    /// bytes at a time. A real file writes them through its descriptor instead, so
+    /// that none of its pages is mapped into the process, and every block of the range
+    /// is allocated then: a full file system fails here (`ENOSPC`), never later with a
+    /// store into the mapping.
+    fn fill(&mut self, offset: usize, len: usize, byte: u8) -> Result<()> {
+        in_pieces(offset, len, byte, |at, piece| {
+            self.write(at, piece);
+            Ok(())
+        })?;
+        self.persist(offset, len)
+    }
 
     /// The file's size in bytes.
     fn len(&self) -> usize {
@@ -71,7 +107,9 @@ pub trait PmLock {}
 /// lock until dropped.
 pub trait PmStore {
     /// Creates `path` exclusively (mode 0600), `len` bytes of zeros, locks and maps it.
-    /// On failure nothing is left behind. The OS errno (`EEXIST`, `ENOENT`,
+    /// Its blocks need not be allocated yet: the caller fills every byte
+    /// ([`PmRegion::fill`]) before it stores into the mapping. On failure nothing is
+    /// left behind. The OS errno (`EEXIST`, `ENOENT`,
     /// `EACCES`...).
     fn create(&self, path: &Path, len: u64) -> Result<Box<dyn PmRegion>>;
     /// Opens, locks and maps an existing file, but only a regular file (`EILSEQ`

@@ -158,8 +158,8 @@ pub(crate) fn audit(
 ) -> (Report, Vec<u64>) {
     let mut scan = view.scan();
     let mut report = Report {
-        chunks_in_use: scan.chunk_maps.count_ones(..) as u64,
-        io_units_referenced: scan.io_units.count_ones(..) as u64,
+        chunks_in_use: scan.chunk_maps.count_ones() as u64,
+        io_units_referenced: scan.io_units.count_ones() as u64,
         chunks_read: 0,
         problems: std::mem::take(&mut scan.problems)
             .into_iter()

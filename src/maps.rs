@@ -19,10 +19,9 @@
 use std::fmt;
 use std::ops::Range;
 
-use fixedbitset::FixedBitSet;
 use smallvec::SmallVec;
 
-use crate::alloc::FreeMap;
+use crate::alloc::{Bitmap, FreeMap};
 use crate::error::{Errno, Error, Result};
 use crate::format::{EMPTY_ENTRY, Geometry, NO_CHECKSUM, SUPERBLOCK_SIZE};
 use crate::log::{self, Level};
@@ -124,8 +123,8 @@ impl fmt::Display for MapProblem {
 
 /// What the logical map references, and what is wrong with it.
 pub struct Scan {
-    pub chunk_maps: FixedBitSet,
-    pub io_units: FixedBitSet,
+    pub chunk_maps: Bitmap,
+    pub io_units: Bitmap,
     /// Chunks whose entry and chunk map are valid, in order (a full scan only).
     pub chunks: Vec<u64>,
     /// The first [`LISTED_PROBLEMS`] problems found.
@@ -223,8 +222,8 @@ impl MapView<'_> {
 
     fn walk(&self, depth: Depth) -> Scan {
         let mut s = Scan {
-            chunk_maps: FixedBitSet::with_capacity(self.chunk_maps as usize),
-            io_units: FixedBitSet::with_capacity(self.geo.total_io_units as usize),
+            chunk_maps: Bitmap::new(self.chunk_maps as usize),
+            io_units: Bitmap::new(self.geo.total_io_units as usize),
             chunks: Vec::new(),
             problems: Vec::new(),
             problems_left_out: 0,
@@ -321,8 +320,8 @@ impl Metadata {
         Ok(Self::assemble(
             geo,
             pm,
-            FixedBitSet::with_capacity(usable as usize),
-            FixedBitSet::with_capacity(geo.total_io_units as usize),
+            Bitmap::new(usable as usize),
+            Bitmap::new(geo.total_io_units as usize),
             Space::default(),
         ))
     }
@@ -360,12 +359,12 @@ impl Metadata {
     fn assemble(
         geo: Geometry,
         pm: Box<dyn PmRegion>,
-        chunk_maps: FixedBitSet,
-        mut io_units: FixedBitSet,
+        chunk_maps: Bitmap,
+        mut io_units: Bitmap,
         space: Space,
     ) -> Metadata {
         let reserved = geo.reserved_io_units.min(geo.total_io_units);
-        io_units.insert_range(..reserved as usize);
+        io_units.set_first(reserved as usize);
         Metadata {
             geo,
             chunk_maps: FreeMap::from_used(chunk_maps, space.chunks as usize),

@@ -3,7 +3,8 @@
 #   make test   every test: Rust, C (plain, ASan+UBSan, valgrind), miri, header, lint,
 #               the README's examples, the staged install, the NBD export with real clients
 # `make` builds the library, the reduce command (target/release/reduce) and the nbdkit plugin.
-# Long runs have their own targets: make soak, make fuzz, make bench, make integration.
+# Long runs have their own targets: make soak, make fuzz, make bench, make scale,
+# make integration.
 # Installing: make, then make install PREFIX=/usr/local (DESTDIR= to stage); make uninstall.
 
 CARGO    ?= cargo
@@ -13,7 +14,7 @@ LIB      := $(LIBDIR)/libreduce.so
 BUILD    := build
 FIXTURES := tests/fixtures
 
-.PHONY: all lib cli deps demo test rust-test miri header header-check lint soak fuzz fuzz-seeds bench clean
+.PHONY: all lib cli deps demo test rust-test miri header header-check lint soak fuzz fuzz-seeds bench scale clean
 .PHONY: install uninstall install-built install-test
 
 all: lib cli nbd-plugin
@@ -178,3 +179,9 @@ $(BUILD)/bench: benches/bench.c include/reduce.h lib
 
 bench: $(BUILD)/bench
 	$(BUILD)/bench
+
+# Init and load of large volumes (tests/scale.rs, its ignored tests): prints time,
+# resident memory and heap for a sparse 1 TiB volume and a full 64 GiB one (3 GiB and
+# 192 MiB pm files on /dev/shm).
+scale:
+	$(CARGO) test --profile $(PROFILE) --test scale -- --ignored --nocapture --test-threads=1

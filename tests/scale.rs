@@ -220,10 +220,11 @@ fn figures_1_tib_sparse() {
 
     let init = measure(|| Volume::init(params(), dev.clone(), ZstdCodec, dir.path()).unwrap());
     print("1 TiB init", &init, pm_len);
+    let idle = PEAK.current_usage() - heap0;
+    let maps = free_map_bytes(g);
     println!(
-        "1 TiB idle heap: {:.2} MiB (free maps {:.2} MiB)",
-        (PEAK.current_usage() - heap0) as f64 / MIB as f64,
-        free_map_bytes(g) as f64 / MIB as f64
+        "1 TiB idle heap: {idle} bytes = the free maps' {maps} + {} bytes",
+        idle as i64 - maps as i64
     );
     init.out.unload().unwrap();
 

@@ -478,7 +478,8 @@ impl Metadata {
             ))
         })?;
         for s in group {
-            self.pm.store_u64(geo.logical_entry_offset(s.chunk), s.index);
+            self.pm
+                .store_u64(geo.logical_entry_offset(s.chunk), s.index);
         }
         let first = group.iter().map(|s| s.chunk).min().unwrap_or(0);
         let last = group.iter().map(|s| s.chunk).max().unwrap_or(0);

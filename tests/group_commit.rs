@@ -22,6 +22,9 @@ const MODES: [Mode; 2] = [Mode::Deferred, Mode::Immediate];
 const CHUNK: usize = 4096;
 const BPC: u64 = 8;
 
+/// Each write's chunk and result, in completion order.
+type Results = Rc<RefCell<Vec<(u64, Result<()>)>>>;
+
 /// The pm persists recorded in `journal`.
 fn persists(journal: &Journal) -> usize {
     journal
@@ -34,11 +37,8 @@ fn persists(journal: &Journal) -> usize {
 /// Submits every write of `writes` (chunk, data) from inside one completion (of an
 /// empty request), so that a device completing inside the call takes them in one drain
 /// too; their results go into the returned list, in completion order.
-fn submit_together(
-    vol: &Volume,
-    writes: Vec<(u64, Vec<u8>)>,
-) -> Rc<RefCell<Vec<(u64, Result<()>)>>> {
-    let results: Rc<RefCell<Vec<(u64, Result<()>)>>> = Rc::default();
+fn submit_together(vol: &Volume, writes: Vec<(u64, Vec<u8>)>) -> Results {
+    let results: Results = Rc::default();
     let (v, r) = (vol.clone(), results.clone());
     vol.unmap(0, 0, move |empty| {
         empty.expect("an empty request");
@@ -53,7 +53,7 @@ fn submit_together(
 }
 
 /// Delivers completions until `n` results are in.
-fn wait_for(rig: &Rig, results: &Rc<RefCell<Vec<(u64, Result<()>)>>>, n: usize) {
+fn wait_for(rig: &Rig, results: &Results, n: usize) {
     while results.borrow().len() < n {
         assert!(rig.poll_one(), "writes stuck");
     }

@@ -8,7 +8,9 @@
 //! (a completion inside the call, a new request from a callback, an unload) posts an
 //! event and returns at once, because the volume is already draining. So the stack
 //! stays flat however many requests chain from callbacks, and no borrow is held across
-//! a call to the outside.
+//! a call to the outside. When no event is left, the loop lets the engine commit the
+//! group of writes whose data is on the device (`Engine::flush_group`), so that writes
+//! ready together share their pm persists.
 //!
 //! A panic while handling an event is a bug in this library; the drain loop stops it
 //! there, fails the request the engine had in hand with `EIO` (releasing what it held)

@@ -11,8 +11,9 @@
 //! unmap:    └─ whole-chunk write, or chunk empty (zeros around) ─► chunk_ready
 //!         chunk_ready (merge the caller's data, or zeros for an unmap)
 //!           ├─ all zeros ─► clear ─► (trim_done) ─► finish
-//!           └─ compress_done ─► write_chunk (allocate) ─► write_chunk_done ─► commit
-//!              (persist chunk map, switch logical map entry, free old) ─► finish
+//!           └─ compress_done ─► write_chunk (allocate) ─► write_chunk_done (stage the
+//!              chunk map) ─► Committing, in the group ─► flush: the group's chunk maps
+//!              persisted, its entries switched and persisted ─► free old ─► finish
 //!         write_chunk, no space while others hold some ─► (waits) ─► write_chunk
 //! clear:  admit ─► clear (empty the entries of a run of whole chunks, persist, free
 //!         their chunk maps) ─► the device discards their io units ─► trim_done ─►
@@ -36,6 +37,13 @@
 //! ends with `EIO` (so its request fails), releasing its new chunk map and io units, the
 //! io units it freed and its claim on buffers; whatever it had lent comes back later
 //! under a stale ticket and is dropped.
+//!
+//! Group commit: a written piece does not persist its metadata alone. It writes its
+//! chunk map into the pm mapping and waits in the group; the drain loop, once it has
+//! no event left, commits the group ([`Engine::flush_group`]) when no operation that
+//! could bring another piece into it is out (or at once when the group is full): one
+//! persist of the chunk maps, the entries switched, one persist of the entries, then
+//! every piece completes in order. A failed persist fails the whole group.
 //!
 //! At most [`MAX_ACTIVE`] pieces hold chunk buffers at once; the rest wait in order, so
 //! any number may be submitted. Everything a piece holds is released before its request
@@ -933,25 +941,19 @@ impl Engine {
             .collect()
     }
 
-    /// Takes in hand the next piece of `queue` (the group, or the committed), parked
-    /// as `Committing`.
-    fn take_committing(&mut self, from_group: bool) -> Option<usize> {
-        let queue = if from_group {
-            &mut self.group
-        } else {
-            &mut self.committed
-        };
-        let id = queue.pop_front()?;
+    /// Takes in hand piece `id`, just taken from the group or the committed, where it
+    /// was parked as `Committing`.
+    fn take_committing(&mut self, id: usize) {
         let stage = self.slots[id].stage.take();
         debug_assert!(matches!(stage, Some(Stage::Committing)), "piece {id}");
         self.in_hand = Some(id);
-        Some(id)
     }
 
     /// Ends every piece of the group with `e`, in order, each giving back its new chunk
     /// map (its entry is the old one: the commit set it back).
     fn fail_group(&mut self, e: Error) {
-        while let Some(id) = self.take_committing(true) {
+        while let Some(id) = self.group.pop_front() {
+            self.take_committing(id);
             if let Some(new) = self.drop_new(id) {
                 self.meta.release(new.index, &new.map.io_units);
             }
@@ -961,7 +963,8 @@ impl Engine {
 
     /// Completes the pieces of a committed group, in order.
     fn complete_committed(&mut self) {
-        while let Some(id) = self.take_committing(false) {
+        while let Some(id) = self.committed.pop_front() {
+            self.take_committing(id);
             let chunk = self.chunk_of(id);
             let new = self
                 .drop_new(id)

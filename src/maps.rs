@@ -463,14 +463,14 @@ impl Metadata {
     /// stay allocated for the caller to release.
     pub fn commit_group(&mut self, group: &[Switch]) -> Result<()> {
         let geo = self.geo;
-        let (Some(first), Some(last)) = (
-            group.iter().map(|s| s.index).min(),
-            group.iter().map(|s| s.index).max(),
+        let (Some((first_map, last_map)), Some((first_chunk, last_chunk))) = (
+            bounds(group.iter().map(|s| s.index)),
+            bounds(group.iter().map(|s| s.chunk)),
         ) else {
             return Ok(());
         };
-        let at = geo.chunk_map_offset(first);
-        let len = geo.chunk_map_offset(last) + geo.chunk_map_stride as usize - at;
+        let at = geo.chunk_map_offset(first_map);
+        let len = geo.chunk_map_offset(last_map) + geo.chunk_map_stride as usize - at;
         self.pm.persist(at, len).map_err(|e| {
             e.context(format_args!(
                 "{}: persisting their new chunk maps",
@@ -481,10 +481,8 @@ impl Metadata {
             self.pm
                 .store_u64(geo.logical_entry_offset(s.chunk), s.index);
         }
-        let first = group.iter().map(|s| s.chunk).min().unwrap_or(0);
-        let last = group.iter().map(|s| s.chunk).max().unwrap_or(0);
-        let at = geo.logical_entry_offset(first);
-        let len = geo.logical_entry_offset(last) + 8 - at;
+        let at = geo.logical_entry_offset(first_chunk);
+        let len = geo.logical_entry_offset(last_chunk) + 8 - at;
         if let Err(e) = self.pm.persist(at, len) {
             self.unswitch(group);
             return Err(e.context(format_args!(
@@ -609,6 +607,11 @@ impl Metadata {
     pub fn chunk_maps_usable(&self) -> u64 {
         self.chunk_maps.len() as u64
     }
+}
+
+/// The least and the greatest of `values`; `None` when there are none.
+fn bounds(values: impl Iterator<Item = u64> + Clone) -> Option<(u64, u64)> {
+    Some((values.clone().min()?, values.max()?))
 }
 
 /// Whether a stored chunk's checksum matches its bytes (chunks without one pass).

@@ -52,6 +52,26 @@ impl ChunkMap {
     }
 }
 
+/// A staged write: chunk `chunk` is to name chunk map `index` instead of `old`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Switch {
+    pub chunk: u64,
+    pub index: u64,
+    /// The chunk map the chunk names until the switch, if any.
+    pub old: Option<u64>,
+}
+
+impl Switch {
+    /// The chunks of `group`, for a message.
+    fn names(group: &[Switch]) -> String {
+        let chunks: Vec<String> = group.iter().map(|s| s.chunk.to_string()).collect();
+        match chunks.len() {
+            1 => format!("chunk {}", chunks[0]),
+            _ => format!("chunks {}", chunks.join(", ")),
+        }
+    }
+}
+
 /// What the chunks holding data take: counted at load, kept in step by every commit and
 /// clear.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -469,14 +489,11 @@ impl Metadata {
         }
     }
 
-    /// Makes chunk map `index` (already allocated, data already written) the content of
-    /// `chunk`: persist the chunk map, then switch and persist the 8-byte logical map
-    /// entry, then free what it replaced. A crash at any point leaves the chunk old or
-    /// new. On error the new map stays allocated for the caller to release, and the
-    /// logical entry is back to the old one.
-    pub fn commit(&mut self, chunk: u64, index: u64, map: &ChunkMap) -> Result<()> {
+    /// Writes chunk map `index` (already allocated, its data already written) into the
+    /// pm mapping, not persisted: nothing names it until [`Metadata::commit_group`]
+    /// switches an entry to it, so it may reach the file at any time.
+    pub fn stage(&mut self, index: u64, map: &ChunkMap) {
         let geo = self.geo;
-        let base = geo.chunk_map_offset(index);
         // Inline for chunks of up to 7 io units: no allocation per write.
         let mut entry: SmallVec<[u8; 64]> = SmallVec::with_capacity(geo.chunk_map_stride as usize);
         entry.extend_from_slice(&map.compressed_size.to_le_bytes());
@@ -485,27 +502,65 @@ impl Metadata {
             let unit = map.io_units.get(k).copied().unwrap_or(EMPTY_ENTRY);
             entry.extend_from_slice(&unit.to_le_bytes());
         }
-        self.pm.write(base, &entry);
-        self.pm.persist(base, entry.len()).map_err(|e| {
+        self.pm.write(geo.chunk_map_offset(index), &entry);
+    }
+
+    /// Commits a group of staged writes, each to a different chunk: one persist of the
+    /// range their chunk maps span, then each logical map entry switched with one
+    /// aligned store, then one persist of the range the entries span. A crash at any
+    /// point leaves each chunk old or new. Nothing is freed here (see
+    /// [`Metadata::settle`]). On error every entry is back as it was and the new maps
+    /// stay allocated for the caller to release.
+    pub fn commit_group(&mut self, group: &[Switch]) -> Result<()> {
+        let geo = self.geo;
+        let (Some((first_map, last_map)), Some((first_chunk, last_chunk))) = (
+            bounds(group.iter().map(|s| s.index)),
+            bounds(group.iter().map(|s| s.chunk)),
+        ) else {
+            return Ok(());
+        };
+        let at = geo.chunk_map_offset(first_map);
+        let len = geo.chunk_map_offset(last_map) + geo.chunk_map_stride as usize - at;
+        self.pm.persist(at, len).map_err(|e| {
             e.context(format_args!(
-                "chunk {chunk}: persisting its new chunk map {index}"
+                "{}: persisting their new chunk maps",
+                Switch::names(group)
             ))
         })?;
-
-        let old = self.logical_entry(chunk);
-        let at = geo.logical_entry_offset(chunk);
-        self.pm.store_u64(at, index);
-        if let Err(e) = self.pm.persist(at, 8) {
-            self.pm.store_u64(at, old.unwrap_or(EMPTY_ENTRY));
+        for s in group {
+            self.pm
+                .store_u64(geo.logical_entry_offset(s.chunk), s.index);
+        }
+        let at = geo.logical_entry_offset(first_chunk);
+        let len = geo.logical_entry_offset(last_chunk) + 8 - at;
+        if let Err(e) = self.pm.persist(at, len) {
+            self.unswitch(group);
             return Err(e.context(format_args!(
-                "chunk {chunk}: persisting its logical map entry"
+                "{}: persisting their logical map entries",
+                Switch::names(group)
             )));
         }
-        self.space.add(map, &geo);
-        if let Some((old_index, old_map)) = self.forget(chunk, old, index) {
+        Ok(())
+    }
+
+    /// Sets back every entry of `group` that names its new chunk map (a commit that
+    /// failed, or was cut short).
+    pub fn unswitch(&mut self, group: &[Switch]) {
+        for s in group {
+            let at = self.geo.logical_entry_offset(s.chunk);
+            if self.pm.read_u64(at) == s.index {
+                self.pm.store_u64(at, s.old.unwrap_or(EMPTY_ENTRY));
+            }
+        }
+    }
+
+    /// After [`Metadata::commit_group`]: chunk `s.chunk` holds `map` now. Its space is
+    /// counted, and the chunk map it replaced is freed with its io units.
+    pub fn settle(&mut self, s: &Switch, map: &ChunkMap) {
+        self.space.add(map, &self.geo);
+        if let Some((old_index, old_map)) = self.forget(s.chunk, s.old, s.index) {
             self.release(old_index, &old_map.io_units);
         }
-        Ok(())
     }
 
     /// The chunk map `old` that chunk `chunk` named until its entry switched (to `new`,
@@ -602,6 +657,11 @@ impl Metadata {
     pub fn chunk_maps_usable(&self) -> u64 {
         self.chunk_maps.len() as u64
     }
+}
+
+/// The least and the greatest of `values`; `None` when there are none.
+fn bounds(values: impl Iterator<Item = u64> + Clone) -> Option<(u64, u64)> {
+    Some((values.clone().min()?, values.max()?))
 }
 
 /// Whether a stored chunk's checksum matches its bytes (chunks without one pass).

@@ -28,6 +28,8 @@ struct MemFile {
 struct Files {
     files: HashMap<PathBuf, MemFile>,
     fail_persist: bool,
+    /// Successful persists to come before the one that fails (once).
+    fail_one_persist: Option<u64>,
     fail_remove: Option<Errno>,
     journal: Option<Journal>,
     /// The last holder token handed out.
@@ -145,6 +147,11 @@ impl MemStore {
         self.inner.borrow_mut().fail_persist = fail;
     }
 
+    /// Makes one later `persist` fail with `EIO`: the one after `after` more succeed.
+    pub fn set_fail_one_persist(&self, after: u64) {
+        self.inner.borrow_mut().fail_one_persist = Some(after);
+    }
+
     /// Makes every later `remove` fail with `errno` (as in a directory made immutable
     /// or read-only), or succeed again with `None`.
     pub fn set_fail_remove(&self, errno: Option<Errno>) {
@@ -255,6 +262,14 @@ impl PmRegion for MemRegion {
         let mut inner = self.store.inner.borrow_mut();
         if inner.fail_persist {
             return Err(Errno::EIO.into());
+        }
+        match inner.fail_one_persist {
+            Some(0) => {
+                inner.fail_one_persist = None;
+                return Err(Errno::EIO.into());
+            }
+            Some(n) => inner.fail_one_persist = Some(n - 1),
+            None => {}
         }
         if let Some(file) = inner.held_by(&self.path, self.token) {
             file.persisted[offset..offset + len].copy_from_slice(&self.bytes[offset..offset + len]);

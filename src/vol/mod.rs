@@ -8,7 +8,9 @@
 //! (a completion inside the call, a new request from a callback, an unload) posts an
 //! event and returns at once, because the volume is already draining. So the stack
 //! stays flat however many requests chain from callbacks, and no borrow is held across
-//! a call to the outside.
+//! a call to the outside. When no event is left, the loop lets the engine commit the
+//! group of writes whose data is on the device (`Engine::flush_group`), so that writes
+//! ready together share their pm persists.
 //!
 //! A panic while handling an event is a bug in this library; the drain loop stops it
 //! there, fails the request the engine had in hand with `EIO` (releasing what it held)
@@ -158,19 +160,27 @@ impl Shared {
         let _guard = DrainGuard(&self.draining);
         let mut actions = Vec::new();
         loop {
-            let event = self.events.borrow_mut().pop_front();
-            let Some(event) = event else { break };
-            let mut what = event.name();
-            let mut event = Some(event);
-            // The event, then (after a panic that failed a request) what it left
-            // undone, until a step runs through or a panic fails no request.
+            let mut event = self.events.borrow_mut().pop_front();
+            // No event left: the moment to commit the group of written pieces (the one
+            // place it happens, see `Engine::flush_group`).
+            let idle = event.is_none();
+            let mut what = event
+                .as_ref()
+                .map_or("the commit of a group of writes", Event::name);
+            // The event (or the commit), then (after a panic that failed a request)
+            // what it left undone, until a step runs through or a panic fails no
+            // request.
             loop {
                 let step = catch_unwind(AssertUnwindSafe(|| {
                     let mut core = self.core.borrow_mut();
                     if let Some(event) = event.take() {
                         core.handle(event, &mut actions);
                     } else if let Some(engine) = core.engine() {
-                        engine.resume(&mut actions);
+                        if idle {
+                            engine.flush_group(&mut actions);
+                        } else {
+                            engine.resume(&mut actions);
+                        }
                     }
                 }));
                 match step {
@@ -180,6 +190,9 @@ impl Shared {
                     }
                     Err(_) => break,
                 }
+            }
+            if idle && actions.is_empty() {
+                break;
             }
             for action in actions.drain(..) {
                 self.perform(action);

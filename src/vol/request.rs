@@ -11,8 +11,9 @@
 //! unmap:    └─ whole-chunk write, or chunk empty (zeros around) ─► chunk_ready
 //!         chunk_ready (merge the caller's data, or zeros for an unmap)
 //!           ├─ all zeros ─► clear ─► (trim_done) ─► finish
-//!           └─ compress_done ─► write_chunk (allocate) ─► write_chunk_done ─► commit
-//!              (persist chunk map, switch logical map entry, free old) ─► finish
+//!           └─ compress_done ─► write_chunk (allocate) ─► write_chunk_done (stage the
+//!              chunk map) ─► Committing, in the group ─► flush: the group's chunk maps
+//!              persisted, its entries switched and persisted ─► free old ─► finish
 //!         write_chunk, no space while others hold some ─► (waits) ─► write_chunk
 //! clear:  admit ─► clear (empty the entries of a run of whole chunks, persist, free
 //!         their chunk maps) ─► the device discards their io units ─► trim_done ─►
@@ -36,6 +37,13 @@
 //! ends with `EIO` (so its request fails), releasing its new chunk map and io units, the
 //! io units it freed and its claim on buffers; whatever it had lent comes back later
 //! under a stale ticket and is dropped.
+//!
+//! Group commit: a written piece does not persist its metadata alone. It writes its
+//! chunk map into the pm mapping and waits in the group; the drain loop, once it has
+//! no event left, commits the group ([`Engine::flush_group`]) when no operation that
+//! could bring another piece into it is out (or at once when the group is full): one
+//! persist of the chunk maps, the entries switched, one persist of the entries, then
+//! every piece completes in order. A failed persist fails the whole group.
 //!
 //! At most [`MAX_ACTIVE`] pieces hold chunk buffers at once; the rest wait in order, so
 //! any number may be submitted. Everything a piece holds is released before its request
@@ -67,11 +75,16 @@ use crate::completion::{Ticket, Token};
 use crate::error::{Errno, Error, Result};
 use crate::format::chunk_checksum;
 use crate::log::{self, Level};
-use crate::maps::{ChunkMap, Metadata, checksum_ok};
+use crate::maps::{ChunkMap, Metadata, Switch, checksum_ok};
 
 /// Pieces holding chunk buffers at once. It matches the extra chunk maps, so writes in
 /// flight on a volume full of incompressible data still find room.
 pub const MAX_ACTIVE: usize = crate::format::EXTRA_CHUNKS as usize;
+
+/// Writes a group commits at most: a group is committed once it has this many even
+/// while more writes are in flight, so a steady stream of writes does not hold back
+/// the first of them for ever.
+const GROUP_MAX: usize = 64;
 
 /// The two chunk-sized buffers of an active piece: `plain` for the chunk's data,
 /// `packed` for its compressed form.
@@ -154,6 +167,9 @@ enum Stage {
     },
     /// The device is discarding the io units the piece freed (held in the slot).
     Trimming,
+    /// The new chunk's data is on the device and its chunk map in the pm mapping, not
+    /// persisted; in the group, waiting for its commit. Holds no buffers.
+    Committing,
 }
 
 /// Who completes an operation.
@@ -180,7 +196,7 @@ impl Stage {
                 Some(Kind::Backing)
             }
             Stage::DecompressingChunk | Stage::CompressingChunk => Some(Kind::Codec),
-            Stage::Waiting | Stage::WaitingForSpace { .. } => None,
+            Stage::Waiting | Stage::WaitingForSpace { .. } | Stage::Committing => None,
         }
     }
 }
@@ -189,9 +205,10 @@ impl Stage {
 struct NewChunk {
     index: u64,
     map: ChunkMap,
-    /// The chunk held data when the map was allocated: the write replaces it, and frees
-    /// the old map when it commits.
-    replaces: bool,
+    /// The chunk map the chunk named when this one was allocated: the write replaces
+    /// it, and frees it once committed. Nothing else changes the chunk meanwhile (one
+    /// piece per chunk runs at a time).
+    old: Option<u64>,
 }
 
 /// One entry of the piece table.
@@ -212,6 +229,8 @@ struct Slot {
     /// Io units it freed, held out of the free map while the device discards them, so
     /// no write can take one and have its data discarded.
     freed: Vec<u64>,
+    /// It has an operation out that counts in [`Engine::pending`].
+    pending: bool,
 }
 
 /// The I/O side of a loaded volume.
@@ -237,8 +256,18 @@ pub(crate) struct Engine {
     trimming: usize,
     /// Compressed writes that found no space while others were writing.
     space_waiters: VecDeque<usize>,
-    /// The piece a step has in hand: the one to fail if the step panics.
+    /// The piece a step has in hand: the one to fail if the step panics. While a
+    /// group's persists are in hand, its first piece (still `Committing`).
     in_hand: Option<usize>,
+    /// Written pieces waiting for their group's commit (`Committing`), in order.
+    group: VecDeque<usize>,
+    /// Pieces of a group whose commit is durable, still to complete, in order.
+    committed: VecDeque<usize>,
+    /// Operations out (backing or codec) of pieces that may still join the group: those
+    /// of writes and unmaps before they are written, not reads and not discards. The
+    /// group waits for them, since each one's completion comes back through the drain
+    /// loop; nothing else can keep a piece waiting (see [`Engine::flush_group`]).
+    pending: usize,
 }
 
 /// True when `buf` holds only zeros; stops at the first block that does not.
@@ -265,6 +294,9 @@ impl Engine {
             trimming: 0,
             space_waiters: VecDeque::new(),
             in_hand: None,
+            group: VecDeque::new(),
+            committed: VecDeque::new(),
+            pending: 0,
         }
     }
 
@@ -278,6 +310,7 @@ impl Engine {
             active: false,
             new: None,
             freed: Vec::new(),
+            pending: false,
         };
         let id = match self.free_slots.pop() {
             Some(id) => {
@@ -347,8 +380,20 @@ impl Engine {
     }
 
     /// A new generation for an operation piece `id` issues: the token it goes out with.
+    /// The piece is parked in the stage that awaits it.
     fn issue(&mut self, id: usize) -> Token {
+        let joins = matches!(
+            self.slots[id].piece,
+            Piece::Chunk {
+                op: Op::Write | Op::Unmap,
+                ..
+            }
+        ) && !matches!(self.slots[id].stage, Some(Stage::Trimming));
         let slot = &mut self.slots[id];
+        if joins {
+            slot.pending = true;
+            self.pending += 1;
+        }
         slot.generation += 1;
         Token::Request(Ticket {
             slot: id,
@@ -369,6 +414,9 @@ impl Engine {
             Some(slot) => match &slot.stage {
                 Some(stage) if stage.awaits() == Some(kind) => {
                     slot.generation += 1;
+                    if std::mem::take(&mut slot.pending) {
+                        self.pending -= 1;
+                    }
                     self.in_hand = Some(ticket.slot);
                     return slot.stage.take();
                 }
@@ -749,8 +797,8 @@ impl Engine {
     fn write_chunk(&mut self, id: usize, buffers: Buffers, size: usize, out: &mut Vec<Action>) {
         let geo = self.meta.geo;
         let chunk = self.chunk_of(id);
-        let replaces = self.meta.logical_entry(chunk).is_some();
-        if !replaces && !self.room_for_new_chunk() {
+        let old = self.meta.logical_entry(chunk);
+        if old.is_none() && !self.room_for_new_chunk() {
             let e = Error::new(
                 Errno::ENOSPC,
                 format!(
@@ -780,7 +828,7 @@ impl Engine {
                     checksum: 0,
                     io_units,
                 },
-                replaces,
+                old,
             },
         );
         let (mut buf, kept) = buffers.lend(size == geo.chunk_size());
@@ -795,7 +843,7 @@ impl Engine {
     /// Piece `id` now holds `new` (and counts among the writes in flight).
     fn hold_new(&mut self, id: usize, new: NewChunk) {
         self.writing += 1;
-        self.overwriting += u64::from(new.replaces);
+        self.overwriting += u64::from(new.old.is_some());
         self.slots[id].new = Some(new);
     }
 
@@ -811,10 +859,14 @@ impl Engine {
     fn drop_new(&mut self, id: usize) -> Option<NewChunk> {
         let new = self.slots[id].new.take()?;
         self.writing -= 1;
-        self.overwriting -= u64::from(new.replaces);
+        self.overwriting -= u64::from(new.old.is_some());
         Some(new)
     }
 
+    /// The new chunk is on the device (or the device failed: the piece fails and gives
+    /// its new chunk map back). Its chunk map goes into the pm mapping, and the piece
+    /// joins the group, to be committed with it (see [`Engine::flush_group`]); its
+    /// buffers are free for others already.
     fn write_chunk_done(
         &mut self,
         id: usize,
@@ -822,27 +874,109 @@ impl Engine {
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
-        let chunk = self.chunk_of(id);
-        // A device error is the device's to explain; a failed commit is ours.
-        let committed = match result {
-            Ok(()) => {
+        if let Err(e) = result {
+            if let Some(new) = self.drop_new(id) {
+                self.meta.release(new.index, &new.map.io_units);
+            }
+            self.finish(id, Some(buffers), Err(e));
+            return self.retry_space_waiters(out);
+        }
+        let new = self.new_chunk(id);
+        let (index, map) = (new.index, new.map.clone());
+        self.meta.stage(index, &map);
+        self.let_go(id, buffers);
+        self.park(id, Stage::Committing);
+        self.group.push_back(id);
+        if self.group.len() >= GROUP_MAX {
+            self.flush(out);
+        }
+    }
+
+    /// Called by the drain loop when it has no event left: commits the group once no
+    /// operation that may still join it is out. Until then one is, and its completion
+    /// comes back through the drain loop, which calls this again; so a written piece
+    /// never waits without something on the way to commit it. Pieces waiting for
+    /// buffers or space are not out: they wait for the group, not it for them.
+    pub(crate) fn flush_group(&mut self, out: &mut Vec<Action>) {
+        if self.pending == 0 {
+            self.flush(out);
+        }
+    }
+
+    /// Commits the group (see [`Metadata::commit_group`]), then completes its pieces in
+    /// order: each frees the chunk map it replaced and ends. A failed commit fails
+    /// every piece of the group, each giving its new chunk map back.
+    fn flush(&mut self, out: &mut Vec<Action>) {
+        if !self.group.is_empty() {
+            let switches = self.switches();
+            // The group is in hand: a panic now fails all of it (see `recover`).
+            self.in_hand = self.group.front().copied();
+            let committed = self.meta.commit_group(&switches);
+            self.in_hand = None;
+            match committed {
+                Ok(()) => self.committed.extend(self.group.drain(..)),
+                Err(e) => self.fail_group(e.logged()),
+            }
+        }
+        self.complete_committed();
+        self.retry_space_waiters(out);
+        self.run(out);
+    }
+
+    /// The switches of the group's pieces, in order.
+    fn switches(&self) -> Vec<Switch> {
+        self.group
+            .iter()
+            .map(|&id| {
                 let new = self.slots[id]
                     .new
                     .as_ref()
-                    .expect("a write in flight holds its new chunk");
-                self.meta
-                    .commit(chunk, new.index, &new.map)
-                    .map_err(Error::logged)
-            }
-            Err(e) => Err(e),
-        };
-        if let Some(new) = self.drop_new(id) {
-            if committed.is_err() {
+                    .expect("a piece in the group holds its new chunk");
+                Switch {
+                    chunk: self.chunk_of(id),
+                    index: new.index,
+                    old: new.old,
+                }
+            })
+            .collect()
+    }
+
+    /// Takes in hand piece `id`, just taken from the group or the committed, where it
+    /// was parked as `Committing`.
+    fn take_committing(&mut self, id: usize) {
+        let stage = self.slots[id].stage.take();
+        debug_assert!(matches!(stage, Some(Stage::Committing)), "piece {id}");
+        self.in_hand = Some(id);
+    }
+
+    /// Ends every piece of the group with `e`, in order, each giving back its new chunk
+    /// map (its entry is the old one: the commit set it back).
+    fn fail_group(&mut self, e: Error) {
+        while let Some(id) = self.group.pop_front() {
+            self.take_committing(id);
+            if let Some(new) = self.drop_new(id) {
                 self.meta.release(new.index, &new.map.io_units);
             }
+            self.end(id, Err(e.clone()));
         }
-        self.finish(id, Some(buffers), committed);
-        self.retry_space_waiters(out);
+    }
+
+    /// Completes the pieces of a committed group, in order.
+    fn complete_committed(&mut self) {
+        while let Some(id) = self.committed.pop_front() {
+            self.take_committing(id);
+            let chunk = self.chunk_of(id);
+            let new = self
+                .drop_new(id)
+                .expect("a committed piece holds its new chunk");
+            let switch = Switch {
+                chunk,
+                index: new.index,
+                old: new.old,
+            };
+            self.meta.settle(&switch, &new.map);
+            self.end(id, Ok(()));
+        }
     }
 
     /// Space may have been freed (or nothing holds any more): retries the writes waiting
@@ -892,6 +1026,10 @@ impl Engine {
         let slot = &mut self.slots[id];
         slot.generation += 1;
         slot.stage = None;
+        if std::mem::take(&mut slot.pending) {
+            // Recovery ended it with an operation out, which will come back stale.
+            self.pending -= 1;
+        }
         let parent = slot.parent.take();
         self.free_slots.push(id);
         self.in_hand = None;
@@ -903,6 +1041,7 @@ impl Engine {
     /// Goes on after [`Engine::recover`]: the step that panicked may have left pieces
     /// to admit, or writes waiting for space that nothing in flight will wake.
     pub(crate) fn resume(&mut self, out: &mut Vec<Action>) {
+        self.complete_committed();
         self.retry_space_waiters(out);
         self.run(out);
     }
@@ -915,6 +1054,21 @@ impl Engine {
     /// was in hand.
     pub(crate) fn recover(&mut self, why: &str, out: &mut Vec<Action>) -> Option<usize> {
         let id = self.in_hand.take()?;
+        if matches!(self.slots[id].stage, Some(Stage::Committing)) {
+            // The group's persists were in hand: the whole group fails, its entries
+            // set back (its new maps may be durable; nothing durable names them).
+            let switches = self.switches();
+            self.meta.unswitch(&switches);
+            let e = Error::new(
+                Errno::EIO,
+                format!(
+                    "internal error ({why}) while committing a group of {} writes; they failed",
+                    switches.len()
+                ),
+            );
+            self.fail_group(e.logged());
+            return Some(id);
+        }
         out.retain(|action| action.ticket().is_none_or(|t| t.slot != id));
         let chunk = self.chunk_of(id);
         if let Some(new) = self.drop_new(id) {

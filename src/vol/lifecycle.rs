@@ -286,17 +286,29 @@ impl Core {
                     writes: counts.writes,
                     unmaps: counts.unmaps,
                     errors: counts.errors,
+                    cache_hits: engine.cache.hits,
                 }
             }
             _ => Stats::default(),
         }
     }
 
-    /// The checker's audit of a loaded volume with nothing in flight.
-    pub(crate) fn audit(&self) -> Result<(Report, Vec<u64>)> {
-        match &self.phase {
+    /// See [`Volume::set_cache_chunks`]: more chunks than the volume has would never be
+    /// used.
+    pub(crate) fn set_cache_chunks(&mut self, chunks: u64) -> Result<()> {
+        let engine = self.engine().ok_or_else(not_loaded)?;
+        let chunks = chunks.min(engine.meta.geo.chunks);
+        engine.cache.resize(usize::try_from(chunks).unwrap_or(usize::MAX));
+        Ok(())
+    }
+
+    /// The checker's audit of a loaded volume with nothing in flight. Empties the
+    /// cache, so that the checker's reads that follow come from the device.
+    pub(crate) fn audit(&mut self) -> Result<(Report, Vec<u64>)> {
+        match &mut self.phase {
             Phase::Ready(engine) if engine.outstanding() > 0 => Err(busy(engine.outstanding())),
             Phase::Ready(engine) => {
+                engine.cache.clear();
                 let meta = &engine.meta;
                 Ok(check::audit(
                     meta.view(),

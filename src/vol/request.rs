@@ -59,6 +59,7 @@ use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 
+use super::cache::ChunkCache;
 use super::split::{Op, Parents, Piece, locate};
 use super::{Action, UserIo};
 use crate::backing::{BackingIo, Extent};
@@ -239,6 +240,8 @@ pub(crate) struct Engine {
     space_waiters: VecDeque<usize>,
     /// The piece a step has in hand: the one to fail if the step panics.
     in_hand: Option<usize>,
+    /// Recently read chunks' plain contents.
+    pub(super) cache: ChunkCache,
 }
 
 /// True when `buf` holds only zeros; stops at the first block that does not.
@@ -251,7 +254,9 @@ fn all_zero(buf: &[u8]) -> bool {
 
 impl Engine {
     pub(crate) fn new(meta: Metadata) -> Engine {
+        let cache = ChunkCache::new(meta.geo.chunk_size());
         Engine {
+            cache,
             meta: Box::new(meta),
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -403,6 +408,9 @@ impl Engine {
             }
             return self.finish(id, None, Ok(()));
         }
+        if op == Op::Read && self.read_cached(id) {
+            return self.finish(id, None, Ok(()));
+        }
         if self.active == MAX_ACTIVE {
             self.park(id, Stage::Waiting);
             return self.waiting.push_back(id);
@@ -414,6 +422,31 @@ impl Engine {
             packed: self.take_buffer(),
         };
         self.start(id, op, chunk, buffers, out);
+    }
+
+    /// Serves read piece `id` from the cache, if its chunk is there; false if not.
+    fn read_cached(&mut self, id: usize) -> bool {
+        let Piece::Chunk {
+            chunk,
+            start,
+            len,
+            at,
+            ..
+        } = self.piece(id)
+        else {
+            return false;
+        };
+        let Some(index) = self.meta.logical_entry(chunk) else {
+            return false;
+        };
+        let Some(plain) = self.cache.get(chunk, index) else {
+            return false;
+        };
+        let parent = self.slots[id]
+            .parent
+            .expect("a piece in flight belongs to a request");
+        self.parents.user(parent).scatter(at, &plain[start..start + len]);
+        true
     }
 
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -433,18 +466,29 @@ impl Engine {
             Piece::Chunk { start, len, .. } => start == 0 && len == self.meta.geo.chunk_size(),
             Piece::Clear { .. } => true,
         };
-        // A whole-chunk write needs nothing of what was there.
+        // A write or unmap takes the chunk out of the cache as it starts, whatever
+        // becomes of it; the read half of a partial one uses what was there.
         if op == Op::Write && whole {
+            self.cache.forget(chunk..chunk + 1);
+            // A whole-chunk write needs nothing of what was there.
             return self.chunk_ready(id, buffers, out);
         }
-        match self.meta.lookup(chunk) {
-            Ok(Some(stored)) => self.read_chunk(id, stored, buffers, out),
-            Ok(None) => {
+        let cached = match op {
+            Op::Read => None,
+            Op::Write | Op::Unmap => self.cache.take(chunk, self.meta.logical_entry(chunk)),
+        };
+        match (self.meta.lookup(chunk), cached) {
+            (Ok(Some(_)), Some(plain)) => {
+                buffers.plain = plain;
+                self.chunk_ready(id, buffers, out)
+            }
+            (Ok(Some(stored)), None) => self.read_chunk(id, stored, buffers, out),
+            (Ok(None), _) => {
                 // A chunk never written reads as zeros around the caller's data.
                 buffers.plain.fill(0);
                 self.chunk_ready(id, buffers, out)
             }
-            Err(e) => self.finish(id, Some(buffers), Err(e.logged())),
+            (Err(e), _) => self.finish(id, Some(buffers), Err(e.logged())),
         }
     }
 
@@ -599,6 +643,10 @@ impl Engine {
         let range = start..start + len;
         match op {
             Op::Read => {
+                // Checksum and decompression passed on the way here.
+                if let Some(index) = self.meta.logical_entry(chunk) {
+                    self.cache.fill(chunk, index, &buffers.plain);
+                }
                 self.user(id).scatter(at, &buffers.plain[range]);
                 return self.finish(id, Some(buffers), Ok(()));
             }
@@ -622,6 +670,7 @@ impl Engine {
     /// Empties `chunks` (see [`Metadata::clear`]), then has the device discard the io
     /// units they held, keeping them out of the free map until it is done.
     fn clear(&mut self, id: usize, chunks: std::ops::Range<u64>, out: &mut Vec<Action>) {
+        self.cache.forget(chunks.clone());
         let mut freed = match self.meta.clear(chunks) {
             Ok(freed) => freed,
             Err(e) => return self.finish(id, None, Err(e.logged())),

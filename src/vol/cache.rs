@@ -100,11 +100,6 @@ impl ChunkCache {
         }
     }
 
-    /// Drops every entry (the checker reads from the device).
-    pub(crate) fn clear(&mut self) {
-        self.resize(self.capacity);
-    }
-
     /// Keeps `plain`, chunk `chunk`'s content as read from chunk map `index`, in place
     /// of the entry the hand picks when the cache is full.
     pub(crate) fn fill(&mut self, chunk: u64, index: u64, plain: &[u8]) {
@@ -125,8 +120,8 @@ impl ChunkCache {
         }
         let at = self.victim();
         let entry = &mut self.entries[at];
-        self.places.remove(&entry.chunk);
         entry.plain.copy_from_slice(plain);
+        self.places.remove(&entry.chunk);
         entry.chunk = chunk;
         entry.index = index;
         entry.referenced = false;
@@ -221,9 +216,6 @@ mod tests {
         assert_eq!(c.get(0, 0), Some(&chunk(0)[..]));
         assert_eq!(c.get(3, 0), Some(&chunk(3)[..]));
         assert!(c.get(1, 0).is_none() && c.get(2, 0).is_none());
-        c.clear();
-        assert!(c.get(0, 0).is_none());
-        assert_eq!(c.capacity, 4);
     }
 
     #[test]

@@ -436,17 +436,37 @@ impl Engine {
         else {
             return false;
         };
-        let Some(index) = self.meta.logical_entry(chunk) else {
-            return false;
-        };
-        let Some(plain) = self.cache.get(chunk, index) else {
-            return false;
-        };
         let parent = self.slots[id]
             .parent
             .expect("a piece in flight belongs to a request");
-        self.parents.user(parent).scatter(at, &plain[start..start + len]);
+        let Some(index) = self.meta.logical_entry(chunk) else {
+            return false;
+        };
+        if self.parents.is_checker(parent) {
+            return false;
+        }
+        let Some(plain) = self.cache.get(chunk, index) else {
+            return false;
+        };
+        self.parents
+            .user(parent)
+            .scatter(at, &plain[start..start + len]);
         true
+    }
+
+    /// Keeps the content of the chunk read piece `id` read, `plain` (checksum and
+    /// decompression passed on the way), unless the checker read it. A buffer of
+    /// another size (handed back so by a codec with a bug) is never kept.
+    fn keep_read(&mut self, id: usize, chunk: u64, plain: &[u8]) {
+        let checker = self.slots[id]
+            .parent
+            .is_some_and(|parent| self.parents.is_checker(parent));
+        if checker || plain.len() != self.meta.geo.chunk_size() {
+            return;
+        }
+        if let Some(index) = self.meta.logical_entry(chunk) {
+            self.cache.fill(chunk, index, plain);
+        }
     }
 
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -643,11 +663,8 @@ impl Engine {
         let range = start..start + len;
         match op {
             Op::Read => {
-                // Checksum and decompression passed on the way here.
-                if let Some(index) = self.meta.logical_entry(chunk) {
-                    self.cache.fill(chunk, index, &buffers.plain);
-                }
                 self.user(id).scatter(at, &buffers.plain[range]);
+                self.keep_read(id, chunk, &buffers.plain);
                 return self.finish(id, Some(buffers), Ok(()));
             }
             Op::Write => self.user(id).gather(at, &mut buffers.plain[range]),

@@ -356,7 +356,7 @@ impl Core {
                 stored => format!(" ({:.2}:1)", held as f64 / stored as f64),
             };
             s += &format!(
-                "stats:\n\tchunks in use = {} of {}\n\tchunks stored raw = {}\n\tio units in use = {}\n\tio units free = {}\n\tstored bytes = {} for {} bytes of chunks{ratio}\n\trequests completed since load = {} reads, {} writes, {} unmaps\n\terrors = {}\n",
+                "stats:\n\tchunks in use = {} of {}\n\tchunks stored raw = {}\n\tio units in use = {}\n\tio units free = {}\n\tstored bytes = {} for {} bytes of chunks{ratio}\n\trequests completed since load = {} reads, {} writes, {} unmaps\n\terrors = {}\n\tcache hits = {}\n",
                 st.chunks_in_use,
                 geo.chunks,
                 st.chunks_raw,
@@ -367,7 +367,8 @@ impl Core {
                 st.reads,
                 st.writes,
                 st.unmaps,
-                st.errors
+                st.errors,
+                st.cache_hits
             );
         }
         s

@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! read:   admit ─ chunk empty: zeros ───────────────────────────────────────► finish
+//!           ├─ chunk cached: copy out (read_cached) ───────────────────────► finish
 //!           └─ read_chunk ─► backing_read_done ─ raw ──────────► chunk_ready ► finish
 //!                                  └─ compressed ─► decompress_done ─┘
 //! write,  admit ─ unmap of an empty chunk ──────────────────────────────────► finish
-//! partial   ├─ partial, chunk holds data ─► read_chunk ─► ... ─► chunk_ready
-//! unmap:    └─ whole-chunk write, or chunk empty (zeros around) ─► chunk_ready
+//! partial   ├─ partial, chunk cached (taken out: start) ───────────► chunk_ready
+//! unmap:    ├─ partial, chunk holds data ─► read_chunk ─► ... ─► chunk_ready
+//!           └─ whole-chunk write, or chunk empty (zeros around) ─► chunk_ready
 //!         chunk_ready (merge the caller's data, or zeros for an unmap)
 //!           ├─ all zeros ─► clear ─► (trim_done) ─► finish
 //!           └─ compress_done ─► write_chunk (allocate) ─► write_chunk_done ─► commit
@@ -40,6 +42,11 @@
 //! At most [`MAX_ACTIVE`] pieces hold chunk buffers at once; the rest wait in order, so
 //! any number may be submitted. Everything a piece holds is released before its request
 //! can complete.
+//!
+//! The chunk cache (`cache.rs`): a read that passed its checksum and decompression
+//! fills it (`keep_read`, not for the checker's reads); a write or unmap takes its
+//! chunk out as it starts, and a clear its run of chunks, so whatever becomes of them
+//! the next read goes to the device.
 //!
 //! Zero chunks: a chunk whose new content is all zeros (a write of zeros, or what an
 //! unmap or a write leaves) is neither compressed nor stored: its logical map entry is

@@ -101,8 +101,10 @@ impl ChunkCache {
     }
 
     /// Keeps `plain`, chunk `chunk`'s content as read from chunk map `index`, in place
-    /// of the entry the hand picks when the cache is full.
-    pub(crate) fn fill(&mut self, chunk: u64, index: u64, plain: &[u8]) {
+    /// of the entry the hand picks when the cache is full. Then the buffers trade
+    /// places instead of bytes: `plain` comes back holding the replaced entry's, of the
+    /// same size.
+    pub(crate) fn fill(&mut self, chunk: u64, index: u64, plain: &mut Vec<u8>) {
         if self.capacity == 0 {
             return;
         }
@@ -114,13 +116,13 @@ impl ChunkCache {
             return self.entries.push(Entry {
                 chunk,
                 index,
-                plain: plain.to_vec(),
+                plain: plain.clone(),
                 referenced: false,
             });
         }
         let at = self.victim();
         let entry = &mut self.entries[at];
-        entry.plain.copy_from_slice(plain);
+        std::mem::swap(&mut entry.plain, plain);
         self.places.remove(&entry.chunk);
         entry.chunk = chunk;
         entry.index = index;
@@ -160,6 +162,13 @@ mod tests {
         vec![n; 16]
     }
 
+    /// Fills with chunk `n`'s content; the buffer handed back has its size.
+    fn fill(c: &mut ChunkCache, chunk: u64, index: u64, n: u8) {
+        let mut plain = self::chunk(n);
+        c.fill(chunk, index, &mut plain);
+        assert_eq!(plain.len(), 16);
+    }
+
     #[test]
     fn default_budget_is_bounded_in_bytes() {
         assert_eq!(ChunkCache::new(16 << 10).capacity, 8);
@@ -172,7 +181,7 @@ mod tests {
     fn an_entry_matches_only_its_chunk_map() {
         let mut c = ChunkCache::new(16);
         c.resize(2);
-        c.fill(1, 10, &chunk(1));
+        fill(&mut c, 1, 10, 1);
         assert_eq!(c.get(1, 10), Some(&chunk(1)[..]));
         assert_eq!(c.get(1, 11), None);
         assert_eq!(c.get(2, 10), None);
@@ -180,7 +189,7 @@ mod tests {
         // Taken out whatever the index; content only for the right one.
         assert_eq!(c.take(1, Some(11)), None);
         assert_eq!(c.get(1, 10), None);
-        c.fill(1, 10, &chunk(1));
+        fill(&mut c, 1, 10, 1);
         assert_eq!(c.take(1, Some(10)), Some(chunk(1)));
         assert_eq!(c.take(1, Some(10)), None);
         assert_eq!(c.hits, 2);
@@ -190,15 +199,15 @@ mod tests {
     fn clock_keeps_what_was_hit() {
         let mut c = ChunkCache::new(16);
         c.resize(2);
-        c.fill(1, 1, &chunk(1));
-        c.fill(2, 2, &chunk(2));
+        fill(&mut c, 1, 1, 1);
+        fill(&mut c, 2, 2, 2);
         assert!(c.get(1, 1).is_some());
-        c.fill(3, 3, &chunk(3));
+        fill(&mut c, 3, 3, 3);
         assert!(c.get(2, 2).is_none(), "the entry not hit goes");
         assert_eq!(c.get(1, 1), Some(&chunk(1)[..]));
         assert_eq!(c.get(3, 3), Some(&chunk(3)[..]));
         // Refilling a chunk replaces its entry, never duplicates it.
-        c.fill(3, 4, &chunk(4));
+        fill(&mut c, 3, 4, 4);
         assert_eq!(c.get(3, 3), None);
         assert_eq!(c.get(3, 4), Some(&chunk(4)[..]));
         assert_eq!(c.entries.len(), 2);
@@ -209,7 +218,7 @@ mod tests {
         let mut c = ChunkCache::new(16);
         c.resize(4);
         for n in 0..4 {
-            c.fill(u64::from(n), 0, &chunk(n));
+            fill(&mut c, u64::from(n), 0, n);
         }
         c.forget(1..3);
         assert_eq!(c.entries.len(), 2);
@@ -222,7 +231,7 @@ mod tests {
     fn size_zero_keeps_nothing() {
         let mut c = ChunkCache::new(16);
         c.resize(0);
-        c.fill(1, 1, &chunk(1));
+        fill(&mut c, 1, 1, 1);
         assert!(c.get(1, 1).is_none());
         assert!(c.entries.is_empty());
     }

@@ -464,7 +464,7 @@ impl Engine {
     /// Keeps the content of the chunk read piece `id` read, `plain` (checksum and
     /// decompression passed on the way), unless the checker read it. A buffer of
     /// another size (handed back so by a codec with a bug) is never kept.
-    fn keep_read(&mut self, id: usize, chunk: u64, plain: &[u8]) {
+    fn keep_read(&mut self, id: usize, chunk: u64, plain: &mut Vec<u8>) {
         let checker = self.slots[id]
             .parent
             .is_some_and(|parent| self.parents.is_checker(parent));
@@ -671,7 +671,7 @@ impl Engine {
         match op {
             Op::Read => {
                 self.user(id).scatter(at, &buffers.plain[range]);
-                self.keep_read(id, chunk, &buffers.plain);
+                self.keep_read(id, chunk, &mut buffers.plain);
                 return self.finish(id, Some(buffers), Ok(()));
             }
             Op::Write => self.user(id).gather(at, &mut buffers.plain[range]),

@@ -108,7 +108,7 @@ struct foreign_calls {
 	struct spdk_reduce_vol *vol;
 	uint8_t *buf;
 	struct done read, write, unload, check;
-	int check_status;
+	int check_status, cache_status;
 	pthread_t check_thread;
 	const struct spdk_reduce_vol_info *info;
 };
@@ -130,6 +130,7 @@ static void *call_from_elsewhere(void *arg)
 	spdk_reduce_vol_unload(f->vol, done_fn, &f->unload);
 	reduce_vol_check(f->vol, check_fn, f);
 	f->info = spdk_reduce_vol_get_info(f->vol);
+	f->cache_status = reduce_vol_set_cache_chunks(f->vol, 0);
 	spdk_reduce_vol_print_info(f->vol);
 	return NULL;
 }
@@ -164,8 +165,9 @@ TEST(contracts_calls_from_another_thread)
 	CHECK_EQ(f.check_status, -EPERM);
 	CHECK(pthread_equal(f.check_thread, t));
 	CHECK(f.info == NULL);
-	CHECK_EQ(l.errors, 6);
-	CHECK_EQ(l.thread_mentions, 6);
+	CHECK_EQ(f.cache_status, -EPERM);
+	CHECK_EQ(l.errors, 7);
+	CHECK_EQ(l.thread_mentions, 7);
 	mem_dev_poll_all(&d);
 	CHECK_EQ(d.count[OP_READ] + d.count[OP_WRITE], ops);
 	/* Still loaded and served on its own thread. */

@@ -528,6 +528,8 @@ TEST(errors_backing)
 	uint8_t buf[CHUNK], other[CHUNK], got[CHUNK];
 
 	REQUIRE_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0, out);
+	/* Every read must reach the device and the codec, where the faults are. */
+	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 0), 0);
 	memset(buf, 'a', sizeof(buf));
 	fill_random(other, sizeof(other), 11);
 	CHECK_EQ(h_write(&d, vol, buf, 0, BPC), 0);
@@ -616,6 +618,8 @@ TEST(errors_backing_every_position)
 	struct iovec iov[64];
 
 	REQUIRE_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0, out);
+	/* Every read-modify-write must read from the device, where the faults are. */
+	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 0), 0);
 	fill_random(buf, sizeof(buf), 5);
 	CHECK_EQ(h_write(&d, vol, buf, 0, BPC), 0);
 	uint64_t units = h_units(vol);
@@ -695,6 +699,8 @@ TEST(errors_unload_busy)
 	int write_status = 1, read_status = 1, unload_status = 1, check_status = 1;
 
 	REQUIRE_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0, out);
+	/* The reads must stay out on the device (a cached chunk completes at once). */
+	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 0), 0);
 	fill_data(buf, sizeof(buf), 2);
 	spdk_reduce_vol_writev(vol, &iov, 1, 0, BPC, collect, &write_status);
 	spdk_reduce_vol_readv(vol, &riov, 1, 0, BPC, collect, &read_status);

@@ -92,7 +92,8 @@ struct reduce_codec_pool;
  *
  * A volume belongs to the thread that loaded it (the one that called init or load).
  * Reads, writes, unmaps, unload, check, `spdk_reduce_vol_get_info`,
- * `reduce_vol_get_stats` and `spdk_reduce_vol_print_info` called on another thread are
+ * `reduce_vol_get_stats`, `reduce_vol_set_cache_chunks` and
+ * `spdk_reduce_vol_print_info` called on another thread are
  * refused and logged: -EPERM through the callback or the return value, on the calling
  * thread (NULL, or nothing, for the functions without either). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
  * `spdk_reduce_vol_get_pm_path` may be called from any thread.
@@ -376,6 +377,12 @@ struct reduce_vol_stats {
      * an error.
      */
     uint64_t errors;
+    /**
+     * Chunk reads served from the volume's cache since load, with no backing read
+     * and no decompress: pieces of reads, and the read halves of partial writes and
+     * unmaps (see `reduce_vol_set_cache_chunks`).
+     */
+    uint64_t cache_hits;
 };
 
 /**
@@ -704,6 +711,20 @@ const struct spdk_reduce_vol_info *spdk_reduce_vol_get_info(const struct spdk_re
 int reduce_vol_get_stats(const struct spdk_reduce_vol *vol,
                          struct reduce_vol_stats *out,
                          size_t out_size);
+
+/**
+ * Keep the contents of up to `chunks` recently read chunks of the volume in memory,
+ * so that a chunk read in pieces (4 KiB reads of a 16 KiB chunk, say) is read from the
+ * backing device and decompressed once; 0 keeps none. The default is 8 chunks, or
+ * fewer when chunks are larger than 32 KiB (256 KiB in all, and at least one chunk).
+ * Memory is taken only as chunks are read, up to `chunks` times `chunk_size`. Writes
+ * and unmaps of a chunk take it out of the cache when they start, so a read never
+ * returns stale data, whether they succeed or fail; `reduce_vol_check` reads from the
+ * device. Setting the size empties the cache. Returns 0, or:
+ * - -EINVAL: `vol` is NULL;
+ * - -EPERM: called on a thread other than the volume's.
+ */
+int reduce_vol_set_cache_chunks(struct spdk_reduce_vol *vol, uint64_t chunks);
 
 /**
  * Print the volume's geometry, recorded compression, pm layout and statistics (as

@@ -47,7 +47,8 @@ use crate::vol::{Backend, InitPlan, Op, Volume};
 ///
 /// A volume belongs to the thread that loaded it (the one that called init or load).
 /// Reads, writes, unmaps, unload, check, `spdk_reduce_vol_get_info`,
-/// `reduce_vol_get_stats` and `spdk_reduce_vol_print_info` called on another thread are
+/// `reduce_vol_get_stats`, `reduce_vol_set_cache_chunks` and
+/// `spdk_reduce_vol_print_info` called on another thread are
 /// refused and logged: -EPERM through the callback or the return value, on the calling
 /// thread (NULL, or nothing, for the functions without either). `spdk_reduce_vol_get_uuid`, `spdk_reduce_vol_get_params` and
 /// `spdk_reduce_vol_get_pm_path` may be called from any thread.
@@ -727,6 +728,30 @@ pub unsafe extern "C" fn reduce_vol_get_stats(
             ptr::write_bytes(out.cast::<u8>().add(n), 0, out_size - n);
         }
         0
+    })
+}
+
+/// Keep the contents of up to `chunks` recently read chunks of the volume in memory,
+/// so that a chunk read in pieces (4 KiB reads of a 16 KiB chunk, say) is read from the
+/// backing device and decompressed once; 0 keeps none. The default is 8 chunks, or
+/// fewer when chunks are larger than 32 KiB (256 KiB in all, and at least one chunk).
+/// Memory is taken only as chunks are read, up to `chunks` times `chunk_size`. Writes
+/// and unmaps of a chunk take it out of the cache when they start, so a read never
+/// returns stale data, whether they succeed or fail; `reduce_vol_check` reads from the
+/// device. Setting the size empties the cache. Returns 0, or:
+/// - -EINVAL: `vol` is NULL;
+/// - -EPERM: called on a thread other than the volume's.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reduce_vol_set_cache_chunks(
+    vol: *mut spdk_reduce_vol,
+    chunks: u64,
+) -> c_int {
+    // Safety (Rust): `vol` is NULL or a live handle.
+    const WHAT: &str = "reduce_vol_set_cache_chunks";
+    guard(WHAT, -libc::EIO, || {
+        // SAFETY: NULL or live, per the caller.
+        let vol = unsafe { volume(WHAT, vol) };
+        status(vol.and_then(|vol| vol.set_cache_chunks(chunks)))
     })
 }
 

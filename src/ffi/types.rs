@@ -187,6 +187,10 @@ pub struct reduce_vol_stats {
     /// Of the reads, writes and unmaps completed since load, those that completed with
     /// an error.
     pub errors: u64,
+    /// Chunk reads served from the volume's cache since load, with no backing read
+    /// and no decompress: pieces of reads, and the read halves of partial writes and
+    /// unmaps (see `reduce_vol_set_cache_chunks`).
+    pub cache_hits: u64,
 }
 
 impl From<crate::vol::Stats> for reduce_vol_stats {
@@ -201,6 +205,7 @@ impl From<crate::vol::Stats> for reduce_vol_stats {
             writes: s.writes,
             unmaps: s.unmaps,
             errors: s.errors,
+            cache_hits: s.cache_hits,
         }
     }
 }
@@ -438,7 +443,8 @@ mod tests {
         assert_eq!(size_of::<spdk_reduce_vol_info>(), 16);
         assert_eq!(offset_of!(reduce_vol_stats, stored_bytes), 32);
         assert_eq!(offset_of!(reduce_vol_stats, errors), 64);
-        assert_eq!(size_of::<reduce_vol_stats>(), 72);
+        assert_eq!(offset_of!(reduce_vol_stats, cache_hits), 72);
+        assert_eq!(size_of::<reduce_vol_stats>(), 80);
     }
 
     #[test]

@@ -286,10 +286,22 @@ impl Core {
                     writes: counts.writes,
                     unmaps: counts.unmaps,
                     errors: counts.errors,
+                    cache_hits: engine.cache.hits,
                 }
             }
             _ => Stats::default(),
         }
+    }
+
+    /// See [`Volume::set_cache_chunks`]: more chunks than the volume has would never be
+    /// used.
+    pub(crate) fn set_cache_chunks(&mut self, chunks: u64) -> Result<()> {
+        let engine = self.engine().ok_or_else(not_loaded)?;
+        let chunks = chunks.min(engine.meta.geo.chunks);
+        engine
+            .cache
+            .resize(usize::try_from(chunks).unwrap_or(usize::MAX));
+        Ok(())
     }
 
     /// The checker's audit of a loaded volume with nothing in flight.
@@ -344,7 +356,7 @@ impl Core {
                 stored => format!(" ({:.2}:1)", held as f64 / stored as f64),
             };
             s += &format!(
-                "stats:\n\tchunks in use = {} of {}\n\tchunks stored raw = {}\n\tio units in use = {}\n\tio units free = {}\n\tstored bytes = {} for {} bytes of chunks{ratio}\n\trequests completed since load = {} reads, {} writes, {} unmaps\n\terrors = {}\n",
+                "stats:\n\tchunks in use = {} of {}\n\tchunks stored raw = {}\n\tio units in use = {}\n\tio units free = {}\n\tstored bytes = {} for {} bytes of chunks{ratio}\n\trequests completed since load = {} reads, {} writes, {} unmaps\n\terrors = {}\n\tcache hits = {}\n",
                 st.chunks_in_use,
                 geo.chunks,
                 st.chunks_raw,
@@ -355,7 +367,8 @@ impl Core {
                 st.reads,
                 st.writes,
                 st.unmaps,
-                st.errors
+                st.errors,
+                st.cache_hits
             );
         }
         s

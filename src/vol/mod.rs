@@ -16,6 +16,7 @@
 //! there, fails the request the engine had in hand with `EIO` (releasing what it held)
 //! and goes on, so one bug costs one request, not the volume.
 
+mod cache;
 mod lifecycle;
 mod request;
 mod split;
@@ -310,6 +311,9 @@ pub struct Stats {
     pub unmaps: u64,
     /// Of the reads, writes and unmaps completed since load, those that failed.
     pub errors: u64,
+    /// Chunk reads served from the cache since load, without the device or the codec:
+    /// pieces of reads, and the read halves of partial writes and unmaps.
+    pub cache_hits: u64,
 }
 
 /// A compressed volume. Single-threaded, like SPDK: every call, and every backing and
@@ -414,6 +418,15 @@ impl Volume {
     /// Closes the volume: `EBUSY` while requests are outstanding.
     pub fn unload(&self, cb: impl FnOnce(Result<()>) + 'static) {
         self.shared.post(Event::Unload(Box::new(cb)));
+    }
+
+    /// Keeps the plain contents of up to `chunks` recently read chunks (0: none), so
+    /// that a chunk read in pieces is read and decompressed once. Memory is taken as
+    /// chunks are read, up to `chunks` times the chunk size; the default is 8 chunks, or
+    /// fewer of large chunks (256 KiB, at least one chunk). Drops what the cache holds.
+    /// `ENODEV` once the volume is unloaded.
+    pub fn set_cache_chunks(&self, chunks: u64) -> Result<()> {
+        self.shared.core.borrow_mut().set_cache_chunks(chunks)
     }
 
     /// The volume's parameters (as stored in its superblock).

@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! read:   admit ─ chunk empty: zeros ───────────────────────────────────────► finish
+//!           ├─ chunk cached: copy out (read_cached) ───────────────────────► finish
 //!           └─ read_chunk ─► backing_read_done ─ raw ──────────► chunk_ready ► finish
 //!                                  └─ compressed ─► decompress_done ─┘
 //! write,  admit ─ unmap of an empty chunk ──────────────────────────────────► finish
-//! partial   ├─ partial, chunk holds data ─► read_chunk ─► ... ─► chunk_ready
-//! unmap:    └─ whole-chunk write, or chunk empty (zeros around) ─► chunk_ready
+//! partial   ├─ partial, chunk cached (taken out: start) ───────────► chunk_ready
+//! unmap:    ├─ partial, chunk holds data ─► read_chunk ─► ... ─► chunk_ready
+//!           └─ whole-chunk write, or chunk empty (zeros around) ─► chunk_ready
 //!         chunk_ready (merge the caller's data, or zeros for an unmap)
 //!           ├─ all zeros ─► clear ─► (trim_done) ─► finish
 //!           └─ compress_done ─► write_chunk (allocate) ─► write_chunk_done (stage the
@@ -49,6 +51,11 @@
 //! any number may be submitted. Everything a piece holds is released before its request
 //! can complete.
 //!
+//! The chunk cache (`cache.rs`): a read that passed its checksum and decompression
+//! fills it (`keep_read`, not for the checker's reads); a write or unmap takes its
+//! chunk out as it starts, and a clear its run of chunks, so whatever becomes of them
+//! the next read goes to the device.
+//!
 //! Zero chunks: a chunk whose new content is all zeros (a write of zeros, or what an
 //! unmap or a write leaves) is neither compressed nor stored: its logical map entry is
 //! emptied, as an unmap does, and it reads as zeros.
@@ -67,6 +74,7 @@ use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 
+use super::cache::ChunkCache;
 use super::split::{Op, Parents, Piece, locate};
 use super::{Action, UserIo};
 use crate::backing::{BackingIo, Extent};
@@ -268,6 +276,8 @@ pub(crate) struct Engine {
     /// group waits for them, since each one's completion comes back through the drain
     /// loop; nothing else can keep a piece waiting (see [`Engine::flush_group`]).
     pending: usize,
+    /// Recently read chunks' plain contents.
+    pub(super) cache: ChunkCache,
 }
 
 /// True when `buf` holds only zeros; stops at the first block that does not.
@@ -280,7 +290,9 @@ fn all_zero(buf: &[u8]) -> bool {
 
 impl Engine {
     pub(crate) fn new(meta: Metadata) -> Engine {
+        let cache = ChunkCache::new(meta.geo.chunk_size());
         Engine {
+            cache,
             meta: Box::new(meta),
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -451,6 +463,9 @@ impl Engine {
             }
             return self.finish(id, None, Ok(()));
         }
+        if op == Op::Read && self.read_cached(id) {
+            return self.finish(id, None, Ok(()));
+        }
         if self.active == MAX_ACTIVE {
             self.park(id, Stage::Waiting);
             return self.waiting.push_back(id);
@@ -462,6 +477,51 @@ impl Engine {
             packed: self.take_buffer(),
         };
         self.start(id, op, chunk, buffers, out);
+    }
+
+    /// Serves read piece `id` from the cache, if its chunk is there; false if not.
+    fn read_cached(&mut self, id: usize) -> bool {
+        let Piece::Chunk {
+            chunk,
+            start,
+            len,
+            at,
+            ..
+        } = self.piece(id)
+        else {
+            return false;
+        };
+        let parent = self.slots[id]
+            .parent
+            .expect("a piece in flight belongs to a request");
+        let Some(index) = self.meta.logical_entry(chunk) else {
+            return false;
+        };
+        if self.parents.is_checker(parent) {
+            return false;
+        }
+        let Some(plain) = self.cache.get(chunk, index) else {
+            return false;
+        };
+        self.parents
+            .user(parent)
+            .scatter(at, &plain[start..start + len]);
+        true
+    }
+
+    /// Keeps the content of the chunk read piece `id` read, `plain` (checksum and
+    /// decompression passed on the way), unless the checker read it. A buffer of
+    /// another size (handed back so by a codec with a bug) is never kept.
+    fn keep_read(&mut self, id: usize, chunk: u64, plain: &mut Vec<u8>) {
+        let checker = self.slots[id]
+            .parent
+            .is_some_and(|parent| self.parents.is_checker(parent));
+        if checker || plain.len() != self.meta.geo.chunk_size() {
+            return;
+        }
+        if let Some(index) = self.meta.logical_entry(chunk) {
+            self.cache.fill(chunk, index, plain);
+        }
     }
 
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -481,18 +541,29 @@ impl Engine {
             Piece::Chunk { start, len, .. } => start == 0 && len == self.meta.geo.chunk_size(),
             Piece::Clear { .. } => true,
         };
-        // A whole-chunk write needs nothing of what was there.
+        // A write or unmap takes the chunk out of the cache as it starts, whatever
+        // becomes of it; the read half of a partial one uses what was there.
         if op == Op::Write && whole {
+            self.cache.forget(chunk..chunk + 1);
+            // A whole-chunk write needs nothing of what was there.
             return self.chunk_ready(id, buffers, out);
         }
-        match self.meta.lookup(chunk) {
-            Ok(Some(stored)) => self.read_chunk(id, stored, buffers, out),
-            Ok(None) => {
+        let cached = match op {
+            Op::Read => None,
+            Op::Write | Op::Unmap => self.cache.take(chunk, self.meta.logical_entry(chunk)),
+        };
+        match (self.meta.lookup(chunk), cached) {
+            (Ok(Some(_)), Some(plain)) => {
+                buffers.plain = plain;
+                self.chunk_ready(id, buffers, out)
+            }
+            (Ok(Some(stored)), None) => self.read_chunk(id, stored, buffers, out),
+            (Ok(None), _) => {
                 // A chunk never written reads as zeros around the caller's data.
                 buffers.plain.fill(0);
                 self.chunk_ready(id, buffers, out)
             }
-            Err(e) => self.finish(id, Some(buffers), Err(e.logged())),
+            (Err(e), _) => self.finish(id, Some(buffers), Err(e.logged())),
         }
     }
 
@@ -648,6 +719,7 @@ impl Engine {
         match op {
             Op::Read => {
                 self.user(id).scatter(at, &buffers.plain[range]);
+                self.keep_read(id, chunk, &mut buffers.plain);
                 return self.finish(id, Some(buffers), Ok(()));
             }
             Op::Write => self.user(id).gather(at, &mut buffers.plain[range]),
@@ -670,6 +742,7 @@ impl Engine {
     /// Empties `chunks` (see [`Metadata::clear`]), then has the device discard the io
     /// units they held, keeping them out of the free map until it is done.
     fn clear(&mut self, id: usize, chunks: std::ops::Range<u64>, out: &mut Vec<Action>) {
+        self.cache.forget(chunks.clone());
         let mut freed = match self.meta.clear(chunks) {
             Ok(freed) => freed,
             Err(e) => return self.finish(id, None, Err(e.logged())),

@@ -212,6 +212,12 @@ impl Parents {
         self.outstanding
     }
 
+    /// Whether request `r` is the checker's (not counted): its reads must come from the
+    /// device, and would only crowd the cache.
+    pub(super) fn is_checker(&self, r: usize) -> bool {
+        !self.table[r].counted
+    }
+
     /// Counts a request that completed without running (refused, or empty).
     pub(super) fn record(&mut self, op: Op, failed: bool) {
         self.counts.record(op, failed);

@@ -1,5 +1,6 @@
 //! [`Volume::check`]: the checker's metadata audit, then every chunk in use read back
-//! through the ordinary read path, which verifies checksums and decompression.
+//! through the ordinary read path, which verifies checksums and decompression (the
+//! audit empties the cache first, so those reads come from the device).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -58,7 +59,7 @@ impl Volume {
     /// reading back (checksum, decompression). `EBUSY` while requests are outstanding.
     /// Problems go in the report; the volume is left as it was.
     pub fn check(&self, cb: impl FnOnce(Result<Report>) + 'static) {
-        let audit = self.shared.core.borrow().audit();
+        let audit = self.shared.core.borrow_mut().audit();
         let (report, chunks) = match audit {
             Ok(audit) => audit,
             Err(e) => return cb(Err(e)),

@@ -1,0 +1,121 @@
+/* The decompressed-chunk cache through the C ABI, in both modes, against a model of the
+ * volume: 4 KiB reads of a chunk read and decompress it once (counted at the device);
+ * writes, unmaps and a failed write between reads are seen; reduce_vol_set_cache_chunks
+ * with 0 caches nothing, and refuses a NULL volume. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+#define CHUNKS 8
+#define CHUNK DEF_CHUNK
+#define BPC DEF_BPC
+#define PIECE (4096 / DEF_BLOCKLEN) /* logical blocks in a 4 KiB read */
+
+static void collect(void *arg, int status)
+{
+	int *s = arg;
+	s[0] = status;
+	s[1] = 1;
+}
+
+static int h_unmap(struct mem_dev *d, struct spdk_reduce_vol *vol, uint64_t offset,
+		   uint64_t length)
+{
+	int s[2] = {-ETIMEDOUT, 0};
+	spdk_reduce_vol_unmap(vol, offset, length, collect, s);
+	return poll_until(d, &s[1]) ? -ETIMEDOUT : s[0];
+}
+
+/* Compressible, never all zeros: stored compressed, so a read decompresses. */
+static void fill_text(uint8_t *buf, size_t len, uint64_t seed)
+{
+	for (size_t i = 0; i < len; i++) {
+		buf[i] = (uint8_t)('a' + (i / 37 + seed) % 26);
+	}
+}
+
+/* Reads chunks [first, first + n) 4 KiB at a time and compares each piece with the
+ * model; returns the decompressions it took (and the device reads, in *reads). */
+static uint64_t read_pieces(struct mem_dev *d, struct spdk_reduce_vol *vol, const uint8_t *model,
+			    uint64_t first, uint64_t n, uint64_t *reads)
+{
+	uint8_t got[4096];
+	uint64_t dec = d->count[OP_DECOMPRESS], rd = d->count[OP_READ];
+	for (uint64_t b = first * BPC; b < (first + n) * BPC; b += PIECE) {
+		memset(got, 0xA5, sizeof(got));
+		CHECK_EQ(h_read(d, vol, got, b, PIECE), 0);
+		if (memcmp(got, model + b * DEF_BLOCKLEN, sizeof(got)) != 0) {
+			fprintf(stderr, "    [%s] block %llu differs from the model\n", g_test_mode,
+				(unsigned long long)b);
+			g_test_failures++;
+		}
+	}
+	if (reads) {
+		*reads = d->count[OP_READ] - rd;
+	}
+	return d->count[OP_DECOMPRESS] - dec;
+}
+
+static uint64_t cache_hits(struct spdk_reduce_vol *vol)
+{
+	struct reduce_vol_stats st;
+	memset(&st, 0xEE, sizeof(st));
+	CHECK_EQ(reduce_vol_get_stats(vol, &st, sizeof(st)), 0);
+	return st.cache_hits;
+}
+
+TEST(cache_reads_each_chunk_once_and_never_stale)
+{
+	struct mem_dev d;
+	struct spdk_reduce_vol_params p;
+	struct spdk_reduce_vol *vol = NULL;
+	char dir[64];
+	uint8_t *model = calloc(CHUNKS, CHUNK);
+	REQUIRE_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0, out);
+	for (uint64_t c = 0; c < 4; c++) {
+		fill_text(model + c * CHUNK, CHUNK, c);
+		CHECK_EQ(h_write(&d, vol, model + c * CHUNK, c * BPC, BPC), 0);
+	}
+
+	/* Sequential 4 KiB reads: one device read and one decompress a chunk. */
+	uint64_t reads = 0;
+	CHECK_EQ(read_pieces(&d, vol, model, 0, 4, &reads), 4);
+	CHECK_EQ(reads, 4);
+	CHECK_EQ(cache_hits(vol), 4 * (CHUNK / 4096 - 1));
+
+	/* A partial write merges into the cached chunk, and the reads after it see it. */
+	uint8_t part[1024];
+	fill_text(part, sizeof(part), 99);
+	memcpy(model + CHUNK + 3 * DEF_BLOCKLEN, part, sizeof(part));
+	CHECK_EQ(h_write(&d, vol, part, BPC + 3, 2), 0);
+	read_pieces(&d, vol, model, 1, 1, NULL);
+	/* A partial unmap and a whole one. */
+	memset(model + 2 * CHUNK + 8 * DEF_BLOCKLEN, 0, 8 * DEF_BLOCKLEN);
+	CHECK_EQ(h_unmap(&d, vol, 2 * BPC + 8, 8), 0);
+	read_pieces(&d, vol, model, 2, 1, NULL);
+	memset(model + 3 * CHUNK, 0, CHUNK);
+	CHECK_EQ(h_unmap(&d, vol, 3 * BPC, BPC), 0);
+	read_pieces(&d, vol, model, 3, 1, NULL);
+
+	/* A write the device fails leaves the old data; the same write done, the new. */
+	uint8_t other[CHUNK];
+	fill_text(other, sizeof(other), 7);
+	read_pieces(&d, vol, model, 0, 1, NULL);
+	mem_dev_fail_next(&d, OP_WRITE, -EIO);
+	CHECK_EQ(h_write(&d, vol, other, 0, BPC), -EIO);
+	read_pieces(&d, vol, model, 0, 1, NULL);
+	memcpy(model, other, CHUNK);
+	CHECK_EQ(h_write(&d, vol, other, 0, BPC), 0);
+	read_pieces(&d, vol, model, 0, 1, NULL);
+
+	/* Size 0: every piece reads and decompresses its chunk. */
+	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 0), 0);
+	CHECK_EQ(read_pieces(&d, vol, model, 0, 2, NULL), 2 * (CHUNK / 4096));
+	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 8), 0);
+	CHECK_EQ(read_pieces(&d, vol, model, 0, 2, NULL), 2);
+	CHECK_EQ(reduce_vol_set_cache_chunks(NULL, 8), -EINVAL);
+out:
+	rig_close(&d, vol, dir);
+	free(model);
+}

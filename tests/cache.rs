@@ -1,0 +1,286 @@
+//! The decompressed-chunk cache, from the Rust API, in both completion modes: a chunk
+//! read in pieces is read and decompressed once (counted at the codec double and the
+//! device), and whatever happens in between (writes and unmaps of every shape, failed
+//! writes and commits, failed reads, a chunk map index taken again, the checker, a
+//! reload) every read returns what the shadow holds.
+
+mod common;
+
+use std::ops::Range;
+
+use common::*;
+use reduce::testkit::*;
+use reduce::{Errno, Volume};
+
+const GEO: Geo = Geo::new(512, 4096, 16384, 512, 16);
+const MODES: [Mode; 2] = [Mode::Immediate, Mode::Deferred];
+/// A distinctive errno for injected faults.
+const FAULT: Errno = Errno(libc::ENXIO);
+/// Logical blocks in a 4 KiB read.
+const PIECE: u64 = 4096 / GEO.lbs as u64;
+
+struct Bench {
+    rig: Rig,
+    vol: Volume,
+    shadow: Shadow,
+}
+
+impl Bench {
+    fn new(mode: Mode) -> Bench {
+        let rig = Rig::new(GEO, mode, CodecKind::test(mode));
+        let vol = rig.init();
+        Bench {
+            rig,
+            vol,
+            shadow: Shadow::new(GEO),
+        }
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) {
+        self.rig.write(&self.vol, offset, bytes).unwrap();
+        self.shadow.write(offset, bytes);
+    }
+
+    fn unmap(&mut self, offset: u64, length: u64) {
+        self.rig.unmap(&self.vol, offset, length).unwrap();
+        self.shadow.unmap(offset, length);
+    }
+
+    /// Codec operations and device reads so far.
+    fn ops(&self) -> (u64, u64) {
+        (
+            self.rig.codec.double().ops(),
+            self.rig.backing.op_counts().0,
+        )
+    }
+
+    /// Codec operations and device reads since `before`.
+    fn since(&self, before: (u64, u64)) -> (u64, u64) {
+        let now = self.ops();
+        (now.0 - before.0, now.1 - before.1)
+    }
+
+    /// Reads `chunks` 4 KiB at a time, in order, each piece checked against the shadow;
+    /// returns the codec operations and device reads it took.
+    fn read_pieces(&self, chunks: Range<u64>) -> (u64, u64) {
+        let before = self.ops();
+        let bpc = GEO.blocks_per_chunk();
+        for offset in (chunks.start * bpc..chunks.end * bpc).step_by(PIECE as usize) {
+            let got = self.rig.read(&self.vol, offset, PIECE).unwrap();
+            assert!(
+                got == self.shadow.expect(offset, PIECE),
+                "block {offset} differs from the shadow"
+            );
+        }
+        self.since(before)
+    }
+}
+
+/// Compressible data (stored compressed, so a read decompresses).
+fn chunk_data(seed: u64) -> Vec<u8> {
+    text(seed, GEO.chunk as usize)
+}
+
+fn bpc() -> u64 {
+    GEO.blocks_per_chunk()
+}
+
+#[test]
+fn sequential_4k_reads_decompress_each_chunk_once() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        for c in 0..8 {
+            b.write(c * bpc(), &chunk_data(c));
+        }
+        assert_eq!(
+            b.read_pieces(0..8),
+            (8, 8),
+            "{mode:?}: one read, one decompress a chunk"
+        );
+        assert_eq!(b.vol.stats().cache_hits, 24, "{mode:?}");
+        // Still there: the 8 chunks fit the default cache.
+        assert_eq!(b.read_pieces(0..8), (0, 0), "{mode:?}");
+        // A reload starts empty.
+        b.rig.unload(&b.vol).unwrap();
+        b.vol = b.rig.load().unwrap();
+        assert_eq!(b.vol.stats().cache_hits, 0);
+        assert_eq!(b.read_pieces(0..8), (8, 8), "{mode:?}: after a reload");
+    }
+}
+
+#[test]
+fn cache_size_zero_caches_nothing_and_the_size_bounds_it() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        for c in 0..4 {
+            b.write(c * bpc(), &chunk_data(c));
+        }
+        b.vol.set_cache_chunks(0).unwrap();
+        assert_eq!(
+            b.read_pieces(0..4),
+            (16, 16),
+            "{mode:?}: every piece reads its chunk"
+        );
+        assert_eq!(b.vol.stats().cache_hits, 0);
+
+        b.vol.set_cache_chunks(2).unwrap();
+        assert_eq!(b.read_pieces(0..3), (3, 3), "{mode:?}");
+        // Three chunks went through a cache of two: reading them again reads at least one.
+        let (decompressed, _) = b.read_pieces(0..3);
+        assert!(decompressed >= 1, "{mode:?}: a cache of 2 held 3 chunks");
+
+        // Resizing drops what is held.
+        b.vol.set_cache_chunks(8).unwrap();
+        assert_eq!(b.read_pieces(0..1), (1, 1), "{mode:?}");
+    }
+}
+
+#[test]
+fn writes_and_unmaps_between_reads_are_seen() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        for c in 0..6 {
+            b.write(c * bpc(), &chunk_data(10 + c));
+        }
+        b.read_pieces(0..6);
+
+        // A partial write merges into the cached chunk (no read, no decompress: one
+        // compress) and the next reads see it.
+        let before = b.ops();
+        b.write(bpc() + 3, &data(1, 2048));
+        assert_eq!(
+            b.since(before),
+            (1, 0),
+            "{mode:?}: the read half came from the cache"
+        );
+        b.read_pieces(1..2);
+
+        // A partial unmap, then one that leaves the chunk all zeros (emptied).
+        b.unmap(2 * bpc() + 8, 8);
+        b.read_pieces(2..3);
+        b.unmap(2 * bpc(), 8);
+        b.unmap(2 * bpc() + 16, bpc() - 16);
+        assert!(b.shadow.expect(2 * bpc(), bpc()).iter().all(|&x| x == 0));
+        b.read_pieces(2..3);
+
+        // A whole-chunk unmap, a whole-chunk write, a write of zeros.
+        b.unmap(3 * bpc(), bpc());
+        b.read_pieces(3..4);
+        b.write(4 * bpc(), &chunk_data(99));
+        b.read_pieces(4..5);
+        b.write(5 * bpc(), &vec![0; GEO.chunk as usize]);
+        b.read_pieces(5..6);
+
+        // An unmap over several chunks at once.
+        b.read_pieces(0..2);
+        b.unmap(0, 2 * bpc());
+        b.read_pieces(0..2);
+
+        // Chunk maps freed by overwrites are taken again by later writes: a chunk read,
+        // then overwritten twice, may hold the chunk map it was read from again, with
+        // other data.
+        b.write(6 * bpc(), &chunk_data(6));
+        for round in 0..4 {
+            b.read_pieces(6..7);
+            b.write(6 * bpc(), &chunk_data(200 + round));
+            b.write(6 * bpc(), &chunk_data(300 + round));
+            b.read_pieces(6..7);
+        }
+        b.shadow.verify(&b.rig, &b.vol);
+    }
+}
+
+#[test]
+fn a_failed_write_leaves_the_old_data_and_a_committed_one_the_new() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        b.write(0, &chunk_data(1));
+        b.write(bpc(), &chunk_data(2));
+        b.read_pieces(0..2);
+
+        // The device fails the write: the chunk keeps its old data.
+        for (offset, len) in [(3, 2048), (0, GEO.chunk as usize)] {
+            b.rig
+                .backing
+                .set_fault(Some(Box::new(|write, _| write.then_some(FAULT))));
+            let r = b.rig.write(&b.vol, offset, &data(5, len));
+            b.rig.backing.set_fault(None);
+            assert_eq!(errno_of(r), FAULT, "{mode:?}");
+            b.read_pieces(0..1);
+        }
+
+        // Persisting the pm file fails at the commit: the old data again.
+        b.rig.store.set_fail_persist(true);
+        let r = b.rig.write(&b.vol, bpc() + 5, &data(6, 1024));
+        b.rig.store.set_fail_persist(false);
+        assert!(r.is_err(), "{mode:?}: the commit cannot persist");
+        b.read_pieces(1..2);
+
+        // The same writes committed: the new data.
+        b.write(3, &data(5, 2048));
+        b.read_pieces(0..1);
+        b.write(bpc() + 5, &data(6, 1024));
+        b.read_pieces(1..2);
+        b.shadow.verify(&b.rig, &b.vol);
+    }
+}
+
+#[test]
+fn a_failed_read_is_not_cached() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        b.write(0, &chunk_data(1));
+        let codec = b.rig.codec.double().clone();
+        codec.set_fault(Some(Box::new(|compress, _| (!compress).then_some(FAULT))));
+        assert_eq!(
+            errno_of(b.rig.read(&b.vol, 0, PIECE)),
+            Errno::EIO,
+            "{mode:?}"
+        );
+        codec.set_fault(None);
+        assert_eq!(
+            b.read_pieces(0..1),
+            (1, 1),
+            "{mode:?}: read anew, then cached"
+        );
+
+        // A checksum that fails: EIO every time, never data from a cache.
+        b.write(bpc(), &chunk_data(2));
+        let layout = PmLayout::new(GEO, false);
+        let stored = layout.stored(&b.rig.pm_persisted());
+        let unit = stored.iter().find(|s| s.chunk == 1).unwrap().io_units[0];
+        b.rig
+            .backing
+            .poke(unit as usize * GEO.io_unit as usize, b"garbage");
+        for _ in 0..2 {
+            let r = b.rig.read(&b.vol, bpc(), PIECE);
+            assert_eq!(errno_of(r), Errno::EIO, "{mode:?}");
+        }
+    }
+}
+
+#[test]
+fn the_checker_reads_the_device_not_the_cache() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        b.write(0, &chunk_data(1));
+        b.read_pieces(0..1);
+        let layout = PmLayout::new(GEO, false);
+        let unit = layout.stored(&b.rig.pm_persisted())[0].io_units[0];
+        b.rig
+            .backing
+            .poke(unit as usize * GEO.io_unit as usize, b"garbage");
+        let report = b.rig.check(&b.vol).unwrap();
+        assert!(!report.is_clean(), "{mode:?}: {report:?}");
+        // The cache still holds what was read before the device was damaged behind the
+        // volume's back; the checker's reads neither used nor replaced it.
+        assert_eq!(b.read_pieces(0..1), (0, 0), "{mode:?}");
+    }
+}
+
+#[test]
+fn set_cache_chunks_after_unload_is_enodev() {
+    let b = Bench::new(Mode::Immediate);
+    b.rig.unload(&b.vol).unwrap();
+    assert_eq!(errno_of(b.vol.set_cache_chunks(4)), Errno::ENODEV);
+}

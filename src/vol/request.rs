@@ -56,16 +56,17 @@
 //! units are being discarded, waits for them to free what they hold.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use smallvec::SmallVec;
 
 use super::split::{Op, Parents, Piece, locate};
 use super::{Action, UserIo};
 use crate::backing::{BackingIo, Extent};
-use crate::codec::CodecIo;
+use crate::codec::{Codec, CodecIo};
 use crate::completion::{Ticket, Token};
 use crate::error::{Errno, Error, Result};
-use crate::format::chunk_checksum;
+use crate::format::{Geometry, chunk_checksum};
 use crate::log::{self, Level};
 use crate::maps::{ChunkMap, Metadata, checksum_ok};
 
@@ -239,6 +240,32 @@ pub(crate) struct Engine {
     space_waiters: VecDeque<usize>,
     /// The piece a step has in hand: the one to fail if the step panics.
     in_hand: Option<usize>,
+    /// The volume's codec, for the whole-chunk pieces it can run inside the call
+    /// straight on the caller's buffers ([`Codec::compress_now`]); the drain loop
+    /// drives the rest.
+    codec: Rc<dyn Codec>,
+}
+
+/// What a whole-chunk write found in the caller's buffer, compressing straight from it.
+enum FromUser {
+    /// Only zeros: nothing to store.
+    Zeros,
+    /// Stored in this many bytes (the chunk size: raw, and copied into `plain`).
+    Compressed(usize),
+}
+
+/// The bytes a chunk compressed with `result` is stored in: compressed only when that
+/// saves an io unit; a failed compress stores it raw (`chunk_size`).
+fn stored_size(geo: &Geometry, result: Result<usize>) -> usize {
+    let chunk_size = geo.chunk_size();
+    match result {
+        Ok(n)
+            if n > 0 && n <= chunk_size && geo.io_units_for(n as u32) < geo.io_units_per_chunk =>
+        {
+            n
+        }
+        _ => chunk_size,
+    }
 }
 
 /// True when `buf` holds only zeros; stops at the first block that does not.
@@ -250,7 +277,7 @@ fn all_zero(buf: &[u8]) -> bool {
 }
 
 impl Engine {
-    pub(crate) fn new(meta: Metadata) -> Engine {
+    pub(crate) fn new(meta: Metadata, codec: Rc<dyn Codec>) -> Engine {
         Engine {
             meta: Box::new(meta),
             slots: Vec::new(),
@@ -265,6 +292,7 @@ impl Engine {
             trimming: 0,
             space_waiters: VecDeque::new(),
             in_hand: None,
+            codec,
         }
     }
 
@@ -548,6 +576,10 @@ impl Engine {
         if raw {
             return self.chunk_ready(id, buffers, out);
         }
+        if let Some(result) = self.decompress_into_user(id, &buffers.packed[..stored_len]) {
+            let result = self.decompressed(id, result).map_err(Error::logged);
+            return self.finish(id, Some(buffers), result);
+        }
         self.park(id, Stage::DecompressingChunk);
         let io = CodecIo {
             src: buffers.packed,
@@ -558,6 +590,48 @@ impl Engine {
         out.push(Action::Decompress(io, token));
     }
 
+    /// A read of the whole chunk decompressed straight into the caller's buffer, when
+    /// that is one piece of memory and the codec works inside the call: the chunk never
+    /// passes through ours. `None` (nothing written) when any of that does not hold. On
+    /// failure the caller's buffer may hold part of an output: the read fails.
+    fn decompress_into_user(&mut self, id: usize, packed: &[u8]) -> Option<Result<usize>> {
+        let chunk_size = self.meta.geo.chunk_size();
+        let Piece::Chunk {
+            op: Op::Read,
+            start: 0,
+            len,
+            at,
+            ..
+        } = self.piece(id)
+        else {
+            return None;
+        };
+        if len != chunk_size {
+            return None;
+        }
+        let parent = self.slots[id].parent?;
+        let dst = self.parents.user(parent).contiguous_mut(at, len)?;
+        self.codec.decompress_now(packed, dst)
+    }
+
+    /// What a decompress of piece `id`'s chunk gave: the whole chunk, or `EIO` with
+    /// what went wrong.
+    fn decompressed(&self, id: usize, result: Result<usize>) -> Result<()> {
+        let chunk_size = self.meta.geo.chunk_size();
+        let why = match result {
+            Ok(n) if n == chunk_size => return Ok(()),
+            Ok(n) => format!("decompressing gave {n} bytes, not {chunk_size}"),
+            Err(e) => match e.detail() {
+                "" => format!("the codec failed to decompress it (errno {})", e.errno().0),
+                detail => format!("the codec failed to decompress it: {detail}"),
+            },
+        };
+        Err(Error::new(
+            Errno::EIO,
+            format!("{}: {why}", self.piece(id).chunks()),
+        ))
+    }
+
     fn decompress_done(
         &mut self,
         id: usize,
@@ -565,21 +639,14 @@ impl Engine {
         result: Result<usize>,
         out: &mut Vec<Action>,
     ) {
-        let chunk_size = self.meta.geo.chunk_size();
         let buffers = Buffers {
             plain: io.dst,
             packed: io.src,
         };
-        let why = match result {
-            Ok(n) if n == chunk_size => return self.chunk_ready(id, buffers, out),
-            Ok(n) => format!("decompressing gave {n} bytes, not {chunk_size}"),
-            Err(e) => match e.detail() {
-                "" => format!("the codec failed to decompress it (errno {})", e.errno().0),
-                detail => format!("the codec failed to decompress it: {detail}"),
-            },
-        };
-        let e = Error::new(Errno::EIO, format!("{}: {why}", self.piece(id).chunks()));
-        self.finish(id, Some(buffers), Err(e.logged()))
+        match self.decompressed(id, result) {
+            Ok(()) => self.chunk_ready(id, buffers, out),
+            Err(e) => self.finish(id, Some(buffers), Err(e.logged())),
+        }
     }
 
     /// The chunk's current content is in `plain`: a read copies out and is done; a
@@ -602,7 +669,19 @@ impl Engine {
                 self.user(id).scatter(at, &buffers.plain[range]);
                 return self.finish(id, Some(buffers), Ok(()));
             }
-            Op::Write => self.user(id).gather(at, &mut buffers.plain[range]),
+            Op::Write => {
+                match self.compress_from_user(id, &mut buffers) {
+                    Some(FromUser::Zeros) => {
+                        self.let_go(id, buffers);
+                        return self.clear(id, chunk..chunk + 1, out);
+                    }
+                    Some(FromUser::Compressed(size)) => {
+                        return self.write_chunk(id, buffers, size, out);
+                    }
+                    None => {}
+                }
+                self.user(id).gather(at, &mut buffers.plain[range])
+            }
             Op::Unmap => buffers.plain[range].fill(0),
         }
         if all_zero(&buffers.plain) {
@@ -617,6 +696,37 @@ impl Engine {
         };
         let token = self.issue(id);
         out.push(Action::Compress(io, token));
+    }
+
+    /// A write of the whole chunk compressed straight from the caller's buffer, when
+    /// that is one piece of memory and the codec works inside the call: the chunk is
+    /// copied into ours only to be stored raw. `None` (nothing done) when any of that
+    /// does not hold.
+    fn compress_from_user(&mut self, id: usize, buffers: &mut Buffers) -> Option<FromUser> {
+        let geo = self.meta.geo;
+        let Piece::Chunk {
+            op: Op::Write,
+            start: 0,
+            len,
+            at,
+            ..
+        } = self.piece(id)
+        else {
+            return None;
+        };
+        if len != geo.chunk_size() {
+            return None;
+        }
+        let parent = self.slots[id].parent?;
+        let src = self.parents.user(parent).contiguous(at, len)?;
+        if all_zero(src) {
+            return Some(FromUser::Zeros);
+        }
+        let size = stored_size(&geo, self.codec.compress_now(src, &mut buffers.packed)?);
+        if size == len {
+            buffers.plain.copy_from_slice(src);
+        }
+        Some(FromUser::Compressed(size))
     }
 
     /// Empties `chunks` (see [`Metadata::clear`]), then has the device discard the io
@@ -702,19 +812,7 @@ impl Engine {
         result: Result<usize>,
         out: &mut Vec<Action>,
     ) {
-        let geo = self.meta.geo;
-        let chunk_size = geo.chunk_size();
-        // Store compressed only when it saves an io unit; a failed compress stores raw.
-        let size = match result {
-            Ok(n)
-                if n > 0
-                    && n <= chunk_size
-                    && geo.io_units_for(n as u32) < geo.io_units_per_chunk =>
-            {
-                n
-            }
-            _ => chunk_size,
-        };
+        let size = stored_size(&self.meta.geo, result);
         let buffers = Buffers {
             plain: io.src,
             packed: io.dst,

@@ -1,5 +1,6 @@
 //! The caller's iovecs: checked and copied once, at submission; then the volume copies
-//! to and from the buffers they describe. And the C completion of a read or write.
+//! to and from the buffers they describe, or (a whole chunk in one iovec) has the codec
+//! work on them directly. And the C completion of a read or write.
 
 use std::ffi::{c_int, c_void};
 

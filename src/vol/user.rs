@@ -7,7 +7,8 @@ use crate::error::Result;
 use std::ops::Range;
 
 /// A caller's scatter list and completion. The volume copies between it and its chunk
-/// buffers (`gather` for writes, `scatter` for reads) and calls `complete` once.
+/// buffers (`gather` for writes, `scatter` for reads), or has a codec work straight on
+/// a whole chunk of it (`contiguous`), and calls `complete` once.
 pub trait UserIo {
     /// Total bytes of the caller's buffers.
     fn len(&self) -> usize;

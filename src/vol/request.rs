@@ -268,6 +268,14 @@ fn stored_size(geo: &Geometry, result: Result<usize>) -> usize {
     }
 }
 
+/// Has the cache fetch all of `buf`, a line at a time, ahead of a codec that reads it
+/// in its own order: a chunk fresh from the caller is often in no cache, and a codec
+/// fed from memory waits on it line by line (`make bench`: sequential writes compressed
+/// straight from the caller's buffer ran 4 % slower than after a copy, until warmed).
+fn warm(buf: &[u8]) {
+    std::hint::black_box(buf.iter().step_by(64).fold(0, |acc, &x| acc ^ x));
+}
+
 /// True when `buf` holds only zeros; stops at the first block that does not.
 fn all_zero(buf: &[u8]) -> bool {
     // A block at a time: the OR of a block vectorizes, the exit between blocks is cheap.
@@ -722,6 +730,7 @@ impl Engine {
         if all_zero(src) {
             return Some(FromUser::Zeros);
         }
+        warm(src);
         let size = stored_size(&geo, self.codec.compress_now(src, &mut buffers.packed)?);
         if size == len {
             buffers.plain.copy_from_slice(src);

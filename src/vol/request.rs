@@ -41,6 +41,12 @@
 //! any number may be submitted. Everything a piece holds is released before its request
 //! can complete.
 //!
+//! Zero copy: a piece that reads or writes a whole chunk whose part of the caller's
+//! buffers is one piece of memory ([`UserIo::contiguous`]), with a codec that works
+//! inside the call ([`Codec::compress_now`]), skips the codec stages: the step that has
+//! the chunk decompresses it straight into the caller's buffer (a read ends there), or
+//! compresses it straight from it (a write goes on to `write_chunk`).
+//!
 //! Zero chunks: a chunk whose new content is all zeros (a write of zeros, or what an
 //! unmap or a write leaves) is neither compressed nor stored: its logical map entry is
 //! emptied, as an unmap does, and it reads as zeros.
@@ -250,8 +256,9 @@ pub(crate) struct Engine {
 enum FromUser {
     /// Only zeros: nothing to store.
     Zeros,
-    /// Stored in this many bytes (the chunk size: raw, and copied into `plain`).
-    Compressed(usize),
+    /// Compressed into `packed`, to be stored in this many bytes (the chunk size: raw,
+    /// copied into `plain`).
+    Stored(usize),
 }
 
 /// The bytes a chunk compressed with `result` is stored in: compressed only when that
@@ -683,7 +690,7 @@ impl Engine {
                         self.let_go(id, buffers);
                         return self.clear(id, chunk..chunk + 1, out);
                     }
-                    Some(FromUser::Compressed(size)) => {
+                    Some(FromUser::Stored(size)) => {
                         return self.write_chunk(id, buffers, size, out);
                     }
                     None => {}
@@ -735,7 +742,7 @@ impl Engine {
         if size == len {
             buffers.plain.copy_from_slice(src);
         }
-        Some(FromUser::Compressed(size))
+        Some(FromUser::Stored(size))
     }
 
     /// Empties `chunks` (see [`Metadata::clear`]), then has the device discard the io

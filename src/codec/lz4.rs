@@ -37,15 +37,10 @@ fn with_block<T>(src: &[u8], then: impl FnOnce(&[u8]) -> Result<T>) -> Result<T>
     })
 }
 
-/// The size of `src` as one LZ4 block: the early-abort probe's measure of repeats.
-pub(super) fn lz4_len(src: &[u8]) -> Result<usize> {
-    with_block(src, |block| Ok(block.len()))
-}
-
 /// Compresses `src` into one raw LZ4 block in `dst`; `ENOSPC` when it does not fit.
 ///
-/// LZ4 gets no early-abort probe: on incompressible data it is itself as quick as the
-/// probe (which runs it).
+/// LZ4 gets no early-abort probe: on incompressible data it is itself quick, skipping
+/// ever faster over bytes where it finds no match.
 pub fn lz4_compress(src: &[u8], dst: &mut [u8]) -> Result<usize> {
     with_block(src, |block| {
         let out = dst.get_mut(..block.len()).ok_or(Errno::ENOSPC)?;

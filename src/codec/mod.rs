@@ -66,6 +66,20 @@ pub trait Codec {
     /// Decompresses `io.input()` into `io.dst`, then completes `done` with `io`.
     fn decompress(&self, io: CodecIo, done: CodecDone);
 
+    /// Compresses `src` into `dst` inside the call, with the result `compress` would
+    /// complete with; `None` from a codec that does not work that way (it completes
+    /// later, or elsewhere), which the volume then drives through `compress`. A codec
+    /// that answers lets the volume compress straight from the caller's buffers.
+    fn compress_now(&self, _src: &[u8], _dst: &mut [u8]) -> Option<Result<usize>> {
+        None
+    }
+
+    /// As [`Codec::compress_now`], for `decompress`: lets the volume decompress straight
+    /// into the caller's buffers.
+    fn decompress_now(&self, _src: &[u8], _dst: &mut [u8]) -> Option<Result<usize>> {
+        None
+    }
+
     /// The algorithm and level this codec stores chunks with, which init records in
     /// the superblock. The default, [`Compression::UNRECORDED`], is for a codec that
     /// does not say.
@@ -82,6 +96,14 @@ impl Codec for Box<dyn Codec> {
 
     fn decompress(&self, io: CodecIo, done: CodecDone) {
         (**self).decompress(io, done)
+    }
+
+    fn compress_now(&self, src: &[u8], dst: &mut [u8]) -> Option<Result<usize>> {
+        (**self).compress_now(src, dst)
+    }
+
+    fn decompress_now(&self, src: &[u8], dst: &mut [u8]) -> Option<Result<usize>> {
+        (**self).decompress_now(src, dst)
     }
 
     fn compression(&self) -> Compression {
@@ -112,6 +134,14 @@ impl<T: SyncCodec> Codec for T {
     fn decompress(&self, mut io: CodecIo, done: CodecDone) {
         let result = self.decompress_buf(&io.src[..io.src_len], &mut io.dst);
         done.complete(io, result);
+    }
+
+    fn compress_now(&self, src: &[u8], dst: &mut [u8]) -> Option<Result<usize>> {
+        Some(self.compress_buf(src, dst))
+    }
+
+    fn decompress_now(&self, src: &[u8], dst: &mut [u8]) -> Option<Result<usize>> {
+        Some(self.decompress_buf(src, dst))
     }
 
     fn compression(&self) -> Compression {

@@ -9,14 +9,19 @@
 //!   never above the Shannon entropy, so the test errs towards compressing) is at
 //!   least [`MIN_ENTROPY_BITS`] bits a byte, so entropy coding the literals can save
 //!   little; and
-//! - LZ4 over the whole chunk finds almost no repeats: it saves less than
-//!   1/[`LZ4_MIN_SAVING`] of the input.
+//! - the chunk shows no repeats: of the [`WORD`]-byte strings at every [`STEP`]th
+//!   byte, fewer than 1 in [`MIN_REPEATED`] repeat an earlier one. That sees runs of
+//!   one byte and repeats at distances of a multiple of `STEP` (a block written twice,
+//!   records of a power-of-two size); a repeat at another distance in data of uniform
+//!   bytes goes unseen, and such a chunk is stored raw where zstd might have saved an
+//!   io unit.
 //!
-//! Ordinary data fails the first test on the sample, which costs a fraction of a
-//! microsecond; random bytes pass both in a few microseconds, several times less than
-//! zstd spends on them. A chunk the probe accepts is compressed exactly as before.
-
-use super::lz4;
+//! Ordinary data fails the first test on the sample, which reads 2 KiB; random bytes
+//! pass both, for well under a microsecond on a 16 KiB chunk, a tenth of what zstd
+//! spends on it (the LZ4 pass over the whole chunk an earlier probe ran took about
+//! twice as long as this probe). A chunk the probe accepts is compressed exactly as
+//! before. On `make bench`'s corpus (64 MiB of /usr/share/doc) the probe refuses no
+//! chunk that zstd would store in fewer io units.
 
 /// Inputs shorter than this are compressed without probing: the probe's sample would
 /// say little and the compressor is quick on them anyway.
@@ -28,31 +33,67 @@ const RUN: usize = 256;
 /// Entropy, in bits a byte, above which entropy coding cannot save much. Random bytes
 /// measure about 7.8 on the sample; text about 4.5 and executables 5 to 6.
 const MIN_ENTROPY_BITS: f64 = 7.5;
-/// LZ4 must save at least 1/16 of the input for the chunk to count as having repeats.
-const LZ4_MIN_SAVING: usize = 16;
+/// The repeats: the strings of `WORD` bytes every `STEP` bytes, in a table of
+/// `1 << TABLE_BITS` entries (a colliding string replaces an earlier one: the table
+/// misses some repeats, never invents one, as a hit is the same string).
+const STEP: usize = 64;
+const WORD: usize = 8;
+const TABLE_BITS: u32 = 9;
+/// Indexed strings that must repeat for the chunk to count as having repeats: 1 in
+/// this many.
+const MIN_REPEATED: usize = 16;
 
 /// True when `src` is not worth compressing: the caller then reports that the output
 /// does not fit, without compressing.
 pub(super) fn incompressible(src: &[u8]) -> bool {
-    src.len() >= MIN_INPUT
-        && nearly_uniform(src)
-        // Should LZ4 fail (it has room for its worst case), compress in full.
-        && lz4::lz4_len(src).is_ok_and(|n| n > src.len() - src.len() / LZ4_MIN_SAVING)
+    src.len() >= MIN_INPUT && nearly_uniform(src) && !repeats(src)
+}
+
+/// The starts of the sample's runs.
+fn runs(src: &[u8]) -> impl Iterator<Item = usize> {
+    let stride = src.len() / RUNS;
+    (0..RUNS).map(move |run| run * stride)
 }
 
 /// Whether the sample's collision entropy, -log2(sum of p²), is at least
 /// [`MIN_ENTROPY_BITS`]: sum of count² ≤ n² · 2^-bits, tested in integers.
 fn nearly_uniform(src: &[u8]) -> bool {
+    // Every line of the sample requested at once, before the counting (whose loads wait
+    // on each other through the counts) asks for them one by one: a chunk fresh from
+    // the caller is often not in the cache.
+    let lines = runs(src).flat_map(|start| (start..start + RUN).step_by(64));
+    std::hint::black_box(lines.fold(0u8, |acc, at| acc ^ src[at]));
     let mut counts = [0u32; 256];
-    let stride = src.len() / RUNS;
-    for run in 0..RUNS {
-        for &b in &src[run * stride..run * stride + RUN] {
+    for start in runs(src) {
+        for &b in &src[start..start + RUN] {
             counts[usize::from(b)] += 1;
         }
     }
     let collisions: u64 = counts.iter().map(|&c| u64::from(c) * u64::from(c)).sum();
     let n = (RUNS * RUN) as f64;
     (collisions as f64) <= n * n * (-MIN_ENTROPY_BITS).exp2()
+}
+
+/// Whether `src` shows repeats: 1 in [`MIN_REPEATED`] of its indexed strings repeat an
+/// earlier one.
+fn repeats(src: &[u8]) -> bool {
+    // Each entry: a string and whether it is one (`false`: empty). Tested without
+    // branches, which on random bytes would go either way at random.
+    let mut words = [0u64; 1 << TABLE_BITS];
+    let mut used = [false; 1 << TABLE_BITS];
+    let (mut indexed, mut repeated) = (0, 0);
+    for at in (0..=src.len() - WORD).step_by(STEP) {
+        let mut w = [0u8; WORD];
+        w.copy_from_slice(&src[at..at + WORD]);
+        let w = u64::from_le_bytes(w);
+        // Fibonacci hashing: the top bits of the product mix all the word's bytes.
+        let slot = (w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_BITS)) as usize;
+        repeated += usize::from(used[slot] & (words[slot] == w));
+        indexed += 1;
+        words[slot] = w;
+        used[slot] = true;
+    }
+    repeated * MIN_REPEATED >= indexed
 }
 
 #[cfg(all(test, not(miri)))]

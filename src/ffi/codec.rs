@@ -291,6 +291,58 @@ pub(crate) fn builtin_compression(compress: reduce_backing_codec_fn) -> Compress
 }
 
 /// The built-in pair for `algo` at `level` (0: the algorithm's default).
+/// The Rust behind a built-in codec function, which a volume runs itself, inside the
+/// call and on its own (or the caller's) buffers, rather than through the C round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Builtin {
+    Zstd { level: u32 },
+    Lz4,
+}
+
+impl Builtin {
+    /// The built-in behind the `compress` member `f`, if it is one.
+    pub(crate) fn compressor(f: CodecFn) -> Option<Builtin> {
+        match builtin_compression(Some(f)) {
+            Compression {
+                algo: CompAlgo::ZSTD,
+                level,
+            } => Some(Builtin::Zstd { level }),
+            Compression {
+                algo: CompAlgo::LZ4,
+                ..
+            } => Some(Builtin::Lz4),
+            _ => None,
+        }
+    }
+
+    /// The built-in behind the `decompress` member `f`, if it is one.
+    pub(crate) fn decompressor(f: CodecFn) -> Option<Builtin> {
+        if std::ptr::fn_addr_eq(f, ZSTD_DECOMPRESS) {
+            Some(Builtin::Zstd {
+                level: ZSTD_DEFAULT_LEVEL,
+            })
+        } else if std::ptr::fn_addr_eq(f, LZ4_DECOMPRESS) {
+            Some(Builtin::Lz4)
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn compress(self, src: &[u8], dst: &mut [u8]) -> Result<usize> {
+        match self {
+            Builtin::Zstd { level } => zstd_compress_at(level, src, dst),
+            Builtin::Lz4 => lz4_compress(src, dst),
+        }
+    }
+
+    pub(crate) fn decompress(self, src: &[u8], dst: &mut [u8]) -> Result<usize> {
+        match self {
+            Builtin::Zstd { .. } => zstd_decompress(src, dst),
+            Builtin::Lz4 => lz4_decompress(src, dst),
+        }
+    }
+}
+
 fn builtin_pair(algo: &str, level: c_int) -> Result<(CodecFn, CodecFn)> {
     let bad = |why: String| Error::new(Errno::EINVAL, why);
     match algo {

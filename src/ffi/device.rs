@@ -9,6 +9,7 @@ use libc::iovec;
 use smallvec::SmallVec;
 
 use super::boundary::refuse;
+use super::codec::Builtin;
 use super::slab::{Call, NO_IOV, Slab};
 use super::types::{
     FnOf, reduce_backing_codec_fn, reduce_backing_io_fn, reduce_backing_unmap_fn,
@@ -43,6 +44,10 @@ pub(crate) struct CDevice {
     unmap: UnmapFn,
     compress: CodecFn,
     decompress: CodecFn,
+    /// The built-ins behind `compress` and `decompress`, when they are ours: the
+    /// volume may run those inside the call, on the caller's buffers.
+    now_compress: Option<Builtin>,
+    now_decompress: Option<Builtin>,
     blocklen: u32,
     blockcnt: u64,
 }
@@ -57,14 +62,18 @@ impl CDevice {
         // SAFETY: NULL or valid, per the caller.
         let d = unsafe { dev.as_ref() }.ok_or_else(|| refuse(what, "backing_dev is NULL"))?;
         let missing = |member| refuse(what, &format!("backing_dev->{member} is NULL"));
+        let compress = d.compress.ok_or_else(|| missing("compress"))?;
+        let decompress = d.decompress.ok_or_else(|| missing("decompress"))?;
         Ok(CDevice {
             dev,
             slab: Slab::new(),
             readv: d.readv.ok_or_else(|| missing("readv"))?,
             writev: d.writev.ok_or_else(|| missing("writev"))?,
             unmap: d.unmap.ok_or_else(|| missing("unmap"))?,
-            compress: d.compress.ok_or_else(|| missing("compress"))?,
-            decompress: d.decompress.ok_or_else(|| missing("decompress"))?,
+            compress,
+            decompress,
+            now_compress: Builtin::compressor(compress),
+            now_decompress: Builtin::decompressor(decompress),
             blocklen: d.blocklen,
             blockcnt: d.blockcnt,
         })
@@ -163,5 +172,13 @@ impl Codec for CDevice {
 
     fn decompress(&self, io: CodecIo, done: CodecDone) {
         self.codec_io(self.decompress, Call::Decompress, io, done);
+    }
+
+    fn compress_now(&self, src: &[u8], dst: &mut [u8]) -> Option<Result<usize>> {
+        Some(self.now_compress?.compress(src, dst))
+    }
+
+    fn decompress_now(&self, src: &[u8], dst: &mut [u8]) -> Option<Result<usize>> {
+        Some(self.now_decompress?.decompress(src, dst))
     }
 }

@@ -1,5 +1,6 @@
 //! The caller's iovecs: checked and copied once, at submission; then the volume copies
-//! to and from the buffers they describe. And the C completion of a read or write.
+//! to and from the buffers they describe, or (a whole chunk in one iovec) has the codec
+//! work on them directly. And the C completion of a read or write.
 
 use std::ffi::{c_int, c_void};
 
@@ -9,7 +10,7 @@ use smallvec::SmallVec;
 use super::boundary::status;
 use super::types::{FnOf, spdk_reduce_vol_op_complete};
 use crate::error::Result;
-use crate::vol::{UserIo, segment_pieces};
+use crate::vol::{UserIo, segment_pieces, within_one};
 
 /// Checks an iovec array: refused for a negative count, a NULL array with entries, a
 /// NULL base with a length, or lengths that overflow, with the reason in C terms.
@@ -113,6 +114,27 @@ impl UserIo for CUserIo {
                 )
             };
         }
+    }
+
+    fn contiguous(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let list = &self.iovs;
+        let (i, seg) = within_one(list.iter().map(|v| v.iov_len), offset, len)?;
+        // SAFETY: as in `gather`: `seg` lies within iovec `i`, non-NULL and valid for
+        // reads until completion; the slice lives no longer than this borrow of the
+        // request, which the volume holds until it completes it.
+        Some(unsafe {
+            std::slice::from_raw_parts(list[i].iov_base.cast::<u8>().add(seg.start), seg.len())
+        })
+    }
+
+    fn contiguous_mut(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
+        let list = &self.iovs;
+        let (i, seg) = within_one(list.iter().map(|v| v.iov_len), offset, len)?;
+        // SAFETY: as in `contiguous`, for writes: the caller lent these bytes to the
+        // read until its completion, and nothing of ours points into them.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(list[i].iov_base.cast::<u8>().add(seg.start), seg.len())
+        })
     }
 
     fn complete(self: Box<Self>, result: Result<()>) {

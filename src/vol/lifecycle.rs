@@ -32,12 +32,13 @@
 //! second forced destroy clears.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use super::request::Engine;
 use super::{Action, Backend, DoneCallback, Event, Info, OpenCallback, Shared, Stats, Volume};
 use crate::backing::{BackingDevice, BackingIo, Extent};
 use crate::check::{self, Report};
-use crate::codec::Compression;
+use crate::codec::{Codec, Compression};
 use crate::completion::Token;
 use crate::error::{Errno, Error, Result};
 use crate::format::{
@@ -183,6 +184,9 @@ enum Phase {
 /// All mutable state of a volume; only the drain loop touches it.
 pub(crate) struct Core {
     store: Box<dyn PmStore>,
+    /// The volume's codec, shared with the drain loop: the engine runs a codec that
+    /// works inside the call on the caller's buffers itself.
+    codec: Rc<dyn Codec>,
     blocklen: u32,
     blockcnt: u64,
     phase: Phase,
@@ -192,9 +196,16 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    fn new(store: Box<dyn PmStore>, blocklen: u32, blockcnt: u64, phase: Phase) -> Core {
+    fn new(
+        store: Box<dyn PmStore>,
+        codec: Rc<dyn Codec>,
+        blocklen: u32,
+        blockcnt: u64,
+        phase: Phase,
+    ) -> Core {
         Core {
             store,
+            codec,
             blocklen,
             blockcnt,
             phase,
@@ -203,10 +214,15 @@ impl Core {
         }
     }
 
-    pub(crate) fn init(plan: InitPlan, store: Box<dyn PmStore>, cb: OpenCallback) -> Core {
+    pub(crate) fn init(
+        plan: InitPlan,
+        store: Box<dyn PmStore>,
+        codec: Rc<dyn Codec>,
+        cb: OpenCallback,
+    ) -> Core {
         let (blocklen, params, path) = (plan.geo.blocklen, plan.params, plan.path.clone());
         let blockcnt = plan.geo.backing_bytes_needed() / u64::from(blocklen);
-        let mut core = Core::new(store, blocklen, blockcnt, Phase::InitStart(plan, cb));
+        let mut core = Core::new(store, codec, blocklen, blockcnt, Phase::InitStart(plan, cb));
         core.params = params;
         core.path = path;
         core
@@ -214,11 +230,13 @@ impl Core {
 
     pub(crate) fn load(
         store: Box<dyn PmStore>,
+        codec: Rc<dyn Codec>,
         backing: &dyn BackingDevice,
         cb: OpenCallback,
     ) -> Core {
         Core::new(
             store,
+            codec,
             backing.blocklen(),
             backing.blockcnt(),
             Phase::LoadStart(AfterLoad::Open(cb)),
@@ -227,11 +245,13 @@ impl Core {
 
     pub(crate) fn destroy(
         store: Box<dyn PmStore>,
+        codec: Rc<dyn Codec>,
         backing: &dyn BackingDevice,
         cb: DoneCallback,
     ) -> Core {
         Core::new(
             store,
+            codec,
             backing.blocklen(),
             backing.blockcnt(),
             Phase::LoadStart(AfterLoad::Destroy(cb)),
@@ -240,11 +260,13 @@ impl Core {
 
     pub(crate) fn destroy_force(
         store: Box<dyn PmStore>,
+        codec: Rc<dyn Codec>,
         backing: &dyn BackingDevice,
         cb: DoneCallback,
     ) -> Core {
         Core::new(
             store,
+            codec,
             backing.blocklen(),
             backing.blockcnt(),
             Phase::ForceStart(cb),
@@ -612,7 +634,7 @@ impl Core {
             },
             Phase::InitWritingSuper(making) => match result {
                 Ok(()) => {
-                    self.phase = Phase::Ready(Engine::new(making.meta));
+                    self.phase = Phase::Ready(Engine::new(making.meta, self.codec.clone()));
                     out.push(Action::Opened(making.cb, Ok(())));
                 }
                 Err(e) => {
@@ -639,7 +661,7 @@ impl Core {
                     self.path = path.clone();
                     match then {
                         AfterLoad::Open(cb) => {
-                            self.phase = Phase::Ready(Engine::new(meta));
+                            self.phase = Phase::Ready(Engine::new(meta, self.codec.clone()));
                             out.push(Action::Opened(cb, Ok(())));
                         }
                         AfterLoad::Destroy(cb) => {
@@ -791,8 +813,14 @@ impl Volume {
     /// when the device has no signature at all; a pm file that cannot be removed is
     /// the error, with nothing changed.
     pub fn destroy_force(backend: Backend, cb: impl FnOnce(Result<()>) + 'static) {
-        let core = Core::destroy_force(backend.store, backend.backing.as_ref(), Box::new(cb));
-        Shared::start(core, backend.backing, backend.codec);
+        let codec: Rc<dyn Codec> = backend.codec.into();
+        let core = Core::destroy_force(
+            backend.store,
+            codec.clone(),
+            backend.backing.as_ref(),
+            Box::new(cb),
+        );
+        Shared::start(core, backend.backing, codec);
     }
 }
 

@@ -27,7 +27,7 @@ pub use lifecycle::InitPlan;
 #[cfg(feature = "testkit")]
 pub use request::MAX_ACTIVE;
 pub use split::Op;
-pub use user::{Segments, UserIo, segment_pieces};
+pub use user::{Segments, UserIo, segment_pieces, within_one};
 
 pub(crate) use lifecycle::Core;
 
@@ -134,7 +134,7 @@ pub(crate) struct Shared {
     events: RefCell<VecDeque<Event>>,
     draining: Cell<bool>,
     backing: Box<dyn BackingDevice>,
-    codec: Box<dyn Codec>,
+    codec: Rc<dyn Codec>,
 }
 
 /// Clears the draining flag however the loop ends (a panicking callback included), so
@@ -247,7 +247,7 @@ impl Shared {
         }
     }
 
-    fn start(core: Core, backend_backing: Box<dyn BackingDevice>, codec: Box<dyn Codec>) {
+    fn start(core: Core, backend_backing: Box<dyn BackingDevice>, codec: Rc<dyn Codec>) {
         let shared = Rc::new(Shared {
             core: RefCell::new(core),
             events: RefCell::new(VecDeque::new()),
@@ -331,20 +331,33 @@ impl Volume {
     /// the plan's).
     pub fn init(mut plan: InitPlan, backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
         plan.record(backend.codec.compression());
-        let core = Core::init(plan, backend.store, Box::new(cb));
-        Shared::start(core, backend.backing, backend.codec);
+        let codec: Rc<dyn Codec> = backend.codec.into();
+        let core = Core::init(plan, backend.store, codec.clone(), Box::new(cb));
+        Shared::start(core, backend.backing, codec);
     }
 
     /// Opens the volume on `backend.backing`.
     pub fn load(backend: Backend, cb: impl FnOnce(Result<Volume>) + 'static) {
-        let core = Core::load(backend.store, backend.backing.as_ref(), Box::new(cb));
-        Shared::start(core, backend.backing, backend.codec);
+        let codec: Rc<dyn Codec> = backend.codec.into();
+        let core = Core::load(
+            backend.store,
+            codec.clone(),
+            backend.backing.as_ref(),
+            Box::new(cb),
+        );
+        Shared::start(core, backend.backing, codec);
     }
 
     /// Loads the volume, clears its signature and removes its pm file.
     pub fn destroy(backend: Backend, cb: impl FnOnce(Result<()>) + 'static) {
-        let core = Core::destroy(backend.store, backend.backing.as_ref(), Box::new(cb));
-        Shared::start(core, backend.backing, backend.codec);
+        let codec: Rc<dyn Codec> = backend.codec.into();
+        let core = Core::destroy(
+            backend.store,
+            codec.clone(),
+            backend.backing.as_ref(),
+            Box::new(cb),
+        );
+        Shared::start(core, backend.backing, codec);
     }
 
     /// Runs `op` on `length` logical blocks at `offset` through the caller's `io` (whose

@@ -7,7 +7,8 @@ use crate::error::Result;
 use std::ops::Range;
 
 /// A caller's scatter list and completion. The volume copies between it and its chunk
-/// buffers (`gather` for writes, `scatter` for reads) and calls `complete` once.
+/// buffers (`gather` for writes, `scatter` for reads), or has a codec work straight on
+/// a whole chunk of it (`contiguous`), and calls `complete` once.
 pub trait UserIo {
     /// Total bytes of the caller's buffers.
     fn len(&self) -> usize;
@@ -17,6 +18,17 @@ pub trait UserIo {
     fn scatter(&mut self, offset: usize, src: &[u8]);
     /// Reports the result; the volume holds nothing of the request any more.
     fn complete(self: Box<Self>, result: Result<()>);
+
+    /// The caller's bytes `offset..offset + len` as one slice, when they lie in one
+    /// segment: the volume then compresses straight from them. `None` otherwise.
+    fn contiguous(&self, _offset: usize, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
+    /// As [`UserIo::contiguous`], writable: the volume decompresses straight into them.
+    fn contiguous_mut(&mut self, _offset: usize, _len: usize) -> Option<&mut [u8]> {
+        None
+    }
 
     /// True when the buffers hold no byte.
     fn is_empty(&self) -> bool {
@@ -53,6 +65,17 @@ pub fn segment_pieces(
     })
 }
 
+/// The segment and the range in it that hold all of bytes `offset..offset + len`
+/// (`len` > 0) of a list of segments of `seg_lens`, if one does.
+pub fn within_one(
+    seg_lens: impl Iterator<Item = usize>,
+    offset: usize,
+    len: usize,
+) -> Option<(usize, Range<usize>)> {
+    let (i, seg, _) = segment_pieces(seg_lens, offset, len).next()?;
+    (seg.len() == len).then_some((i, seg))
+}
+
 /// Owned buffers for Rust callers: the segments go back with the result.
 pub struct Segments<F: FnOnce(Result<()>, Vec<Vec<u8>>)> {
     segs: Vec<Vec<u8>>,
@@ -83,6 +106,16 @@ impl<F: FnOnce(Result<()>, Vec<Vec<u8>>)> UserIo for Segments<F> {
         }
     }
 
+    fn contiguous(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let (i, seg) = within_one(self.segs.iter().map(Vec::len), offset, len)?;
+        Some(&self.segs[i][seg])
+    }
+
+    fn contiguous_mut(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
+        let (i, seg) = within_one(self.segs.iter().map(Vec::len), offset, len)?;
+        Some(&mut self.segs[i][seg])
+    }
+
     fn complete(self: Box<Self>, result: Result<()>) {
         (self.cb)(result, self.segs)
     }
@@ -97,5 +130,14 @@ mod tests {
         let p: Vec<_> = segment_pieces([3, 0, 5, 4].into_iter(), 2, 8).collect();
         assert_eq!(p, vec![(0, 2..3, 0..1), (2, 0..5, 1..6), (3, 0..2, 6..8)]);
         assert_eq!(segment_pieces([4].into_iter(), 0, 0).count(), 0);
+    }
+
+    #[test]
+    fn within_one_needs_the_whole_range_in_a_segment() {
+        assert_eq!(within_one([3, 0, 5, 4].into_iter(), 3, 5), Some((2, 0..5)));
+        assert_eq!(within_one([3, 0, 5, 4].into_iter(), 4, 3), Some((2, 1..4)));
+        assert_eq!(within_one([3, 0, 5, 4].into_iter(), 2, 2), None);
+        assert_eq!(within_one([3, 0, 5, 4].into_iter(), 7, 3), None);
+        assert_eq!(within_one([3].into_iter(), 2, 2), None);
     }
 }

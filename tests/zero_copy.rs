@@ -205,9 +205,11 @@ fn only_whole_chunks_in_one_segment_use_the_callers_buffer() {
         let back = read_segs(&rig, &vol, 0, cut(&[0; CHUNK], &lens)).unwrap();
         assert_eq!(back.concat(), data[..CHUNK]);
         assert_eq!(spy.take(), [Call::Later { compress: false }]);
+        // The read through the volume's buffers filled the chunk cache: part of the
+        // chunk again needs no codec at all.
         let back = read_segs(&rig, &vol, 1, vec![vec![0; 512]]).unwrap();
         assert_eq!(back.concat(), data[512..1024]);
-        assert_eq!(spy.take(), [Call::Later { compress: false }]);
+        assert_eq!(spy.take(), []);
 
         // A random chunk is refused by the probe and stored raw from a copy; a raw chunk
         // is read without the codec.

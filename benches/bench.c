@@ -1168,8 +1168,8 @@ scale:
 	}
 	if (sc->ok) {
 		printf("| init of a 1 TiB volume, sparse backing file, pm file %.1f GiB on tmpfs | "
-		       "%.2f s, peak RSS %.2f GB |\n",
-		       (double)sc->pm_bytes / (1 << 30), sc->init_s, (double)sc->rss_kib * 1024 / 1e9);
+		       "%.2f s, peak RSS of the process %.1f MiB |\n",
+		       (double)sc->pm_bytes / (1 << 30), sc->init_s, (double)sc->rss_kib / 1024);
 		printf("| load of that volume | %.3f s |\n", sc->load_s);
 		printf("| heap held by the idle 1 TiB volume | %.1f MiB |\n", sc->heap_kib / 1024);
 	} else {

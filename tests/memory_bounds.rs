@@ -4,10 +4,14 @@
 //! recording millions of them. Checked on a 16 GiB volume (a 50 MB pm file on tmpfs,
 //! a sparse backing device) through a peak-tracking global allocator, this binary's own.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use common::scratch;
 
 use peak_alloc::PeakAlloc;
 
@@ -110,16 +114,6 @@ fn unload(vol: &Volume) {
     let s = slot();
     vol.unload(filler(&s));
     s.take().expect("unload completes inside the call").unwrap();
-}
-
-/// tmpfs where there is one, so the 50 MB pm file costs no disk I/O.
-fn scratch() -> tempfile::TempDir {
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    }
 }
 
 #[test]

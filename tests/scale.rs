@@ -18,12 +18,12 @@ mod common;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use peak_alloc::PeakAlloc;
 
-use common::{Layout, PmLayout};
+use common::{Layout, PmLayout, scratch};
 use reduce::blocking::Volume;
 use reduce::testkit::Geo;
 use reduce::{FileDevice, Params, ZstdCodec};
@@ -89,17 +89,6 @@ fn measure<T>(f: impl FnOnce() -> T) -> Cost<T> {
         seconds,
         heap_peak: PEAK.peak_usage().saturating_sub(heap),
         rss_peak: status_kib("VmHWM:").saturating_sub(rss) * 1024,
-    }
-}
-
-/// tmpfs where there is one, as the pm file of a real deployment sits on pmem or a
-/// page-cache-backed file system rather than behind a disk.
-fn scratch() -> tempfile::TempDir {
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
     }
 }
 

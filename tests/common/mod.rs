@@ -275,3 +275,14 @@ pub fn errno_of<T>(r: Result<T>) -> Errno {
         Err(e) => e.errno(),
     }
 }
+
+/// A scratch directory for pm files, on tmpfs where there is one: a large pm file then
+/// costs no disk I/O, as on the pmem or page-cache file system of a real deployment.
+pub fn scratch() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}

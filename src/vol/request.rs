@@ -14,8 +14,9 @@
 //!         chunk_ready (merge the caller's data, or zeros for an unmap)
 //!           ├─ all zeros ─► clear ─► (trim_done) ─► finish
 //!           └─ compress_done ─► write_chunk (allocate) ─► write_chunk_done (stage the
-//!              chunk map) ─► Committing, in the group ─► flush: the group's chunk maps
-//!              persisted, its entries switched and persisted ─► free old ─► finish
+//!              chunk map, the new content to the cache) ─► Committing, in the group ─►
+//!              flush: the group's chunk maps persisted, its entries switched and
+//!              persisted ─► free old ─► finish
 //!         write_chunk, no space while others hold some ─► (waits) ─► write_chunk
 //! clear:  admit ─► clear (empty the entries of a run of whole chunks, persist, free
 //!         their chunk maps) ─► the device discards their io units ─► trim_done ─►

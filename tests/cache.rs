@@ -431,3 +431,34 @@ fn cache_size_zero_writes_read_each_time() {
         b.shadow.verify(&b.rig, &b.vol);
     }
 }
+
+#[test]
+fn queued_4k_writes_read_and_decompress_each_chunk_once() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        for c in 0..4 {
+            b.write(c * bpc(), &chunk_data(c));
+        }
+        b.drop_cache();
+        // 16 writes in flight at once: those sharing a chunk run one after another, each
+        // merging into what the one before left.
+        let before = b.ops();
+        let done = std::rc::Rc::new(std::cell::Cell::new(0));
+        for offset in (0..4 * bpc()).step_by(PIECE as usize) {
+            let piece = text(70 + offset, 4096);
+            b.shadow.write(offset, &piece);
+            let done = done.clone();
+            b.vol.writev(offset, PIECE, vec![piece], move |r, _| {
+                r.unwrap();
+                done.set(done.get() + 1);
+            });
+        }
+        b.rig.drain();
+        assert_eq!(done.get(), 16, "{mode:?}");
+        assert_eq!(b.since(before), (4 + 16, 4), "{mode:?}");
+        assert_eq!(b.read_pieces(0..4), (0, 0), "{mode:?}");
+        b.drop_cache();
+        b.read_pieces(0..4);
+        b.shadow.verify(&b.rig, &b.vol);
+    }
+}

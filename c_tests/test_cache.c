@@ -1,7 +1,7 @@
 /* The decompressed-chunk cache through the C ABI, in both modes, against a model of the
- * volume: 4 KiB reads of a chunk read and decompress it once (counted at the device);
- * writes, unmaps and a failed write between reads are seen; reduce_vol_set_cache_chunks
- * with 0 caches nothing, and refuses a NULL volume. */
+ * volume: 4 KiB reads, or 4 KiB writes, of a chunk read and decompress it once (counted
+ * at the device); writes, unmaps and failed writes between reads are seen;
+ * reduce_vol_set_cache_chunks with 0 caches nothing, and refuses a NULL volume. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,6 +77,8 @@ TEST(cache_reads_each_chunk_once_and_never_stale)
 		fill_text(model + c * CHUNK, CHUNK, c);
 		CHECK_EQ(h_write(&d, vol, model + c * CHUNK, c * BPC, BPC), 0);
 	}
+	/* The writes left their chunks in the cache: dropped (resizing). */
+	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 8), 0);
 
 	/* Sequential 4 KiB reads: one device read and one decompress a chunk. */
 	uint64_t reads = 0;
@@ -115,6 +117,66 @@ TEST(cache_reads_each_chunk_once_and_never_stale)
 	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 8), 0);
 	CHECK_EQ(read_pieces(&d, vol, model, 0, 2, NULL), 2);
 	CHECK_EQ(reduce_vol_set_cache_chunks(NULL, 8), -EINVAL);
+out:
+	rig_close(&d, vol, dir);
+	free(model);
+}
+
+TEST(cache_sequential_4k_writes_read_each_chunk_once)
+{
+	struct mem_dev d;
+	struct spdk_reduce_vol_params p;
+	struct spdk_reduce_vol *vol = NULL;
+	char dir[64];
+	uint8_t *model = calloc(CHUNKS, CHUNK);
+	REQUIRE_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0, out);
+	for (uint64_t c = 0; c < 4; c++) {
+		fill_text(model + c * CHUNK, CHUNK, c);
+		CHECK_EQ(h_write(&d, vol, model + c * CHUNK, c * BPC, BPC), 0);
+	}
+	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 8), 0);
+
+	/* Each 4 KiB write merges into what the one before left in the cache: only the
+	 * first of a chunk reads and decompresses it. */
+	uint64_t dec = d.count[OP_DECOMPRESS], rd = d.count[OP_READ];
+	for (uint64_t b = 0; b < 4 * BPC; b += PIECE) {
+		fill_text(model + b * DEF_BLOCKLEN, 4096, 50 + b);
+		CHECK_EQ(h_write(&d, vol, model + b * DEF_BLOCKLEN, b, PIECE), 0);
+	}
+	CHECK_EQ(d.count[OP_DECOMPRESS] - dec, 4);
+	CHECK_EQ(d.count[OP_READ] - rd, 4);
+	/* The last write's chunk is there for reads. */
+	uint64_t reads = 0;
+	CHECK_EQ(read_pieces(&d, vol, model, 0, 4, &reads), 0);
+	CHECK_EQ(reads, 0);
+
+	/* A 4 KiB write the device fails: the old data, read from the device. */
+	uint8_t part[4096];
+	fill_text(part, sizeof(part), 77);
+	mem_dev_fail_next(&d, OP_WRITE, -EIO);
+	CHECK_EQ(h_write(&d, vol, part, PIECE, PIECE), -EIO);
+	CHECK_EQ(read_pieces(&d, vol, model, 0, 1, &reads), 1);
+	CHECK_EQ(reads, 1);
+
+	/* A partial unmap merges zeros into the cached chunk; no read. */
+	memset(model + CHUNK + 8 * DEF_BLOCKLEN, 0, 8 * DEF_BLOCKLEN);
+	rd = d.count[OP_READ];
+	CHECK_EQ(h_unmap(&d, vol, BPC + 8, 8), 0);
+	CHECK_EQ(d.count[OP_READ] - rd, 0);
+	CHECK_EQ(read_pieces(&d, vol, model, 1, 1, &reads), 0);
+	CHECK_EQ(reads, 0);
+
+	/* Size 0: every 4 KiB write reads and decompresses its chunk. */
+	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 0), 0);
+	dec = d.count[OP_DECOMPRESS];
+	for (uint64_t b = 2 * BPC; b < 3 * BPC; b += PIECE) {
+		fill_text(model + b * DEF_BLOCKLEN, 4096, 90 + b);
+		CHECK_EQ(h_write(&d, vol, model + b * DEF_BLOCKLEN, b, PIECE), 0);
+	}
+	CHECK_EQ(d.count[OP_DECOMPRESS] - dec, CHUNK / 4096);
+
+	/* Everything is on the device too. */
+	CHECK_EQ(read_pieces(&d, vol, model, 0, CHUNKS, NULL), 4 * (CHUNK / 4096));
 out:
 	rig_close(&d, vol, dir);
 	free(model);

@@ -1,8 +1,8 @@
 //! The decompressed-chunk cache, from the Rust API, in both completion modes: a chunk
-//! read in pieces is read and decompressed once (counted at the codec double and the
-//! device), and whatever happens in between (writes and unmaps of every shape, failed
-//! writes and commits, failed reads, a chunk map index taken again, the checker, a
-//! reload) every read returns what the shadow holds.
+//! read or written in pieces is read and decompressed once (counted at the codec double
+//! and the device), and whatever happens in between (writes and unmaps of every shape,
+//! failed writes and commits, failed reads, a chunk map index taken again, the checker,
+//! a reload) every read returns what the shadow holds.
 
 mod common;
 
@@ -46,6 +46,11 @@ impl Bench {
         self.shadow.unmap(offset, length);
     }
 
+    /// Empties the cache (resizing drops what it holds): of what writes left there too.
+    fn drop_cache(&self) {
+        self.vol.set_cache_chunks(8).unwrap();
+    }
+
     /// Codec operations and device reads so far.
     fn ops(&self) -> (u64, u64) {
         (
@@ -74,6 +79,17 @@ impl Bench {
         }
         self.since(before)
     }
+
+    /// Writes `chunks` 4 KiB at a time, in order, with compressible data from `seed`;
+    /// returns the codec operations and device reads it took.
+    fn write_pieces(&mut self, chunks: Range<u64>, seed: u64) -> (u64, u64) {
+        let before = self.ops();
+        let bpc = GEO.blocks_per_chunk();
+        for offset in (chunks.start * bpc..chunks.end * bpc).step_by(PIECE as usize) {
+            self.write(offset, &text(seed + offset, 4096));
+        }
+        self.since(before)
+    }
 }
 
 /// Compressible data (stored compressed, so a read decompresses).
@@ -92,6 +108,7 @@ fn sequential_4k_reads_decompress_each_chunk_once() {
         for c in 0..8 {
             b.write(c * bpc(), &chunk_data(c));
         }
+        b.drop_cache();
         assert_eq!(
             b.read_pieces(0..8),
             (8, 8),
@@ -230,6 +247,7 @@ fn a_failed_read_is_not_cached() {
     for mode in MODES {
         let mut b = Bench::new(mode);
         b.write(0, &chunk_data(1));
+        b.drop_cache();
         let codec = b.rig.codec.double().clone();
         codec.set_fault(Some(Box::new(|compress, _| (!compress).then_some(FAULT))));
         assert_eq!(
@@ -246,6 +264,7 @@ fn a_failed_read_is_not_cached() {
 
         // A checksum that fails: EIO every time, never data from a cache.
         b.write(bpc(), &chunk_data(2));
+        b.drop_cache();
         let layout = PmLayout::new(GEO, false);
         let stored = layout.stored(&b.rig.pm_persisted());
         let unit = stored.iter().find(|s| s.chunk == 1).unwrap().io_units[0];
@@ -283,4 +302,163 @@ fn set_cache_chunks_after_unload_is_enodev() {
     let b = Bench::new(Mode::Immediate);
     b.rig.unload(&b.vol).unwrap();
     assert_eq!(errno_of(b.vol.set_cache_chunks(4)), Errno::ENODEV);
+}
+
+#[test]
+fn sequential_4k_writes_read_and_decompress_each_chunk_once() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        for c in 0..4 {
+            b.write(c * bpc(), &chunk_data(c));
+        }
+        b.drop_cache();
+        // Each piece compresses; only the first of a chunk reads and decompresses it,
+        // the next ones merge into what the one before left in the cache.
+        assert_eq!(
+            b.write_pieces(0..4, 50),
+            (4 + 16, 4),
+            "{mode:?}: one read, one decompress a chunk"
+        );
+        assert_eq!(b.vol.stats().cache_hits, 12, "{mode:?}");
+        // The last piece's chunk is there for reads.
+        assert_eq!(b.read_pieces(0..4), (0, 0), "{mode:?}");
+
+        // Chunks never written: zeros around the first piece, no device read at all.
+        assert_eq!(b.write_pieces(4..6, 60), (8, 0), "{mode:?}");
+        assert_eq!(b.read_pieces(4..6), (0, 0), "{mode:?}");
+
+        // A whole chunk written through several segments passes through the volume's
+        // buffer: kept too.
+        let whole = chunk_data(7);
+        let segs = whole.chunks(5000).map(<[u8]>::to_vec).collect();
+        b.rig.writev(&b.vol, 6 * bpc(), segs).unwrap();
+        b.shadow.write(6 * bpc(), &whole);
+        assert_eq!(b.read_pieces(6..7), (0, 0), "{mode:?}");
+
+        // All of it is on the device, too.
+        b.drop_cache();
+        b.read_pieces(0..7);
+        b.shadow.verify(&b.rig, &b.vol);
+    }
+}
+
+#[test]
+fn unmaps_after_writes_merge_into_the_cached_chunk() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        b.write(0, &chunk_data(1));
+        b.drop_cache();
+        assert_eq!(b.write_pieces(0..1, 20), (5, 1), "{mode:?}");
+        // A partial unmap merges zeros into what the writes left: one compress, no read.
+        let before = b.ops();
+        b.unmap(8, 8);
+        assert_eq!(b.since(before), (1, 0), "{mode:?}");
+        assert_eq!(b.read_pieces(0..1), (0, 0), "{mode:?}");
+        // Unmapping the rest leaves zeros: the chunk is emptied, not kept.
+        b.unmap(0, 8);
+        b.unmap(16, bpc() - 16);
+        assert_eq!(b.read_pieces(0..1), (0, 0), "{mode:?}");
+        // Written again in pieces: zeros around the first, then the cache.
+        assert_eq!(b.write_pieces(0..1, 30), (4, 0), "{mode:?}");
+        // A whole-chunk unmap after writes, then partial writes: zeros around them.
+        b.unmap(0, bpc());
+        b.read_pieces(0..1);
+        assert_eq!(b.write_pieces(0..1, 40), (4, 0), "{mode:?}");
+        b.drop_cache();
+        b.read_pieces(0..1);
+        b.shadow.verify(&b.rig, &b.vol);
+    }
+}
+
+#[test]
+fn a_failed_write_after_cached_writes_leaves_the_old_data() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        b.write(0, &chunk_data(1));
+        b.write(bpc(), &chunk_data(2));
+        b.drop_cache();
+        // Both chunks are in the cache, from their writes.
+        assert_eq!(b.write_pieces(0..2, 80), (10, 2), "{mode:?}");
+        assert_eq!(b.read_pieces(0..2), (0, 0), "{mode:?}");
+
+        // The device fails a 4 KiB write: the chunk keeps its old data, read from the
+        // device (the write took the chunk out as it started).
+        b.rig
+            .backing
+            .set_fault(Some(Box::new(|write, _| write.then_some(FAULT))));
+        let r = b.rig.write(&b.vol, PIECE, &text(90, 4096));
+        b.rig.backing.set_fault(None);
+        assert_eq!(errno_of(r), FAULT, "{mode:?}");
+        assert_eq!(b.read_pieces(0..1), (1, 1), "{mode:?}");
+
+        // Persisting fails at the commit, the chunk maps' (0) or the entries' (1): the
+        // write's content went into the cache under a chunk map the chunk never named,
+        // so the old data is read from the device.
+        for after in [0, 1] {
+            assert_eq!(b.read_pieces(1..2).1, 0, "{mode:?}: chunk 1 is cached");
+            b.rig.store.set_fail_one_persist(after);
+            let r = b.rig.write(&b.vol, bpc() + PIECE, &text(91 + after, 4096));
+            assert!(r.is_err(), "{mode:?}: persist {after} fails");
+            assert_eq!(b.read_pieces(1..2), (1, 1), "{mode:?}: persist {after}");
+        }
+
+        // The chunk maps those writes freed are taken again, by another chunk and by
+        // chunk 1 itself, written in pieces: every read still matches the shadow.
+        b.write(2 * bpc(), &chunk_data(3));
+        b.write_pieces(1..2, 95);
+        b.read_pieces(0..3);
+        b.drop_cache();
+        b.read_pieces(0..3);
+        b.shadow.verify(&b.rig, &b.vol);
+    }
+}
+
+#[test]
+fn cache_size_zero_writes_read_each_time() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        for c in 0..2 {
+            b.write(c * bpc(), &chunk_data(c));
+        }
+        b.vol.set_cache_chunks(0).unwrap();
+        assert_eq!(
+            b.write_pieces(0..2, 10),
+            (16, 8),
+            "{mode:?}: every piece reads, decompresses and compresses its chunk"
+        );
+        assert_eq!(b.read_pieces(0..2), (8, 8), "{mode:?}");
+        assert_eq!(b.vol.stats().cache_hits, 0, "{mode:?}");
+        b.shadow.verify(&b.rig, &b.vol);
+    }
+}
+
+#[test]
+fn queued_4k_writes_read_and_decompress_each_chunk_once() {
+    for mode in MODES {
+        let mut b = Bench::new(mode);
+        for c in 0..4 {
+            b.write(c * bpc(), &chunk_data(c));
+        }
+        b.drop_cache();
+        // 16 writes in flight at once: those sharing a chunk run one after another, each
+        // merging into what the one before left.
+        let before = b.ops();
+        let done = std::rc::Rc::new(std::cell::Cell::new(0));
+        for offset in (0..4 * bpc()).step_by(PIECE as usize) {
+            let piece = text(70 + offset, 4096);
+            b.shadow.write(offset, &piece);
+            let done = done.clone();
+            b.vol.writev(offset, PIECE, vec![piece], move |r, _| {
+                r.unwrap();
+                done.set(done.get() + 1);
+            });
+        }
+        b.rig.drain();
+        assert_eq!(done.get(), 16, "{mode:?}");
+        assert_eq!(b.since(before), (4 + 16, 4), "{mode:?}");
+        assert_eq!(b.read_pieces(0..4), (0, 0), "{mode:?}");
+        b.drop_cache();
+        b.read_pieces(0..4);
+        b.shadow.verify(&b.rig, &b.vol);
+    }
 }

@@ -198,10 +198,16 @@ fn only_whole_chunks_in_one_segment_use_the_callers_buffer() {
         assert_eq!(reads.concat(), data);
         assert_eq!(spy.take(), [now(false, base), now(false, base + CHUNK)]);
 
-        // Several segments, or part of a chunk: through the volume's buffers.
+        // Several segments, or part of a chunk: through the volume's buffers. Such a
+        // write leaves the chunk in the cache, so reading it back needs no codec;
+        // dropped (resizing), it is decompressed into the volume's buffer.
         let lens = [CHUNK / 2, CHUNK / 2];
         write_segs(&rig, &vol, 0, cut(&data[..CHUNK], &lens)).unwrap();
         assert_eq!(spy.take(), [Call::Later { compress: true }]);
+        let back = read_segs(&rig, &vol, 0, cut(&[0; CHUNK], &lens)).unwrap();
+        assert_eq!(back.concat(), data[..CHUNK]);
+        assert_eq!(spy.take(), []);
+        vol.set_cache_chunks(8).unwrap();
         let back = read_segs(&rig, &vol, 0, cut(&[0; CHUNK], &lens)).unwrap();
         assert_eq!(back.concat(), data[..CHUNK]);
         assert_eq!(spy.take(), [Call::Later { compress: false }]);

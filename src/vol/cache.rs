@@ -1,17 +1,30 @@
-//! The plain contents of recently read chunks, so that a chunk read in pieces (4 KiB
-//! reads of a 16 KiB chunk) is read and decompressed once.
+//! The plain contents of recently read or written chunks, so that a chunk read or
+//! written in pieces (4 KiB reads or writes of a 16 KiB chunk) is read and decompressed
+//! once.
 //!
-//! An entry is only ever filled from a read that passed its checksum and decompressed
-//! to a whole chunk, and names the chunk map it was read from. It cannot go stale:
-//! requests sharing a chunk run one at a time (see `split.rs`), and a write or unmap
-//! takes the chunk's entry out when it starts, whatever then happens to it (committed,
-//! failed, or failed by a panic). The chunk map index is checked too: after a commit
-//! the chunk names a new one, so an entry missed by a bug would not match (a freed
-//! index can be taken again, which is why removal at the start is the rule).
+//! An entry names the chunk map its content is stored in, and is used only while the
+//! logical map names that one. It is filled by a read that passed its checksum and
+//! decompressed to a whole chunk, or by a write whose new content is in its buffer,
+//! once the device has written it: under its NEW chunk map, before the group commits.
+//! It cannot serve stale data:
+//!
+//! - Requests sharing a chunk run one at a time (see `split.rs`), and a write or unmap
+//!   takes the chunk's entry out when it starts (a clear, its run's), whatever then
+//!   happens to it.
+//! - A written entry: until its group commits, the logical map names the old chunk map
+//!   (the request is outstanding, so nothing reads the chunk meanwhile anyway). If the
+//!   group fails, or the write's step panics before the commit (`Engine::recover`),
+//!   the logical map keeps the old one and the new one is freed: the entry never
+//!   matches. The freed index may be taken again, but only by a write to another chunk
+//!   (the entry is keyed by chunk too) or by a write to this chunk, which takes the
+//!   entry out as it starts. A panic after the commit leaves the new map the chunk's,
+//!   and the entry holds what it stores.
+//! - A chunk left all zeros is cleared, never written: nothing fills it.
 //!
 //! Replacement is CLOCK: a hit sets an entry's bit, the hand clears bits until it finds
 //! an entry without one. Lookup is a hash map; both are O(1) (the hand amortized).
-//! Buffers are allocated only as entries are filled, and reused when one is replaced.
+//! The cache allocates and copies nothing: a filling piece's buffer trades places with
+//! the one the cache no longer needs (see [`ChunkCache::fill`]).
 
 use std::collections::HashMap;
 
@@ -100,34 +113,39 @@ impl ChunkCache {
         }
     }
 
-    /// Keeps `plain`, chunk `chunk`'s content as read from chunk map `index`, in place
-    /// of the entry the hand picks when the cache is full. Then the buffers trade
-    /// places instead of bytes: `plain` comes back holding the replaced entry's, of the
-    /// same size.
-    pub(crate) fn fill(&mut self, chunk: u64, index: u64, plain: &mut Vec<u8>) {
+    /// Keeps `plain`, chunk `chunk`'s content under chunk map `index`, in place of the
+    /// entry the hand picks when the cache is full. The buffer trades places, never its
+    /// bytes: returned is the one the cache no longer needs (the replaced entry's, of
+    /// the same size; `plain` itself when the cache is off), or none while it grows.
+    pub(crate) fn fill(&mut self, chunk: u64, index: u64, plain: Vec<u8>) -> Option<Vec<u8>> {
         if self.capacity == 0 {
-            return;
+            return Some(plain);
         }
-        if let Some(&at) = self.places.get(&chunk) {
-            self.remove(at);
-        }
+        // A chunk's entry is replaced, never duplicated; its buffer goes back.
+        let old = self
+            .places
+            .get(&chunk)
+            .copied()
+            .map(|at| self.remove(at).plain);
         if self.entries.len() < self.capacity {
             self.places.insert(chunk, self.entries.len());
-            return self.entries.push(Entry {
+            self.entries.push(Entry {
                 chunk,
                 index,
-                plain: plain.clone(),
+                plain,
                 referenced: false,
             });
+            return old;
         }
         let at = self.victim();
         let entry = &mut self.entries[at];
-        std::mem::swap(&mut entry.plain, plain);
+        let replaced = std::mem::replace(&mut entry.plain, plain);
         self.places.remove(&entry.chunk);
         entry.chunk = chunk;
         entry.index = index;
         entry.referenced = false;
         self.places.insert(chunk, at);
+        Some(replaced)
     }
 
     /// The entry to replace: the first without its bit from the hand on, clearing the
@@ -162,11 +180,11 @@ mod tests {
         vec![n; 16]
     }
 
-    /// Fills with chunk `n`'s content; the buffer handed back has its size.
+    /// Fills with chunk `n`'s content; a buffer handed back has its size.
     fn fill(c: &mut ChunkCache, chunk: u64, index: u64, n: u8) {
-        let mut plain = self::chunk(n);
-        c.fill(chunk, index, &mut plain);
-        assert_eq!(plain.len(), 16);
+        if let Some(back) = c.fill(chunk, index, self::chunk(n)) {
+            assert_eq!(back.len(), 16);
+        }
     }
 
     #[test]
@@ -225,6 +243,28 @@ mod tests {
         assert_eq!(c.get(0, 0), Some(&chunk(0)[..]));
         assert_eq!(c.get(3, 0), Some(&chunk(3)[..]));
         assert!(c.get(1, 0).is_none() && c.get(2, 0).is_none());
+    }
+
+    #[test]
+    fn fill_trades_buffers() {
+        let mut c = ChunkCache::new(16);
+        c.resize(2);
+        assert_eq!(c.fill(1, 1, chunk(1)), None, "it grows");
+        assert_eq!(c.fill(2, 2, chunk(2)), None, "it grows");
+        assert_eq!(
+            c.fill(1, 3, chunk(3)),
+            Some(chunk(1)),
+            "the chunk's own entry"
+        );
+        assert_eq!(c.fill(4, 4, chunk(4)), Some(chunk(2)), "the hand's pick");
+        assert_eq!(c.get(1, 3), Some(&chunk(3)[..]));
+        assert_eq!(c.get(4, 4), Some(&chunk(4)[..]));
+        c.resize(0);
+        assert_eq!(
+            c.fill(5, 5, chunk(5)),
+            Some(chunk(5)),
+            "off: the buffer itself"
+        );
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //!         chunk_ready (merge the caller's data, or zeros for an unmap)
 //!           ├─ all zeros ─► clear ─► (trim_done) ─► finish
 //!           └─ compress_done ─► write_chunk (allocate) ─► write_chunk_done (stage the
-//!              chunk map) ─► Committing, in the group ─► flush: the group's chunk maps
-//!              persisted, its entries switched and persisted ─► free old ─► finish
+//!              chunk map, the new content to the cache) ─► Committing, in the group ─►
+//!              flush: the group's chunk maps persisted, its entries switched and
+//!              persisted ─► free old ─► finish
 //!         write_chunk, no space while others hold some ─► (waits) ─► write_chunk
 //! clear:  admit ─► clear (empty the entries of a run of whole chunks, persist, free
 //!         their chunk maps) ─► the device discards their io units ─► trim_done ─►
@@ -52,9 +53,11 @@
 //! can complete.
 //!
 //! The chunk cache (`cache.rs`): a read that passed its checksum and decompression
-//! fills it (`keep_read`, not for the checker's reads); a write or unmap takes its
-//! chunk out as it starts, and a clear its run of chunks, so whatever becomes of them
-//! the next read goes to the device.
+//! fills it, and so does a write whose new content is in its `plain` buffer (not one
+//! compressed straight from the caller's), once written, under its new chunk map
+//! (`let_go_caching`; never for the checker). A write or unmap takes its chunk out as
+//! it starts, and a clear its run of chunks; until the next fill, the next read goes
+//! to the device.
 //!
 //! Zero copy: a piece that reads or writes a whole chunk whose part of the caller's
 //! buffers is one piece of memory ([`UserIo::contiguous`]), with a codec that works
@@ -174,17 +177,29 @@ enum Stage {
     WaitingForSpace {
         buffers: Buffers,
         size: usize,
+        plain: Plain,
     },
     /// Writing the new chunk (held in the slot), to commit once its data is on the
     /// device; the buffer with its stored form is lent to the device.
     WritingChunk {
         kept: Kept,
+        plain: Plain,
     },
     /// The device is discarding the io units the piece freed (held in the slot).
     Trimming,
     /// The new chunk's data is on the device and its chunk map in the pm mapping, not
     /// persisted; in the group, waiting for its commit. Holds no buffers.
     Committing,
+}
+
+/// What a write's `plain` buffer holds once its chunk is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plain {
+    /// The chunk's new content (merged there, or copied to be stored raw): once
+    /// written, it goes to the cache.
+    New,
+    /// Nothing of it: the chunk was compressed straight from the caller's buffer.
+    Stale,
 }
 
 /// Who completes an operation.
@@ -552,21 +567,6 @@ impl Engine {
         true
     }
 
-    /// Keeps the content of the chunk read piece `id` read, `plain` (checksum and
-    /// decompression passed on the way), unless the checker read it. A buffer of
-    /// another size (handed back so by a codec with a bug) is never kept.
-    fn keep_read(&mut self, id: usize, chunk: u64, plain: &mut Vec<u8>) {
-        let checker = self.slots[id]
-            .parent
-            .is_some_and(|parent| self.parents.is_checker(parent));
-        if checker || plain.len() != self.meta.geo.chunk_size() {
-            return;
-        }
-        if let Some(index) = self.meta.logical_entry(chunk) {
-            self.cache.fill(chunk, index, plain);
-        }
-    }
-
     fn take_buffer(&mut self) -> Vec<u8> {
         let size = self.meta.geo.chunk_size();
         self.spare_buffers.pop().unwrap_or_else(|| vec![0; size])
@@ -597,7 +597,10 @@ impl Engine {
         };
         match (self.meta.lookup(chunk), cached) {
             (Ok(Some(_)), Some(plain)) => {
-                buffers.plain = plain;
+                // The cache's buffer trades places with ours, which goes back to the
+                // spares: the cache takes it back when this write fills it.
+                let spare = std::mem::replace(&mut buffers.plain, plain);
+                self.spare_buffers.push(spare);
                 self.chunk_ready(id, buffers, out)
             }
             (Ok(Some(stored)), None) => self.read_chunk(id, stored, buffers, out),
@@ -652,8 +655,8 @@ impl Engine {
             Some(Stage::ReadingChunk { stored, kept }) => {
                 self.backing_read_done(id, stored, kept.rejoin(io.buf), result, out)
             }
-            Some(Stage::WritingChunk { kept }) => {
-                self.write_chunk_done(id, kept.rejoin(io.buf), result, out)
+            Some(Stage::WritingChunk { kept, plain }) => {
+                self.write_chunk_done(id, kept.rejoin(io.buf), plain, result, out)
             }
             Some(Stage::Trimming) => self.trim_done(id, result, out),
             // Refused (and logged) by `accept`, which hands out only a stage that waits
@@ -801,8 +804,12 @@ impl Engine {
         match op {
             Op::Read => {
                 self.user(id).scatter(at, &buffers.plain[range]);
-                self.keep_read(id, chunk, &mut buffers.plain);
-                return self.finish(id, Some(buffers), Ok(()));
+                // Its checksum and decompression passed on the way here.
+                match self.meta.logical_entry(chunk) {
+                    Some(index) => self.let_go_caching(id, index, buffers),
+                    None => self.let_go(id, buffers),
+                }
+                return self.end(id, Ok(()));
             }
             Op::Write => {
                 match self.compress_from_user(id, &mut buffers) {
@@ -811,7 +818,13 @@ impl Engine {
                         return self.clear(id, chunk..chunk + 1, out);
                     }
                     Some(FromUser::Stored(size)) => {
-                        return self.write_chunk(id, buffers, size, out);
+                        // Copied into `plain` only to be stored raw.
+                        let plain = if size == len {
+                            Plain::New
+                        } else {
+                            Plain::Stale
+                        };
+                        return self.write_chunk(id, buffers, size, plain, out);
                     }
                     None => {}
                 }
@@ -954,7 +967,7 @@ impl Engine {
             plain: io.src,
             packed: io.dst,
         };
-        self.write_chunk(id, buffers, size, out);
+        self.write_chunk(id, buffers, size, Plain::New, out);
     }
 
     /// The rule that keeps overwrites from running out of chunk maps: a write to a chunk
@@ -980,8 +993,15 @@ impl Engine {
     /// writes it. A chunk never written gets `ENOSPC` when the spare chunk maps are
     /// all that is left. When the volume is out of space while other pieces hold some
     /// (writing, or having freed io units the device is discarding), waits for them.
-    /// Only with none in flight is it `ENOSPC`.
-    fn write_chunk(&mut self, id: usize, buffers: Buffers, size: usize, out: &mut Vec<Action>) {
+    /// Only with none in flight is it `ENOSPC`. `plain`: what `buffers.plain` holds.
+    fn write_chunk(
+        &mut self,
+        id: usize,
+        buffers: Buffers,
+        size: usize,
+        plain: Plain,
+        out: &mut Vec<Action>,
+    ) {
         let geo = self.meta.geo;
         let chunk = self.chunk_of(id);
         let old = self.meta.logical_entry(chunk);
@@ -998,7 +1018,14 @@ impl Engine {
         let (index, io_units) = match self.meta.allocate(geo.io_units_for(size as u32)) {
             Ok(allocation) => allocation,
             Err(_) if self.writing > 0 || self.trimming > 0 => {
-                self.park(id, Stage::WaitingForSpace { buffers, size });
+                self.park(
+                    id,
+                    Stage::WaitingForSpace {
+                        buffers,
+                        size,
+                        plain,
+                    },
+                );
                 return self.space_waiters.push_back(id);
             }
             Err(e) => return self.finish(id, Some(buffers), Err(e)),
@@ -1022,7 +1049,7 @@ impl Engine {
         // The last io unit's tail would carry stale bytes of an earlier chunk.
         buf[size..written].fill(0);
         self.new_chunk(id).map.checksum = chunk_checksum(&buf[..size]);
-        self.park(id, Stage::WritingChunk { kept });
+        self.park(id, Stage::WritingChunk { kept, plain });
         let token = self.issue(id);
         out.push(Action::Write(BackingIo { buf, extents }, token));
     }
@@ -1053,11 +1080,13 @@ impl Engine {
     /// The new chunk is on the device (or the device failed: the piece fails and gives
     /// its new chunk map back). Its chunk map goes into the pm mapping, and the piece
     /// joins the group, to be committed with it (see [`Engine::flush_group`]); its
-    /// buffers are free for others already.
+    /// buffers are free for others already, but for a `plain` holding the new content,
+    /// which goes to the cache under the new chunk map.
     fn write_chunk_done(
         &mut self,
         id: usize,
         buffers: Buffers,
+        plain: Plain,
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
@@ -1071,7 +1100,12 @@ impl Engine {
         let new = self.new_chunk(id);
         let (index, map) = (new.index, new.map.clone());
         self.meta.stage(index, &map);
-        self.let_go(id, buffers);
+        // The entry is used only once the logical map names `index`: after the commit,
+        // never if the group fails (see `cache.rs`).
+        match plain {
+            Plain::New => self.let_go_caching(id, index, buffers),
+            Plain::Stale => self.let_go(id, buffers),
+        }
         self.park(id, Stage::Committing);
         self.group.push_back(id);
         if self.group.len() >= GROUP_MAX {
@@ -1173,8 +1207,13 @@ impl Engine {
             let Some(waiter) = self.space_waiters.pop_front() else {
                 break;
             };
-            if let Some(Stage::WaitingForSpace { buffers, size }) = self.take_queued(waiter) {
-                self.write_chunk(waiter, buffers, size, out);
+            if let Some(Stage::WaitingForSpace {
+                buffers,
+                size,
+                plain,
+            }) = self.take_queued(waiter)
+            {
+                self.write_chunk(waiter, buffers, size, plain, out);
             }
         }
     }
@@ -1184,6 +1223,25 @@ impl Engine {
     fn let_go(&mut self, id: usize, buffers: Buffers) {
         self.spare_buffers.push(buffers.plain);
         self.spare_buffers.push(buffers.packed);
+        self.drop_claim(id);
+    }
+
+    /// As [`Engine::let_go`], but `plain`, the content of piece `id`'s chunk as stored
+    /// in chunk map `index`, stays in the cache, trading places with a buffer the cache
+    /// no longer needs. Not the checker's (it must neither use nor fill the cache), nor
+    /// a buffer of another size (handed back so by a codec with a bug).
+    fn let_go_caching(&mut self, id: usize, index: u64, buffers: Buffers) {
+        let checker = self.slots[id]
+            .parent
+            .is_some_and(|parent| self.parents.is_checker(parent));
+        let Buffers { plain, packed } = buffers;
+        let spare = if checker || plain.len() != self.meta.geo.chunk_size() {
+            Some(plain)
+        } else {
+            self.cache.fill(self.chunk_of(id), index, plain)
+        };
+        self.spare_buffers.extend(spare);
+        self.spare_buffers.push(packed);
         self.drop_claim(id);
     }
 

@@ -430,6 +430,13 @@ int h_read(struct mem_dev *d, struct spdk_reduce_vol *vol, void *buf, uint64_t o
 	return h_io(d, vol, 0, &iov, 1, offset, length);
 }
 
+int h_unmap(struct mem_dev *d, struct spdk_reduce_vol *vol, uint64_t offset, uint64_t length)
+{
+	struct wait w = {0};
+	spdk_reduce_vol_unmap(vol, offset, length, op_done, &w);
+	return finish(d, &w);
+}
+
 int h_check(struct mem_dev *d, struct spdk_reduce_vol *vol, struct reduce_vol_check_report *r)
 {
 	struct wait w = {0};

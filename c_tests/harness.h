@@ -76,6 +76,7 @@ int h_write(struct mem_dev *d, struct spdk_reduce_vol *vol, const void *buf, uin
 	    uint64_t length);
 int h_read(struct mem_dev *d, struct spdk_reduce_vol *vol, void *buf, uint64_t offset,
 	   uint64_t length);
+int h_unmap(struct mem_dev *d, struct spdk_reduce_vol *vol, uint64_t offset, uint64_t length);
 int h_check(struct mem_dev *d, struct spdk_reduce_vol *vol, struct reduce_vol_check_report *r);
 /* Io units allocated to chunks (and writes in flight) per spdk_reduce_vol_get_info:
  * its allocated_io_units less the metadata's io units, which it also counts. */

@@ -12,21 +12,6 @@
 #define BPC DEF_BPC
 #define PIECE (4096 / DEF_BLOCKLEN) /* logical blocks in a 4 KiB read */
 
-static void collect(void *arg, int status)
-{
-	int *s = arg;
-	s[0] = status;
-	s[1] = 1;
-}
-
-static int h_unmap(struct mem_dev *d, struct spdk_reduce_vol *vol, uint64_t offset,
-		   uint64_t length)
-{
-	int s[2] = {-ETIMEDOUT, 0};
-	spdk_reduce_vol_unmap(vol, offset, length, collect, s);
-	return poll_until(d, &s[1]) ? -ETIMEDOUT : s[0];
-}
-
 /* Compressible, never all zeros: stored compressed, so a read decompresses. */
 static void fill_text(uint8_t *buf, size_t len, uint64_t seed)
 {

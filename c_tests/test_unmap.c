@@ -24,14 +24,6 @@ static void collect(void *arg, int status)
 	s[1] = 1;
 }
 
-static int h_unmap(struct mem_dev *d, struct spdk_reduce_vol *vol, uint64_t offset,
-		   uint64_t length)
-{
-	int s[2] = {-ETIMEDOUT, 0};
-	spdk_reduce_vol_unmap(vol, offset, length, collect, s);
-	return poll_until(d, &s[1]) ? -ETIMEDOUT : s[0];
-}
-
 static struct reduce_vol_stats stats(struct spdk_reduce_vol *vol)
 {
 	struct reduce_vol_stats st;

@@ -732,23 +732,26 @@ impl Engine {
     /// passes through ours. `None` (nothing written) when any of that does not hold. On
     /// failure the caller's buffer may hold part of an output: the read fails.
     fn decompress_into_user(&mut self, id: usize, packed: &[u8]) -> Option<Result<usize>> {
-        let chunk_size = self.meta.geo.chunk_size();
-        let Piece::Chunk {
-            op: Op::Read,
-            start: 0,
-            len,
-            at,
-            ..
-        } = self.piece(id)
-        else {
-            return None;
-        };
-        if len != chunk_size {
-            return None;
-        }
-        let parent = self.slots[id].parent?;
+        let (parent, at, len) = self.whole_chunk(id, Op::Read)?;
         let dst = self.parents.user(parent).contiguous_mut(at, len)?;
         self.codec.decompress_now(packed, dst)
+    }
+
+    /// For a piece `id` of `op` that covers its whole chunk: its request, and where
+    /// the chunk lies in the request's buffers (offset and length).
+    fn whole_chunk(&self, id: usize, op: Op) -> Option<(usize, usize, usize)> {
+        match self.piece(id) {
+            Piece::Chunk {
+                op: piece_op,
+                start: 0,
+                len,
+                at,
+                ..
+            } if piece_op == op && len == self.meta.geo.chunk_size() => {
+                Some((self.slots[id].parent?, at, len))
+            }
+            _ => None,
+        }
     }
 
     /// What a decompress of piece `id`'s chunk gave: the whole chunk, or `EIO` with
@@ -852,20 +855,7 @@ impl Engine {
     /// does not hold.
     fn compress_from_user(&mut self, id: usize, buffers: &mut Buffers) -> Option<FromUser> {
         let geo = self.meta.geo;
-        let Piece::Chunk {
-            op: Op::Write,
-            start: 0,
-            len,
-            at,
-            ..
-        } = self.piece(id)
-        else {
-            return None;
-        };
-        if len != geo.chunk_size() {
-            return None;
-        }
-        let parent = self.slots[id].parent?;
+        let (parent, at, len) = self.whole_chunk(id, Op::Write)?;
         let src = self.parents.user(parent).contiguous(at, len)?;
         if all_zero(src) {
             return Some(FromUser::Zeros);

@@ -1,7 +1,9 @@
 //! pm files on a file system, mapped with memmap2 and persisted with msync, each held
 //! with `flock(LOCK_EX | LOCK_NB)` while in use. A fill goes through the descriptor
 //! (pwrite, then fdatasync), so formatting a file of gigabytes leaves its pages in the
-//! page cache and out of the process's resident memory.
+//! page cache and out of the process's resident memory. On a RAM file system (tmpfs,
+//! ramfs: `fstatfs` at create and open) `persist` skips the msync: the pages are the
+//! file, so there is nothing to write back.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -24,6 +26,19 @@ struct FileRegion {
     /// The locked file (the lock lives as long as this descriptor), written through
     /// by `fill`.
     file: File,
+    /// The file is on a RAM file system: `persist` has nothing to do.
+    in_memory: bool,
+}
+
+impl FileRegion {
+    fn new(map: MmapMut, file: File) -> FileRegion {
+        let in_memory = on_ram_fs(&file);
+        FileRegion {
+            map,
+            file,
+            in_memory,
+        }
+    }
 }
 
 /// A locked file, not mapped.
@@ -44,6 +59,24 @@ fn map(file: &File) -> Result<MmapMut> {
     // volume maps it, and libreduce's contract is that nothing else truncates or
     // rewrites the pm file while the volume is loaded.
     unsafe { MmapMut::map_mut(file) }.map_err(|e| os_error("mapping", &e))
+}
+
+/// ramfs's `f_type` (linux/magic.h), which libc does not name.
+const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+
+/// Whether `file` lives on tmpfs or ramfs, whose pages are the file: msync writes
+/// nothing back there, and a shared mapping loses nothing when the process dies. When
+/// `fstatfs` fails, false: `persist` keeps its msync, never wrong, only slower.
+fn on_ram_fs(file: &File) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a buffer of the size fstatfs fills, and the descriptor is ours
+    // for the duration of the call.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded, so it wrote the whole struct.
+    let st = unsafe { st.assume_init() };
+    matches!(st.f_type, libc::TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 /// Takes the file's exclusive lock without waiting: `EBUSY` when another open file
@@ -81,7 +114,7 @@ impl PmStore for FileStore {
             })
             .and_then(|()| map(&file));
         match mapped {
-            Ok(map) => Ok(Box::new(FileRegion { map, file })),
+            Ok(map) => Ok(Box::new(FileRegion::new(map, file))),
             Err(e) => {
                 // Nothing is left behind by a failed create; the create error is the
                 // one the caller needs.
@@ -110,7 +143,7 @@ impl PmStore for FileStore {
         }
         check_len(meta.len())?;
         let map = map(&file)?;
-        Ok(Box::new(FileRegion { map, file }))
+        Ok(Box::new(FileRegion::new(map, file)))
     }
 
     fn lock(&self, path: &Path) -> Result<Option<Box<dyn PmLock>>> {
@@ -159,9 +192,20 @@ impl PmRegion for FileRegion {
     }
 
     fn persist(&mut self, offset: usize, len: usize) -> Result<()> {
+        if self.in_memory {
+            // No msync, but a range beyond the file fails as memmap2's check would.
+            return match offset.checked_add(len) {
+                Some(end) if end <= self.map.len() => Ok(()),
+                _ => Err(os_error("persisting", &ErrorKind::InvalidInput.into())),
+            };
+        }
         self.map
             .flush_range(offset, len)
             .map_err(|e| os_error("persisting", &e))
+    }
+
+    fn in_memory(&self) -> bool {
+        self.in_memory
     }
 
     fn fill(&mut self, offset: usize, len: usize, byte: u8) -> Result<()> {

@@ -1,7 +1,8 @@
 //! The pm file: the metadata region the volume maps whole, and where such files live.
 //!
 //! [`PmRegion`] is one mapped file: read it as bytes, write it, and `persist` a range
-//! (msync for a file), and `fill` a range without mapping it in (init's all-ones
+//! (msync for a file; nothing for a file on tmpfs or ramfs, whose pages are the
+//! file), and `fill` a range without mapping it in (init's all-ones
 //! maps). [`PmStore`] creates, opens and removes them by path. Paths are
 //! bytes, as the OS has them (`Path`), never required to be UTF-8.
 //!
@@ -55,8 +56,17 @@ pub trait PmRegion {
     /// Writes an aligned 8-byte word with a single store, so the logical map entry
     /// switches from old to new chunk map and is never seen torn.
     fn store_u64(&mut self, offset: usize, value: u64);
-    /// Makes `len` bytes at `offset` durable.
+    /// Makes `len` bytes at `offset` durable: a no-op for a file on a RAM file system
+    /// (see [`in_memory`](Self::in_memory)).
     fn persist(&mut self, offset: usize, len: usize) -> Result<()>;
+
+    /// True when the file lives on a RAM file system (tmpfs, ramfs), where its pages
+    /// are the file: `persist` then has nothing to write back and does nothing. Nothing
+    /// there survives a power cut anyway, and a process crash loses nothing, as the
+    /// mapping is shared.
+    fn in_memory(&self) -> bool {
+        false
+    }
 
     /// Sets `len` bytes at `offset` to `byte` and makes them durable, [`FILL_PIECE`]
     /// bytes at a time. A real file writes them through its descriptor instead, so

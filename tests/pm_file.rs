@@ -1,7 +1,8 @@
 //! A pm file on a RAM file system (tmpfs, ramfs) is persisted by doing nothing: the
 //! region says it is in memory there, and only there, whether created or opened. The
 //! expectation comes from `stat -f`, not from the library's own `fstatfs`. Persist keeps
-//! its behaviour otherwise: a range within the file succeeds, one beyond it fails.
+//! its behaviour otherwise: a range within the file succeeds, one beyond it fails. A
+//! fill larger than a piece, shared among threads, covers its range exactly.
 
 use std::path::Path;
 use std::process::Command;
@@ -71,4 +72,23 @@ fn a_pm_file_on_tmpfs_is_in_memory() {
 #[test]
 fn a_pm_file_on_disk_is_not_in_memory() {
     check("/var/tmp", false);
+}
+
+/// A fill larger than one piece is shared among threads: every byte of the range gets
+/// the fill's byte, and nothing outside it changes, whatever the shares' edges.
+#[test]
+fn a_large_fill_covers_its_range_exactly() {
+    const MIB: usize = 1 << 20;
+    let tmp = tempfile::tempdir_in("/dev/shm").unwrap();
+    let path = tmp.path().join("pm");
+    let len = 9 * MIB + 3 * 4096;
+    let mut region = FileStore.create(&path, len as u64).unwrap();
+    let (start, end) = (4096, len - 4096);
+    region.fill(start, end - start, 0xa5).unwrap();
+    let bytes = region.bytes();
+    let wrong =
+        |range: std::ops::Range<usize>, want: u8| range.clone().find(|&at| bytes[at] != want);
+    assert_eq!(wrong(0..start, 0), None, "before the range");
+    assert_eq!(wrong(start..end, 0xa5), None, "in the range");
+    assert_eq!(wrong(end..len, 0), None, "after the range");
 }

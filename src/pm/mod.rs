@@ -28,15 +28,15 @@ use crate::error::Result;
 /// Bytes [`PmRegion::fill`] writes at a time: filling needs no buffer of the file's size.
 pub const FILL_PIECE: usize = 1 << 20;
 
-/// Hands `write` the range `offset..offset + len` as pieces of [`FILL_PIECE`] bytes of
-/// `byte` (one buffer, reused), stopping at the first error.
+/// Hands `write` the range `offset..offset + len` as pieces of at most `piece.len()`
+/// bytes, all from `piece` (one buffer of the fill's byte, reused), stopping at the
+/// first error.
 fn in_pieces(
     offset: usize,
     len: usize,
-    byte: u8,
+    piece: &[u8],
     mut write: impl FnMut(usize, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    let piece = vec![byte; FILL_PIECE.min(len)];
     let end = offset + len;
     let mut at = offset;
     while at < end {
@@ -74,7 +74,8 @@ pub trait PmRegion {
     /// is allocated then: a full file system fails here (`ENOSPC`), never later with a
     /// store into the mapping.
     fn fill(&mut self, offset: usize, len: usize, byte: u8) -> Result<()> {
-        in_pieces(offset, len, byte, |at, piece| {
+        let piece = vec![byte; FILL_PIECE.min(len)];
+        in_pieces(offset, len, &piece, |at, piece| {
             self.write(at, piece);
             Ok(())
         })?;

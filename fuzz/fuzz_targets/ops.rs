@@ -168,7 +168,11 @@ fn shape(op: &[u8], seed: u64) -> (u64, u64, Vec<usize>) {
         0 => {
             let first = offset / BPC;
             let chunks = (1 + u64::from(op[3]) % MAX_SPAN).min(CHUNKS - first);
-            (first * BPC, chunks * BPC, vec![CHUNK_BYTES; chunks as usize])
+            (
+                first * BPC,
+                chunks * BPC,
+                vec![CHUNK_BYTES; chunks as usize],
+            )
         }
         1 => (offset, blocks, vec![blocks as usize * LBS]),
         _ => {
@@ -225,14 +229,23 @@ fn check_stats(vol: &Volume, model: &[u8], io_units: u64, counts: &Counts) {
         (nonzero..=nonzero * per_chunk).contains(&st.io_units_in_use),
         "io units in use: {st:?}"
     );
-    assert_eq!(st.io_units_in_use + st.io_units_free, io_units, "io units: {st:?}");
+    assert_eq!(
+        st.io_units_in_use + st.io_units_free,
+        io_units,
+        "io units: {st:?}"
+    );
     assert!(
         st.stored_bytes <= nonzero * CHUNK_BYTES as u64 && st.stored_bytes >= nonzero,
         "stored bytes: {st:?}"
     );
     assert_eq!(
         (st.reads, st.writes, st.unmaps, st.errors),
-        (counts.reads.get(), counts.writes.get(), counts.unmaps.get(), 0),
+        (
+            counts.reads.get(),
+            counts.writes.get(),
+            counts.unmaps.get(),
+            0
+        ),
         "requests counted: {st:?}"
     );
 }

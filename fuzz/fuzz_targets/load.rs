@@ -22,7 +22,7 @@ fuzz_target!(|input: &[u8]| {
     if let Ok(path) = format::decode_path(region) {
         images.pm.insert(path, pm.to_vec());
     }
-    let mode = if input.len() % 2 == 0 {
+    let mode = if input.len().is_multiple_of(2) {
         Mode::Immediate
     } else {
         Mode::Deferred

@@ -228,19 +228,23 @@ impl Core {
         core
     }
 
+    /// A core for an existing volume on `backing`, starting at `phase`.
+    fn on_device(
+        store: Box<dyn PmStore>,
+        codec: Rc<dyn Codec>,
+        backing: &dyn BackingDevice,
+        phase: Phase,
+    ) -> Core {
+        Core::new(store, codec, backing.blocklen(), backing.blockcnt(), phase)
+    }
+
     pub(crate) fn load(
         store: Box<dyn PmStore>,
         codec: Rc<dyn Codec>,
         backing: &dyn BackingDevice,
         cb: OpenCallback,
     ) -> Core {
-        Core::new(
-            store,
-            codec,
-            backing.blocklen(),
-            backing.blockcnt(),
-            Phase::LoadStart(AfterLoad::Open(cb)),
-        )
+        Core::on_device(store, codec, backing, Phase::LoadStart(AfterLoad::Open(cb)))
     }
 
     pub(crate) fn destroy(
@@ -249,11 +253,10 @@ impl Core {
         backing: &dyn BackingDevice,
         cb: DoneCallback,
     ) -> Core {
-        Core::new(
+        Core::on_device(
             store,
             codec,
-            backing.blocklen(),
-            backing.blockcnt(),
+            backing,
             Phase::LoadStart(AfterLoad::Destroy(cb)),
         )
     }
@@ -264,13 +267,7 @@ impl Core {
         backing: &dyn BackingDevice,
         cb: DoneCallback,
     ) -> Core {
-        Core::new(
-            store,
-            codec,
-            backing.blocklen(),
-            backing.blockcnt(),
-            Phase::ForceStart(cb),
-        )
+        Core::on_device(store, codec, backing, Phase::ForceStart(cb))
     }
 
     pub(crate) fn params(&self) -> Params {

@@ -595,21 +595,23 @@ impl Engine {
             Op::Read => None,
             Op::Write | Op::Unmap => self.cache.take(chunk, self.meta.logical_entry(chunk)),
         };
-        match (self.meta.lookup(chunk), cached) {
-            (Ok(Some(_)), Some(plain)) => {
-                // The cache's buffer trades places with ours, which goes back to the
-                // spares: the cache takes it back when this write fills it.
-                let spare = std::mem::replace(&mut buffers.plain, plain);
-                self.spare_buffers.push(spare);
-                self.chunk_ready(id, buffers, out)
-            }
-            (Ok(Some(stored)), None) => self.read_chunk(id, stored, buffers, out),
-            (Ok(None), _) => {
+        if let Some(plain) = cached {
+            // The entry was taken under the chunk map the logical map names now, which
+            // was checked when the entry was filled: no lookup. The cache's buffer
+            // trades places with ours, which goes back to the spares: the cache takes
+            // it back when this write fills it.
+            let spare = std::mem::replace(&mut buffers.plain, plain);
+            self.spare_buffers.push(spare);
+            return self.chunk_ready(id, buffers, out);
+        }
+        match self.meta.lookup(chunk) {
+            Ok(Some(stored)) => self.read_chunk(id, stored, buffers, out),
+            Ok(None) => {
                 // A chunk never written reads as zeros around the caller's data.
                 buffers.plain.fill(0);
                 self.chunk_ready(id, buffers, out)
             }
-            (Err(e), _) => self.finish(id, Some(buffers), Err(e.logged())),
+            Err(e) => self.finish(id, Some(buffers), Err(e.logged())),
         }
     }
 

@@ -453,7 +453,8 @@ pub fn pm_path(dir: &Path, uuid: &[u8; 16]) -> Result<PathBuf> {
 /// The stored checksum of a chunk's stored bytes. A CRC equal to [`NO_CHECKSUM`] is
 /// folded to 0 so that every stored value reads as "checksummed".
 pub fn chunk_checksum(stored: &[u8]) -> u32 {
-    match crc32c::crc32c(stored) {
+    // A CRC-32 comes back in a u64's low half.
+    match crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, stored) as u32 {
         NO_CHECKSUM => 0,
         crc => crc,
     }

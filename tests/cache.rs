@@ -6,7 +6,9 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::ops::Range;
+use std::rc::Rc;
 
 use common::*;
 use reduce::testkit::*;
@@ -115,13 +117,80 @@ fn sequential_4k_reads_decompress_each_chunk_once() {
             "{mode:?}: one read, one decompress a chunk"
         );
         assert_eq!(b.vol.stats().cache_hits, 24, "{mode:?}");
-        // Still there: the 8 chunks fit the default cache.
+        // Still there: the 8 chunks fit the cache.
         assert_eq!(b.read_pieces(0..8), (0, 0), "{mode:?}");
         // A reload starts empty.
         b.rig.unload(&b.vol).unwrap();
         b.vol = b.rig.load().unwrap();
         assert_eq!(b.vol.stats().cache_hits, 0);
         assert_eq!(b.read_pieces(0..8), (8, 8), "{mode:?}: after a reload");
+    }
+}
+
+/// A sequential writer of 4 KiB blocks at queue depth 32, as `make bench` runs it (each
+/// completion submits the next write, the device polled): 8 chunks in flight, each
+/// write of a chunk waiting for the one before it to commit. With the default cache,
+/// every chunk is read and decompressed once: each write's entry outlasts the fills of
+/// the others in flight until the next write of its chunk takes it.
+#[test]
+fn a_sequential_4k_writer_at_queue_depth_32_reads_each_chunk_once() {
+    const CHUNKS: u64 = 48;
+    let geo = Geo::new(512, 4096, 16384, 512, CHUNKS);
+    for mode in MODES {
+        let rig = Rig::new(geo, mode, CodecKind::test(mode));
+        let vol = rig.init();
+        let mut shadow = Shadow::new(geo);
+        let bpc = geo.blocks_per_chunk();
+        for c in 0..CHUNKS {
+            let data = text(c, geo.chunk as usize);
+            rig.write(&vol, c * bpc, &data).unwrap();
+            shadow.write(c * bpc, &data);
+        }
+        vol.set_cache_chunks(0).unwrap();
+        vol.set_cache_chunks(16).unwrap();
+        let before = (rig.codec.double().ops(), rig.backing.op_counts().0);
+        let total = CHUNKS * bpc / PIECE;
+        let next = Rc::new(Cell::new(0u64));
+        let done = Rc::new(Cell::new(0u64));
+        fn issue(vol: &Volume, next: &Rc<Cell<u64>>, done: &Rc<Cell<u64>>, total: u64) {
+            let n = next.get();
+            if n == total {
+                return;
+            }
+            next.set(n + 1);
+            let (v, nx, d) = (vol.clone(), next.clone(), done.clone());
+            vol.writev(n * PIECE, PIECE, vec![text(1000 + n, 4096)], move |r, _| {
+                r.unwrap();
+                d.set(d.get() + 1);
+                issue(&v, &nx, &d, total);
+            });
+        }
+        for n in 0..32 {
+            shadow.write(n * PIECE, &text(1000 + n, 4096));
+            issue(&vol, &next, &done, total);
+        }
+        for n in 32..total {
+            shadow.write(n * PIECE, &text(1000 + n, 4096));
+        }
+        while done.get() < total {
+            assert!(rig.poll_one(), "{mode:?}: writes stuck");
+        }
+        let reads = rig.backing.op_counts().0 - before.1;
+        // Per chunk: one decompress, then four compresses.
+        let codec = rig.codec.double().ops() - before.0;
+        assert_eq!(
+            (reads, codec),
+            (CHUNKS, CHUNKS * 5),
+            "{mode:?}: device reads and codec operations"
+        );
+        assert_eq!(vol.stats().cache_hits, total - CHUNKS, "{mode:?}");
+        for c in 0..CHUNKS {
+            assert!(
+                rig.read(&vol, c * bpc, bpc).unwrap() == shadow.expect(c * bpc, bpc),
+                "{mode:?}: chunk {c} differs from the shadow"
+            );
+        }
+        rig.unload(&vol).unwrap();
     }
 }
 

@@ -244,6 +244,14 @@ fn shadow_run(geo: Geo, mode: Mode, threads: usize, seed: u64) {
         most_in_flight > MAX_ACTIVE,
         "{most_in_flight} in flight at most"
     );
+    // The poller runs queued codec work itself when it has nothing to deliver, so on a
+    // busy machine it may have run all of the above: one more write, left unpolled
+    // until a worker has had ample time to take its compress.
+    let data = any_data(&mut rng, geo.chunk as usize);
+    shadow.write(0, &data);
+    vol.writev(0, geo.blocks_per_chunk(), vec![data], |r, _| r.unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    d.drain();
     d.verify(&vol, &shadow);
     assert!(
         codec.ran_elsewhere(me) > 0,

@@ -734,8 +734,8 @@ pub unsafe extern "C" fn reduce_vol_get_stats(
 /// Keep the contents of up to `chunks` recently read or written chunks of the volume
 /// in memory, so that a chunk read or written in pieces (4 KiB reads or writes of a
 /// 16 KiB chunk, say) is read from the backing device and decompressed once; 0 keeps
-/// none. The default is 8 chunks, or fewer when chunks are larger than 32 KiB (256 KiB
-/// in all, and at least one chunk). Memory is taken only as chunks are read or
+/// none. The default is 16 chunks, or fewer when chunks are larger than 16 KiB (256
+/// KiB in all, and at least one chunk). Memory is taken only as chunks are read or
 /// written, up to `chunks` times `chunk_size`. Writes and unmaps of a chunk take it out
 /// of the cache when they start, and the new content they leave there serves reads
 /// only once committed, so a read never returns stale data, whether they succeed or

@@ -436,8 +436,8 @@ impl Volume {
     /// Keeps the plain contents of up to `chunks` recently read or written chunks (0:
     /// none), so that a chunk read or written in pieces is read and decompressed once.
     /// Memory is taken as chunks are read or written, up to `chunks` times the chunk
-    /// size; the default is 8 chunks, or
-    /// fewer of large chunks (256 KiB, at least one chunk). Drops what the cache holds.
+    /// size; the default is 16 chunks, or fewer of chunks over 16 KiB (256 KiB, at
+    /// least one chunk). Drops what the cache holds.
     /// `ENODEV` once the volume is unloaded.
     pub fn set_cache_chunks(&self, chunks: u64) -> Result<()> {
         self.shared.core.borrow_mut().set_cache_chunks(chunks)

@@ -1,7 +1,8 @@
 //! The pm file: the metadata region the volume maps whole, and where such files live.
 //!
 //! [`PmRegion`] is one mapped file: read it as bytes, write it, and `persist` a range
-//! (msync for a file; nothing for a file on tmpfs or ramfs, whose pages are the
+//! (written pages through the descriptor and fdatasync for a file on a disk; nothing
+//! for a file on tmpfs or ramfs, whose pages are the
 //! file), and `fill` a range without mapping it in (init's all-ones
 //! maps). [`PmStore`] creates, opens and removes them by path. Paths are
 //! bytes, as the OS has them (`Path`), never required to be UTF-8.

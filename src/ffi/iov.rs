@@ -3,12 +3,15 @@
 //! work on them directly. And the C completion of a read or write.
 
 use std::ffi::{c_int, c_void};
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 
 use libc::iovec;
 use smallvec::SmallVec;
 
 use super::boundary::status;
 use super::types::{FnOf, spdk_reduce_vol_op_complete};
+use crate::backing::IoBuf;
 use crate::error::Result;
 use crate::vol::{UserIo, segment_pieces, within_one};
 
@@ -137,8 +140,43 @@ impl UserIo for CUserIo {
         })
     }
 
+    fn lend(&mut self, offset: usize, len: usize) -> Option<IoBuf> {
+        let list = &self.iovs;
+        let (i, seg) = within_one(list.iter().map(|v| v.iov_len), offset, len)?;
+        // Non-NULL: iovec `i` has bytes (`len` > 0), checked at submission.
+        let base = NonNull::new(list[i].iov_base.cast::<u8>())?;
+        // SAFETY: pointer arithmetic within iovec `i`, which holds `seg`.
+        let start = unsafe { base.add(seg.start) };
+        Some(IoBuf::lent(Box::new(LentChunk { start, len })))
+    }
+
     fn complete(self: Box<Self>, result: Result<()>) {
         // SAFETY: the caller's completion, with the argument it gave.
         unsafe { (self.cb_fn)(self.cb_arg, status(result)) }
+    }
+}
+
+/// Bytes of a C caller's iovec, lent to the device for one backing operation (see
+/// [`IoBuf`]). Dropped without touching them.
+struct LentChunk {
+    start: NonNull<u8>,
+    len: usize,
+}
+
+impl Deref for LentChunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` bytes of one iovec (checked at submission), valid until the
+        // request completes, which the volume lets happen only once the operation
+        // holding this came back; the other pieces of the request use other bytes.
+        unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for LentChunk {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; the caller lent these bytes to the request, and only
+        // this handle reaches them until it comes back (a read's are written here).
+        unsafe { std::slice::from_raw_parts_mut(self.start.as_ptr(), self.len) }
     }
 }

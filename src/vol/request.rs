@@ -87,7 +87,7 @@ use smallvec::SmallVec;
 use super::cache::ChunkCache;
 use super::split::{Op, Parents, Piece, locate};
 use super::{Action, UserIo};
-use crate::backing::{BackingIo, Extent};
+use crate::backing::{BackingIo, Extent, IoBuf};
 use crate::codec::{Codec, CodecIo};
 use crate::completion::{Ticket, Token};
 use crate::error::{Errno, Error, Result};
@@ -114,46 +114,48 @@ struct Buffers {
 impl Buffers {
     /// Lends the buffer that holds the stored form of a chunk (`plain` for a chunk
     /// stored raw, else `packed`) and keeps the other.
-    fn lend(self, raw: bool) -> (Vec<u8>, Kept) {
-        if raw {
-            (
-                self.plain,
-                Kept {
-                    buf: self.packed,
-                    raw,
-                },
-            )
+    fn lend(self, raw: bool) -> (IoBuf, Kept) {
+        let (lent, buf) = if raw {
+            (self.plain, self.packed)
         } else {
-            (
-                self.packed,
-                Kept {
-                    buf: self.plain,
-                    raw,
-                },
-            )
-        }
+            (self.packed, self.plain)
+        };
+        (lent.into(), Kept::Other { buf, raw })
     }
 }
 
-/// The buffer a piece keeps while the other is lent to the device.
-struct Kept {
-    buf: Vec<u8>,
-    /// Whether the lent one is `plain`.
-    raw: bool,
+/// What a piece keeps while the device reads or writes the stored form of its chunk:
+/// where that goes, or comes from.
+enum Kept {
+    /// The other of our buffers: the lent one is `plain` when `raw`, else `packed`.
+    Other { buf: Vec<u8>, raw: bool },
+    /// Both of ours: the device works in the caller's memory (a whole chunk stored raw,
+    /// in one piece of it).
+    Both(Buffers),
 }
 
 impl Kept {
-    /// Both buffers again, with the lent one back.
-    fn rejoin(self, lent: Vec<u8>) -> Buffers {
-        if self.raw {
-            Buffers {
-                plain: lent,
-                packed: self.buf,
-            }
-        } else {
-            Buffers {
-                plain: self.buf,
-                packed: lent,
+    /// Both buffers again, with the lent one back; and the caller's memory, when that
+    /// was lent.
+    fn rejoin(self, lent: IoBuf) -> (Buffers, Option<IoBuf>) {
+        match self {
+            Kept::Both(buffers) => (buffers, Some(lent)),
+            Kept::Other { buf, raw } => {
+                let lent = lent
+                    .into_vec()
+                    .expect("the device hands back the buffer it was lent");
+                let buffers = if raw {
+                    Buffers {
+                        plain: lent,
+                        packed: buf,
+                    }
+                } else {
+                    Buffers {
+                        plain: buf,
+                        packed: lent,
+                    }
+                };
+                (buffers, None)
             }
         }
     }
@@ -165,7 +167,8 @@ enum Stage {
     /// Waiting to be admitted, or for buffers. Holds none.
     Waiting,
     /// Reading `stored` from the device (for a read, or the old data of a partial
-    /// write or unmap); the buffer for its stored form is lent to the device.
+    /// write or unmap) into the buffer for its stored form, or (a whole-chunk read of
+    /// a raw chunk) into the caller's memory.
     ReadingChunk {
         stored: ChunkMap,
         kept: Kept,
@@ -180,7 +183,7 @@ enum Stage {
         plain: Plain,
     },
     /// Writing the new chunk (held in the slot), to commit once its data is on the
-    /// device; the buffer with its stored form is lent to the device.
+    /// device; the buffer with its stored form, or the caller's memory, is lent to it.
     WritingChunk {
         kept: Kept,
         plain: Plain,
@@ -193,13 +196,15 @@ enum Stage {
 }
 
 /// What a write's `plain` buffer holds once its chunk is compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Plain {
     /// The chunk's new content (merged there, or copied to be stored raw): once
     /// written, it goes to the cache.
     New,
     /// Nothing of it: the chunk was compressed straight from the caller's buffer.
     Stale,
+    /// Nothing of it: the chunk is stored raw, written straight from the caller's
+    /// memory, lent here. Not cached: none of our buffers holds it.
+    Caller(IoBuf),
 }
 
 /// Who completes an operation.
@@ -310,9 +315,9 @@ pub(crate) struct Engine {
 enum FromUser {
     /// Only zeros: nothing to store.
     Zeros,
-    /// Compressed into `packed`, to be stored in this many bytes (the chunk size: raw,
-    /// copied into `plain`).
-    Stored(usize),
+    /// To be stored in this many bytes: compressed into `packed`, or (the chunk size)
+    /// raw, from where [`Plain`] says.
+    Stored(usize, Plain),
 }
 
 /// The bytes a chunk compressed with `result` is stored in: compressed only when that
@@ -615,9 +620,15 @@ impl Engine {
         }
     }
 
+    /// Has the device read `stored`: a raw chunk a read wants whole, straight into the
+    /// caller's memory when it can be lent (see [`UserIo::lend`]); else into ours.
     fn read_chunk(&mut self, id: usize, stored: ChunkMap, buffers: Buffers, out: &mut Vec<Action>) {
         let extents = self.extents(&stored.io_units);
-        let (buf, kept) = buffers.lend(stored.is_raw(&self.meta.geo));
+        let raw = stored.is_raw(&self.meta.geo);
+        let (buf, kept) = match raw.then(|| self.lend_user(id, Op::Read)).flatten() {
+            Some(user) => (user, Kept::Both(buffers)),
+            None => buffers.lend(raw),
+        };
         self.park(id, Stage::ReadingChunk { stored, kept });
         let token = self.issue(id);
         out.push(Action::Read(BackingIo { buf, extents }, token));
@@ -655,10 +666,13 @@ impl Engine {
         let id = ticket.slot;
         match self.accept(ticket, Kind::Backing) {
             Some(Stage::ReadingChunk { stored, kept }) => {
-                self.backing_read_done(id, stored, kept.rejoin(io.buf), result, out)
+                let (buffers, user) = kept.rejoin(io.buf);
+                self.backing_read_done(id, stored, buffers, user, result, out)
             }
             Some(Stage::WritingChunk { kept, plain }) => {
-                self.write_chunk_done(id, kept.rejoin(io.buf), plain, result, out)
+                // The caller's memory, if lent, is dropped untouched: the write is done.
+                let (buffers, _) = kept.rejoin(io.buf);
+                self.write_chunk_done(id, buffers, plain, result, out)
             }
             Some(Stage::Trimming) => self.trim_done(id, result, out),
             // Refused (and logged) by `accept`, which hands out only a stage that waits
@@ -687,11 +701,13 @@ impl Engine {
         self.run(out);
     }
 
+    /// The stored chunk is in our buffers, or in the caller's memory (`user`, lent).
     fn backing_read_done(
         &mut self,
         id: usize,
         stored: ChunkMap,
         buffers: Buffers,
+        user: Option<IoBuf>,
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
@@ -700,8 +716,14 @@ impl Engine {
         }
         let raw = stored.is_raw(&self.meta.geo);
         let stored_len = stored.compressed_size as usize;
-        let data = if raw { &buffers.plain } else { &buffers.packed };
-        // Never hand back or merge into data that does not match what was written.
+        let data = match &user {
+            Some(user) => &user[..],
+            None if raw => &buffers.plain[..],
+            None => &buffers.packed[..],
+        };
+        // Never hand back or merge into data that does not match what was written. In
+        // the caller's memory it is there already: the read fails, as one decompressed
+        // there does.
         if !checksum_ok(&stored, &data[..stored_len]) {
             let e = Error::new(
                 Errno::EIO,
@@ -711,6 +733,10 @@ impl Engine {
                 ),
             );
             return self.finish(id, Some(buffers), Err(e.logged()));
+        }
+        if user.is_some() {
+            // Read straight into the caller's memory: nothing of it in ours to cache.
+            return self.finish(id, Some(buffers), Ok(()));
         }
         if raw {
             return self.chunk_ready(id, buffers, out);
@@ -737,6 +763,13 @@ impl Engine {
         let (parent, at, len) = self.whole_chunk(id, Op::Read)?;
         let dst = self.parents.user(parent).contiguous_mut(at, len)?;
         self.codec.decompress_now(packed, dst)
+    }
+
+    /// The caller's memory for the whole chunk of piece `id` of `op`, lent to the
+    /// device, when it is one piece of memory the caller can lend.
+    fn lend_user(&mut self, id: usize, op: Op) -> Option<IoBuf> {
+        let (parent, at, len) = self.whole_chunk(id, op)?;
+        self.parents.user(parent).lend(at, len)
     }
 
     /// For a piece `id` of `op` that covers its whole chunk: its request, and where
@@ -822,13 +855,7 @@ impl Engine {
                         self.let_go(id, buffers);
                         return self.clear(id, chunk..chunk + 1, out);
                     }
-                    Some(FromUser::Stored(size)) => {
-                        // Copied into `plain` only to be stored raw.
-                        let plain = if size == len {
-                            Plain::New
-                        } else {
-                            Plain::Stale
-                        };
+                    Some(FromUser::Stored(size, plain)) => {
                         return self.write_chunk(id, buffers, size, plain, out);
                     }
                     None => {}
@@ -852,22 +879,30 @@ impl Engine {
     }
 
     /// A write of the whole chunk compressed straight from the caller's buffer, when
-    /// that is one piece of memory and the codec works inside the call: the chunk is
-    /// copied into ours only to be stored raw. `None` (nothing done) when any of that
-    /// does not hold.
+    /// that is one piece of memory and the codec works inside the call. To be stored
+    /// raw, the chunk is written from the caller's memory when it can be lent, else
+    /// copied into ours. `None` (nothing done) when any of that does not hold.
     fn compress_from_user(&mut self, id: usize, buffers: &mut Buffers) -> Option<FromUser> {
         let geo = self.meta.geo;
         let (parent, at, len) = self.whole_chunk(id, Op::Write)?;
-        let src = self.parents.user(parent).contiguous(at, len)?;
+        let user = self.parents.user(parent);
+        let src = user.contiguous(at, len)?;
         if all_zero(src) {
             return Some(FromUser::Zeros);
         }
         warm(src);
         let size = stored_size(&geo, self.codec.compress_now(src, &mut buffers.packed)?);
-        if size == len {
-            buffers.plain.copy_from_slice(src);
+        if size < len {
+            return Some(FromUser::Stored(size, Plain::Stale));
         }
-        Some(FromUser::Stored(size))
+        let plain = match user.lend(at, len) {
+            Some(lent) => Plain::Caller(lent),
+            None => {
+                user.gather(at, &mut buffers.plain);
+                Plain::New
+            }
+        };
+        Some(FromUser::Stored(size, plain))
     }
 
     /// Empties `chunks` (see [`Metadata::clear`]), then has the device discard the io
@@ -889,7 +924,7 @@ impl Engine {
         let token = self.issue(id);
         out.push(Action::Unmap(
             BackingIo {
-                buf: Vec::new(),
+                buf: IoBuf::default(),
                 extents,
             },
             token,
@@ -1037,9 +1072,18 @@ impl Engine {
                 old,
             },
         );
-        let (mut buf, kept) = buffers.lend(size == geo.chunk_size());
-        // The last io unit's tail would carry stale bytes of an earlier chunk.
-        buf[size..written].fill(0);
+        let (mut buf, kept, plain) = match plain {
+            Plain::Caller(user) => (user, Kept::Both(buffers), Plain::Stale),
+            plain => {
+                let (buf, kept) = buffers.lend(size == geo.chunk_size());
+                (buf, kept, plain)
+            }
+        };
+        // The last io unit's tail would carry stale bytes of an earlier chunk (ours
+        // only: a raw chunk fills its io units).
+        if size < written {
+            buf[size..written].fill(0);
+        }
         self.new_chunk(id).map.checksum = chunk_checksum(&buf[..size]);
         self.park(id, Stage::WritingChunk { kept, plain });
         let token = self.issue(id);
@@ -1096,7 +1140,7 @@ impl Engine {
         // never if the group fails (see `cache.rs`).
         match plain {
             Plain::New => self.let_go_caching(id, index, buffers),
-            Plain::Stale => self.let_go(id, buffers),
+            Plain::Stale | Plain::Caller(_) => self.let_go(id, buffers),
         }
         self.park(id, Stage::Committing);
         self.group.push_back(id);

@@ -6,7 +6,8 @@
 //! read:   admit ─ chunk empty: zeros ───────────────────────────────────────► finish
 //!           ├─ chunk cached: copy out (read_cached) ───────────────────────► finish
 //!           └─ read_chunk ─► backing_read_done ─ raw ──────────► chunk_ready ► finish
-//!                                  └─ compressed ─► decompress_done ─┘
+//!                                  ├─ compressed ─► decompress_done ─┘
+//!                                  └─ raw, read into the caller's memory ───► finish
 //! write,  admit ─ unmap of an empty chunk ──────────────────────────────────► finish
 //! partial   ├─ partial, chunk cached (taken out: start) ───────────► chunk_ready
 //! unmap:    ├─ partial, chunk holds data ─► read_chunk ─► ... ─► chunk_ready
@@ -38,8 +39,14 @@
 //!
 //! If a step panics (a bug), the drain loop calls [`Engine::recover`]: the piece in hand
 //! ends with `EIO` (so its request fails), releasing its new chunk map and io units, the
-//! io units it freed and its claim on buffers; whatever it had lent comes back later
-//! under a stale ticket and is dropped.
+//! io units it freed and its claim on buffers. A piece in hand has nothing out: what it
+//! waited for came back before the step took it (`accept`), and what the step issued
+//! is still in the action list, withdrawn unperformed.
+//!
+//! That is what keeps the caller's memory safe to lend (see Zero copy): no request
+//! completes while an operation lending its memory is out, since a request completes
+//! once its last piece ends and a piece ends only in hand. A completion delivered twice
+//! or late is dropped under its stale ticket, a lent buffer with it, untouched.
 //!
 //! Group commit: a written piece does not persist its metadata alone. It writes its
 //! chunk map into the pm mapping and waits in the group; the drain loop, once it has
@@ -54,7 +61,8 @@
 //!
 //! The chunk cache (`cache.rs`): a read that passed its checksum and decompression
 //! fills it, and so does a write whose new content is in its `plain` buffer (not one
-//! compressed straight from the caller's), once written, under its new chunk map
+//! compressed straight from the caller's, nor a raw chunk read into or written from the
+//! caller's memory), once written, under its new chunk map
 //! (`let_go_caching`; never for the checker). A write or unmap takes its chunk out as
 //! it starts, and a clear its run of chunks; until the next fill, the next read goes
 //! to the device.
@@ -63,7 +71,10 @@
 //! buffers is one piece of memory ([`UserIo::contiguous`]), with a codec that works
 //! inside the call ([`Codec::compress_now`]), skips the codec stages: the step that has
 //! the chunk decompresses it straight into the caller's buffer (a read ends there), or
-//! compresses it straight from it (a write goes on to `write_chunk`).
+//! compresses it straight from it (a write goes on to `write_chunk`). A chunk stored
+//! raw needs no codec: when the caller can lend that memory ([`UserIo::lend`], C
+//! requests only), the device reads it straight into the caller's buffer (its checksum
+//! checked there) or writes it straight from it ([`Kept::Both`], [`Plain::Caller`]).
 //!
 //! Zero chunks: a chunk whose new content is all zeros (a write of zeros, or what an
 //! unmap or a write leaves) is neither compressed nor stored: its logical map entry is
@@ -1308,7 +1319,7 @@ impl Engine {
         slot.generation += 1;
         slot.stage = None;
         if std::mem::take(&mut slot.pending) {
-            // Recovery ended it with an operation out, which will come back stale.
+            // Recovery ended it after it issued an operation, withdrawn unperformed.
             self.pending -= 1;
         }
         let parent = slot.parent.take();
@@ -1330,9 +1341,9 @@ impl Engine {
     /// After a step panicked (`why`): ends the piece it had in hand with `EIO`. Its new
     /// chunk map and io units go back unless its commit already made them the chunk's,
     /// and so do the io units it freed; operations it issued in this step are withdrawn
-    /// from `out` (their buffers were never lent), and anything lent earlier comes back
-    /// under a stale ticket and is dropped. Returns the slot, or `None` when no piece
-    /// was in hand.
+    /// from `out` (their buffers were never lent); nothing it issued earlier is out (it
+    /// is in hand), so its request may complete. Returns the slot, or `None` when no
+    /// piece was in hand.
     pub(crate) fn recover(&mut self, why: &str, out: &mut Vec<Action>) -> Option<usize> {
         let id = self.in_hand.take()?;
         if matches!(self.slots[id].stage, Some(Stage::Committing)) {
@@ -1350,6 +1361,8 @@ impl Engine {
             self.fail_group(e.logged());
             return Some(id);
         }
+        // In hand: nothing of it is out but what this step issued (see the header).
+        debug_assert!(self.slots[id].stage.is_none(), "piece {id} in hand");
         out.retain(|action| action.ticket().is_none_or(|t| t.slot != id));
         let chunk = self.chunk_of(id);
         if let Some(new) = self.drop_new(id) {

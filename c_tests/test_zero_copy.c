@@ -3,7 +3,9 @@
  * into the caller's buffer, or compressed straight from it; other shapes go through the
  * volume's buffers. Every shape gives the same bytes, with the built-ins (which run
  * inside the call) and with the harness's codec (which completes later in DEFERRED
- * mode); a failed decompress into the caller's buffer fails the read with -EIO. */
+ * mode); a failed decompress into the caller's buffer fails the read with -EIO. A chunk
+ * stored raw (incompressible) that a request reads or writes whole, in one iovec, moves
+ * straight between the device and the caller's buffer, whatever the codec. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -167,4 +169,260 @@ out:
 	rig_close(&d, vol, dir);
 	free(data);
 	free(back);
+}
+
+/* ---- chunks stored raw: the device works in the caller's buffer ---- */
+
+/* Every readv and writev iovec the device is given, between spy_reset() calls. */
+#define SPY_MAX 64
+static struct {
+	reduce_backing_io_fn readv, writev; /* the harness's own */
+	size_t n;
+	struct {
+		int write;
+		const uint8_t *base;
+		size_t len;
+		uint64_t lba;
+	} calls[SPY_MAX];
+} g_spy;
+
+static void spy_record(int write, const struct iovec *iov, int iovcnt, uint64_t lba)
+{
+	for (int i = 0; i < iovcnt; i++) {
+		if (g_spy.n < SPY_MAX) {
+			g_spy.calls[g_spy.n].write = write;
+			g_spy.calls[g_spy.n].base = iov[i].iov_base;
+			g_spy.calls[g_spy.n].len = iov[i].iov_len;
+			g_spy.calls[g_spy.n].lba = lba;
+		}
+		g_spy.n++;
+	}
+}
+
+static void spy_readv(struct spdk_reduce_backing_dev *dev, struct iovec *iov, int iovcnt,
+		      uint64_t lba, uint32_t lba_count, struct spdk_reduce_vol_cb_args *args)
+{
+	spy_record(0, iov, iovcnt, lba);
+	g_spy.readv(dev, iov, iovcnt, lba, lba_count, args);
+}
+
+static void spy_writev(struct spdk_reduce_backing_dev *dev, struct iovec *iov, int iovcnt,
+		       uint64_t lba, uint32_t lba_count, struct spdk_reduce_vol_cb_args *args)
+{
+	spy_record(1, iov, iovcnt, lba);
+	g_spy.writev(dev, iov, iovcnt, lba, lba_count, args);
+}
+
+static void spy_on(struct mem_dev *d)
+{
+	g_spy.readv = d->dev.readv;
+	g_spy.writev = d->dev.writev;
+	d->dev.readv = spy_readv;
+	d->dev.writev = spy_writev;
+}
+
+static void spy_reset(void)
+{
+	g_spy.n = 0;
+}
+
+/* How the device saw `buf` (`len` bytes) in the calls of kind `write` since the reset:
+ * 1 when those calls' iovecs were all within it and covered `len` bytes, 0 when none
+ * touched it, -1 for anything else (or no call). */
+static int spy_used(int write, const uint8_t *buf, size_t len)
+{
+	size_t inside = 0, outside = 0;
+	CHECK(g_spy.n <= SPY_MAX);
+	for (size_t i = 0; i < g_spy.n && i < SPY_MAX; i++) {
+		if (g_spy.calls[i].write != write) {
+			continue;
+		}
+		const uint8_t *b = g_spy.calls[i].base;
+		if (b >= buf && b + g_spy.calls[i].len <= buf + len) {
+			inside += g_spy.calls[i].len;
+		} else if (b + g_spy.calls[i].len <= buf || b >= buf + len) {
+			outside += g_spy.calls[i].len;
+		} else {
+			return -1;
+		}
+	}
+	if (inside == len) {
+		return 1;
+	}
+	return inside == 0 && outside > 0 ? 0 : -1;
+}
+
+/* A device with the spy, the codec given (NULL: the harness's own), no cache (so that
+ * every read goes to the device). */
+static int raw_rig(struct mem_dev *d, char *dir, size_t dir_len, int deferred,
+		   reduce_backing_codec_fn compress, reduce_backing_codec_fn decompress,
+		   struct spdk_reduce_vol **vol)
+{
+	struct spdk_reduce_vol_params p;
+	make_tmpdir(dir, dir_len);
+	mem_dev_init(d, DEF_BLOCKLEN, blockcnt_for_chunks(CHUNKS), deferred);
+	default_params(&p);
+	if (compress) {
+		d->dev.compress = compress;
+		d->dev.decompress = decompress;
+	}
+	spy_on(d);
+	int rc = h_init(d, &p, dir, vol);
+	if (rc == 0) {
+		rc = reduce_vol_set_cache_chunks(*vol, 0);
+	}
+	return rc;
+}
+
+/* Chunks of random bytes (stored raw) written and read whole through every shape: in
+ * one iovec the device gets the caller's own buffer (a write only with a codec that
+ * runs inside the call: the built-in's), in several our buffers; the bytes match the
+ * shadow copy either way, and again after a reload. */
+TEST(zero_copy_raw_chunks_use_the_callers_buffer)
+{
+	for (int builtin = 0; builtin < 2; builtin++) {
+		struct mem_dev d;
+		struct spdk_reduce_vol *vol = NULL;
+		char dir[64];
+		uint8_t *shadow = calloc(CHUNKS, CHUNK), *data = malloc(CHUNK),
+			*back = malloc(CHUNK);
+		struct iovec iov[3];
+		REQUIRE_EQ(raw_rig(&d, dir, sizeof(dir), deferred,
+				   builtin ? reduce_zstd_compress : NULL,
+				   builtin ? reduce_zstd_decompress : NULL, &vol),
+			   0, next);
+		for (int shape = 0; shape < 3; shape++) {
+			uint64_t chunk = 2 + (uint64_t)shape;
+			fill_random(data, CHUNK, 40 + (uint64_t)shape);
+			memcpy(shadow + chunk * CHUNK, data, CHUNK);
+			spy_reset();
+			int n = cut(data, CHUNK, shape, iov);
+			CHECK_EQ(h_io(&d, vol, 1, iov, n, chunk * BPC, BPC), 0);
+			CHECK_EQ(spy_used(1, data, CHUNK), shape == 0 && builtin);
+			for (int rshape = 0; rshape < 3; rshape++) {
+				memset(back, 0xA5, CHUNK);
+				spy_reset();
+				n = cut(back, CHUNK, rshape, iov);
+				CHECK_EQ(h_io(&d, vol, 0, iov, n, chunk * BPC, BPC), 0);
+				CHECK_EQ(spy_used(0, back, CHUNK), rshape == 0);
+				CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
+			}
+		}
+		/* Two raw chunks in one request and one iovec: each goes straight. */
+		uint8_t *two = malloc(2 * CHUNK);
+		fill_random(two, 2 * CHUNK, 77);
+		memcpy(shadow + 8 * CHUNK, two, 2 * CHUNK);
+		spy_reset();
+		CHECK_EQ(h_write(&d, vol, two, 8 * BPC, 2 * BPC), 0);
+		CHECK_EQ(spy_used(1, two, 2 * CHUNK), builtin);
+		memset(two, 0, 2 * CHUNK);
+		spy_reset();
+		CHECK_EQ(h_read(&d, vol, two, 8 * BPC, 2 * BPC), 0);
+		CHECK_EQ(spy_used(0, two, 2 * CHUNK), 1);
+		CHECK(memcmp(two, shadow + 8 * CHUNK, 2 * CHUNK) == 0);
+		free(two);
+		/* Back after a reload, straight into one iovec. */
+		REQUIRE_EQ(h_unload(&d, vol), 0, next);
+		vol = NULL;
+		REQUIRE_EQ(h_load(&d, &vol), 0, next);
+		REQUIRE_EQ(reduce_vol_set_cache_chunks(vol, 0), 0, next);
+		for (uint64_t chunk = 0; chunk < CHUNKS; chunk++) {
+			memset(back, 0xA5, CHUNK);
+			CHECK_EQ(h_read(&d, vol, back, chunk * BPC, BPC), 0);
+			CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
+		}
+		struct reduce_vol_check_report r;
+		CHECK_EQ(h_check(&d, vol, &r), 0);
+		CHECK_EQ(r.problems, 0);
+	next:
+		rig_close(&d, vol, dir);
+		free(shadow);
+		free(data);
+		free(back);
+	}
+}
+
+/* A raw chunk whose bytes on the device are corrupted reads as -EIO, straight into one
+ * iovec (its checksum is checked in the caller's buffer) or in pieces; the chunks next
+ * to it still read right. */
+TEST(zero_copy_raw_corrupted_chunk_is_eio)
+{
+	struct mem_dev d;
+	struct spdk_reduce_vol *vol = NULL;
+	char dir[64];
+	uint8_t *data = malloc(CHUNK), *other = malloc(CHUNK), *back = malloc(CHUNK);
+	struct iovec iov[3];
+	REQUIRE_EQ(raw_rig(&d, dir, sizeof(dir), deferred, reduce_lz4_compress,
+			   reduce_lz4_decompress, &vol),
+		   0, out);
+	fill_random(other, CHUNK, 8);
+	REQUIRE_EQ(h_write(&d, vol, other, 4 * BPC, BPC), 0, out);
+	fill_random(data, CHUNK, 9);
+	spy_reset();
+	REQUIRE_EQ(h_write(&d, vol, data, 5 * BPC, BPC), 0, out);
+	REQUIRE_EQ(spy_used(1, data, CHUNK), 1, out);
+	/* A byte in the middle of the chunk's first run of blocks. */
+	d.image[g_spy.calls[0].lba * DEF_BLOCKLEN + 100] ^= 0x5A;
+	for (int shape = 0; shape < 3; shape++) {
+		spy_reset();
+		int n = cut(back, CHUNK, shape, iov);
+		CHECK_EQ(h_io(&d, vol, 0, iov, n, 5 * BPC, BPC), -EIO);
+		CHECK_EQ(spy_used(0, back, CHUNK), shape == 0);
+	}
+	CHECK_EQ(h_read(&d, vol, back, 4 * BPC, BPC), 0);
+	CHECK(memcmp(back, other, CHUNK) == 0);
+	/* Rewritten, it reads right again. */
+	REQUIRE_EQ(h_write(&d, vol, data, 5 * BPC, BPC), 0, out);
+	CHECK_EQ(h_read(&d, vol, back, 5 * BPC, BPC), 0);
+	CHECK(memcmp(back, data, CHUNK) == 0);
+	struct reduce_vol_stats st;
+	CHECK_EQ(reduce_vol_get_stats(vol, &st, sizeof(st)), 0);
+	CHECK_EQ(st.errors, 3);
+out:
+	rig_close(&d, vol, dir);
+	free(data);
+	free(other);
+	free(back);
+}
+
+/* Every device completion delivered twice, each caller's buffer freed as soon as its
+ * request completed: the second delivery (in DEFERRED mode after the free) is ignored
+ * and touches nothing of the caller's (ASan and valgrind would see it). */
+TEST(zero_copy_raw_duplicate_completions_touch_nothing)
+{
+	struct mem_dev d;
+	struct spdk_reduce_vol *vol = NULL;
+	char dir[64];
+	uint8_t *shadow = malloc(4 * CHUNK);
+	REQUIRE_EQ(raw_rig(&d, dir, sizeof(dir), deferred, reduce_zstd_compress,
+			   reduce_zstd_decompress, &vol),
+		   0, out);
+	d.twice[OP_READ] = d.twice[OP_WRITE] = 1;
+	for (uint64_t chunk = 0; chunk < 4; chunk++) {
+		uint8_t *data = malloc(CHUNK);
+		fill_random(data, CHUNK, 90 + chunk);
+		memcpy(shadow + chunk * CHUNK, data, CHUNK);
+		spy_reset();
+		CHECK_EQ(h_write(&d, vol, data, chunk * BPC, BPC), 0);
+		CHECK_EQ(spy_used(1, data, CHUNK), 1);
+		free(data);
+	}
+	for (uint64_t chunk = 0; chunk < 4; chunk++) {
+		uint8_t *back = malloc(CHUNK);
+		spy_reset();
+		CHECK_EQ(h_read(&d, vol, back, chunk * BPC, BPC), 0);
+		CHECK_EQ(spy_used(0, back, CHUNK), 1);
+		CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
+		free(back);
+	}
+	mem_dev_poll_all(&d);
+	CHECK(d.duplicates > 0);
+	d.twice[OP_READ] = d.twice[OP_WRITE] = 0;
+	uint8_t *back = malloc(4 * CHUNK);
+	CHECK_EQ(h_read(&d, vol, back, 0, 4 * BPC), 0);
+	CHECK(memcmp(back, shadow, 4 * CHUNK) == 0);
+	free(back);
+out:
+	rig_close(&d, vol, dir);
+	free(shadow);
 }

@@ -57,7 +57,7 @@ mod vol;
 #[allow(missing_docs)]
 pub mod testkit;
 
-pub use backing::{BackingDevice, BackingIo, Extent, FileDevice, IoDone};
+pub use backing::{BackingDevice, BackingIo, Extent, FileDevice, IoBuf, IoDone};
 pub use check::{Problem, Report};
 pub use codec::{
     Codec, CodecDone, CodecIo, CodecPool, CompAlgo, Compression, Lz4Codec, SyncCodec, ZstdCodec,

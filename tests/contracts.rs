@@ -317,7 +317,7 @@ fn a_panic_on_a_device_completion_fails_that_request() {
         let armed = Cell::new(true);
         rig.backing.set_tamper(Some(Box::new(move |write, _, io| {
             if !write && armed.replace(false) {
-                io.buf.clear();
+                io.buf = Vec::new().into();
             }
         })));
         logged();

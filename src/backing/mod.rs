@@ -9,6 +9,8 @@ pub use file::FileDevice;
 
 use smallvec::SmallVec;
 
+use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
 use crate::completion::{Receiver, Token};
@@ -25,12 +27,84 @@ pub struct Extent {
     pub buf_offset: usize,
 }
 
+/// The bytes of a [`BackingIo`], seen as a `[u8]`: the volume's own buffer, or a whole
+/// chunk of a C caller's buffers, lent for one operation so that a chunk stored raw
+/// moves between the device and the caller's memory without a copy. Only requests made
+/// through the C ABI lend their memory, to the C device; a Rust caller's buffers
+/// ([`Volume::readv`](crate::Volume::readv) and the like) always go through the volume's. A lent buffer is
+/// valid until the operation completes, and the volume completes no request while an
+/// operation lending its memory is out; a device must write only into a read's buffer.
+#[derive(Default)]
+pub struct IoBuf(Bytes);
+
+enum Bytes {
+    Owned(Vec<u8>),
+    Lent(Box<dyn DerefMut<Target = [u8]>>),
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes::Owned(Vec::new())
+    }
+}
+
+impl IoBuf {
+    /// A view of a caller's memory (made in `ffi`, the one place that may).
+    pub(crate) fn lent(bytes: Box<dyn DerefMut<Target = [u8]>>) -> IoBuf {
+        IoBuf(Bytes::Lent(bytes))
+    }
+
+    /// The volume's own buffer back; `None` for lent memory, which is dropped without
+    /// being touched.
+    pub(crate) fn into_vec(self) -> Option<Vec<u8>> {
+        match self.0 {
+            Bytes::Owned(buf) => Some(buf),
+            Bytes::Lent(_) => None,
+        }
+    }
+}
+
+impl From<Vec<u8>> for IoBuf {
+    fn from(buf: Vec<u8>) -> IoBuf {
+        IoBuf(Bytes::Owned(buf))
+    }
+}
+
+impl Deref for IoBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Bytes::Owned(buf) => buf,
+            Bytes::Lent(bytes) => bytes,
+        }
+    }
+}
+
+impl DerefMut for IoBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.0 {
+            Bytes::Owned(buf) => buf,
+            Bytes::Lent(bytes) => bytes,
+        }
+    }
+}
+
+impl fmt::Debug for IoBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whose = match self.0 {
+            Bytes::Owned(_) => "ours",
+            Bytes::Lent(_) => "lent",
+        };
+        write!(f, "IoBuf({} bytes, {whose})", self.len())
+    }
+}
+
 /// A read or write: `buf` and the block runs it maps to. A chunk's io units need not
 /// be contiguous on the device, so one operation may hold several runs.
 #[derive(Debug)]
 pub struct BackingIo {
     /// The data: written from, or read into.
-    pub buf: Vec<u8>,
+    pub buf: IoBuf,
     /// The block runs, each with its place in `buf`.
     pub extents: SmallVec<[Extent; 4]>,
 }

@@ -432,7 +432,7 @@ mod tests {
             lba_count: 1,
         };
         let io = BackingIo {
-            buf: vec![0; 512 * runs],
+            buf: vec![0; 512 * runs].into(),
             extents: Default::default(),
         };
         let done = IoDone {

@@ -309,7 +309,7 @@ impl MemBacking {
         }
         let echo = p.twice.then(|| Pending {
             io: BackingIo {
-                buf: p.io.buf.clone(),
+                buf: p.io.buf.to_vec().into(),
                 extents: p.io.extents.clone(),
             },
             done: IoDone {

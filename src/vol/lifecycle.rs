@@ -469,7 +469,7 @@ impl Core {
             buf_offset: 0,
         };
         BackingIo {
-            buf,
+            buf: buf.into(),
             extents: [extent].into_iter().collect(),
         }
     }

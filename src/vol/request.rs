@@ -6,7 +6,8 @@
 //! read:   admit ─ chunk empty: zeros ───────────────────────────────────────► finish
 //!           ├─ chunk cached: copy out (read_cached) ───────────────────────► finish
 //!           └─ read_chunk ─► backing_read_done ─ raw ──────────► chunk_ready ► finish
-//!                                  └─ compressed ─► decompress_done ─┘
+//!                                  ├─ compressed ─► decompress_done ─┘
+//!                                  └─ raw, read into the caller's memory ───► finish
 //! write,  admit ─ unmap of an empty chunk ──────────────────────────────────► finish
 //! partial   ├─ partial, chunk cached (taken out: start) ───────────► chunk_ready
 //! unmap:    ├─ partial, chunk holds data ─► read_chunk ─► ... ─► chunk_ready
@@ -38,8 +39,14 @@
 //!
 //! If a step panics (a bug), the drain loop calls [`Engine::recover`]: the piece in hand
 //! ends with `EIO` (so its request fails), releasing its new chunk map and io units, the
-//! io units it freed and its claim on buffers; whatever it had lent comes back later
-//! under a stale ticket and is dropped.
+//! io units it freed and its claim on buffers. A piece in hand has nothing out: what it
+//! waited for came back before the step took it (`accept`), and what the step issued
+//! is still in the action list, withdrawn unperformed.
+//!
+//! That is what keeps the caller's memory safe to lend (see Zero copy): no request
+//! completes while an operation lending its memory is out, since a request completes
+//! once its last piece ends and a piece ends only in hand. A completion delivered twice
+//! or late is dropped under its stale ticket, a lent buffer with it, untouched.
 //!
 //! Group commit: a written piece does not persist its metadata alone. It writes its
 //! chunk map into the pm mapping and waits in the group; the drain loop, once it has
@@ -54,7 +61,8 @@
 //!
 //! The chunk cache (`cache.rs`): a read that passed its checksum and decompression
 //! fills it, and so does a write whose new content is in its `plain` buffer (not one
-//! compressed straight from the caller's), once written, under its new chunk map
+//! compressed straight from the caller's, nor a raw chunk read into or written from the
+//! caller's memory), once written, under its new chunk map
 //! (`let_go_caching`; never for the checker). A write or unmap takes its chunk out as
 //! it starts, and a clear its run of chunks; until the next fill, the next read goes
 //! to the device.
@@ -63,7 +71,10 @@
 //! buffers is one piece of memory ([`UserIo::contiguous`]), with a codec that works
 //! inside the call ([`Codec::compress_now`]), skips the codec stages: the step that has
 //! the chunk decompresses it straight into the caller's buffer (a read ends there), or
-//! compresses it straight from it (a write goes on to `write_chunk`).
+//! compresses it straight from it (a write goes on to `write_chunk`). A chunk stored
+//! raw needs no codec: when the caller can lend that memory ([`UserIo::lend`], C
+//! requests only), the device reads it straight into the caller's buffer (its checksum
+//! checked there) or writes it straight from it ([`Kept::Both`], [`Plain::Caller`]).
 //!
 //! Zero chunks: a chunk whose new content is all zeros (a write of zeros, or what an
 //! unmap or a write leaves) is neither compressed nor stored: its logical map entry is
@@ -87,7 +98,7 @@ use smallvec::SmallVec;
 use super::cache::ChunkCache;
 use super::split::{Op, Parents, Piece, locate};
 use super::{Action, UserIo};
-use crate::backing::{BackingIo, Extent};
+use crate::backing::{BackingIo, Extent, IoBuf};
 use crate::codec::{Codec, CodecIo};
 use crate::completion::{Ticket, Token};
 use crate::error::{Errno, Error, Result};
@@ -114,46 +125,48 @@ struct Buffers {
 impl Buffers {
     /// Lends the buffer that holds the stored form of a chunk (`plain` for a chunk
     /// stored raw, else `packed`) and keeps the other.
-    fn lend(self, raw: bool) -> (Vec<u8>, Kept) {
-        if raw {
-            (
-                self.plain,
-                Kept {
-                    buf: self.packed,
-                    raw,
-                },
-            )
+    fn lend(self, raw: bool) -> (IoBuf, Kept) {
+        let (lent, buf) = if raw {
+            (self.plain, self.packed)
         } else {
-            (
-                self.packed,
-                Kept {
-                    buf: self.plain,
-                    raw,
-                },
-            )
-        }
+            (self.packed, self.plain)
+        };
+        (lent.into(), Kept::Other { buf, raw })
     }
 }
 
-/// The buffer a piece keeps while the other is lent to the device.
-struct Kept {
-    buf: Vec<u8>,
-    /// Whether the lent one is `plain`.
-    raw: bool,
+/// What a piece keeps while the device reads or writes the stored form of its chunk:
+/// where that goes, or comes from.
+enum Kept {
+    /// The other of our buffers: the lent one is `plain` when `raw`, else `packed`.
+    Other { buf: Vec<u8>, raw: bool },
+    /// Both of ours: the device works in the caller's memory (a whole chunk stored raw,
+    /// in one piece of it).
+    Both(Buffers),
 }
 
 impl Kept {
-    /// Both buffers again, with the lent one back.
-    fn rejoin(self, lent: Vec<u8>) -> Buffers {
-        if self.raw {
-            Buffers {
-                plain: lent,
-                packed: self.buf,
-            }
-        } else {
-            Buffers {
-                plain: self.buf,
-                packed: lent,
+    /// Both buffers again, with the lent one back; and the caller's memory, when that
+    /// was lent.
+    fn rejoin(self, lent: IoBuf) -> (Buffers, Option<IoBuf>) {
+        match self {
+            Kept::Both(buffers) => (buffers, Some(lent)),
+            Kept::Other { buf, raw } => {
+                let lent = lent
+                    .into_vec()
+                    .expect("the device hands back the buffer it was lent");
+                let buffers = if raw {
+                    Buffers {
+                        plain: lent,
+                        packed: buf,
+                    }
+                } else {
+                    Buffers {
+                        plain: buf,
+                        packed: lent,
+                    }
+                };
+                (buffers, None)
             }
         }
     }
@@ -165,7 +178,8 @@ enum Stage {
     /// Waiting to be admitted, or for buffers. Holds none.
     Waiting,
     /// Reading `stored` from the device (for a read, or the old data of a partial
-    /// write or unmap); the buffer for its stored form is lent to the device.
+    /// write or unmap) into the buffer for its stored form, or (a whole-chunk read of
+    /// a raw chunk) into the caller's memory.
     ReadingChunk {
         stored: ChunkMap,
         kept: Kept,
@@ -180,7 +194,7 @@ enum Stage {
         plain: Plain,
     },
     /// Writing the new chunk (held in the slot), to commit once its data is on the
-    /// device; the buffer with its stored form is lent to the device.
+    /// device; the buffer with its stored form, or the caller's memory, is lent to it.
     WritingChunk {
         kept: Kept,
         plain: Plain,
@@ -193,13 +207,15 @@ enum Stage {
 }
 
 /// What a write's `plain` buffer holds once its chunk is compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Plain {
     /// The chunk's new content (merged there, or copied to be stored raw): once
     /// written, it goes to the cache.
     New,
     /// Nothing of it: the chunk was compressed straight from the caller's buffer.
     Stale,
+    /// Nothing of it: the chunk is stored raw, written straight from the caller's
+    /// memory, lent here. Not cached: none of our buffers holds it.
+    Caller(IoBuf),
 }
 
 /// Who completes an operation.
@@ -310,9 +326,9 @@ pub(crate) struct Engine {
 enum FromUser {
     /// Only zeros: nothing to store.
     Zeros,
-    /// Compressed into `packed`, to be stored in this many bytes (the chunk size: raw,
-    /// copied into `plain`).
-    Stored(usize),
+    /// To be stored in this many bytes: compressed into `packed`, or (the chunk size)
+    /// raw, from where [`Plain`] says.
+    Stored(usize, Plain),
 }
 
 /// The bytes a chunk compressed with `result` is stored in: compressed only when that
@@ -615,9 +631,15 @@ impl Engine {
         }
     }
 
+    /// Has the device read `stored`: a raw chunk a read wants whole, straight into the
+    /// caller's memory when it can be lent (see [`UserIo::lend`]); else into ours.
     fn read_chunk(&mut self, id: usize, stored: ChunkMap, buffers: Buffers, out: &mut Vec<Action>) {
         let extents = self.extents(&stored.io_units);
-        let (buf, kept) = buffers.lend(stored.is_raw(&self.meta.geo));
+        let raw = stored.is_raw(&self.meta.geo);
+        let (buf, kept) = match raw.then(|| self.lend_user(id, Op::Read)).flatten() {
+            Some(user) => (user, Kept::Both(buffers)),
+            None => buffers.lend(raw),
+        };
         self.park(id, Stage::ReadingChunk { stored, kept });
         let token = self.issue(id);
         out.push(Action::Read(BackingIo { buf, extents }, token));
@@ -655,10 +677,13 @@ impl Engine {
         let id = ticket.slot;
         match self.accept(ticket, Kind::Backing) {
             Some(Stage::ReadingChunk { stored, kept }) => {
-                self.backing_read_done(id, stored, kept.rejoin(io.buf), result, out)
+                let (buffers, user) = kept.rejoin(io.buf);
+                self.backing_read_done(id, stored, buffers, user, result, out)
             }
             Some(Stage::WritingChunk { kept, plain }) => {
-                self.write_chunk_done(id, kept.rejoin(io.buf), plain, result, out)
+                // The caller's memory, if lent, is dropped untouched: the write is done.
+                let (buffers, _) = kept.rejoin(io.buf);
+                self.write_chunk_done(id, buffers, plain, result, out)
             }
             Some(Stage::Trimming) => self.trim_done(id, result, out),
             // Refused (and logged) by `accept`, which hands out only a stage that waits
@@ -687,11 +712,13 @@ impl Engine {
         self.run(out);
     }
 
+    /// The stored chunk is in our buffers, or in the caller's memory (`user`, lent).
     fn backing_read_done(
         &mut self,
         id: usize,
         stored: ChunkMap,
         buffers: Buffers,
+        user: Option<IoBuf>,
         result: Result<()>,
         out: &mut Vec<Action>,
     ) {
@@ -700,8 +727,14 @@ impl Engine {
         }
         let raw = stored.is_raw(&self.meta.geo);
         let stored_len = stored.compressed_size as usize;
-        let data = if raw { &buffers.plain } else { &buffers.packed };
-        // Never hand back or merge into data that does not match what was written.
+        let data = match &user {
+            Some(user) => &user[..],
+            None if raw => &buffers.plain[..],
+            None => &buffers.packed[..],
+        };
+        // Never hand back or merge into data that does not match what was written. In
+        // the caller's memory it is there already: the read fails, as one decompressed
+        // there does.
         if !checksum_ok(&stored, &data[..stored_len]) {
             let e = Error::new(
                 Errno::EIO,
@@ -711,6 +744,10 @@ impl Engine {
                 ),
             );
             return self.finish(id, Some(buffers), Err(e.logged()));
+        }
+        if user.is_some() {
+            // Read straight into the caller's memory: nothing of it in ours to cache.
+            return self.finish(id, Some(buffers), Ok(()));
         }
         if raw {
             return self.chunk_ready(id, buffers, out);
@@ -737,6 +774,13 @@ impl Engine {
         let (parent, at, len) = self.whole_chunk(id, Op::Read)?;
         let dst = self.parents.user(parent).contiguous_mut(at, len)?;
         self.codec.decompress_now(packed, dst)
+    }
+
+    /// The caller's memory for the whole chunk of piece `id` of `op`, lent to the
+    /// device, when it is one piece of memory the caller can lend.
+    fn lend_user(&mut self, id: usize, op: Op) -> Option<IoBuf> {
+        let (parent, at, len) = self.whole_chunk(id, op)?;
+        self.parents.user(parent).lend(at, len)
     }
 
     /// For a piece `id` of `op` that covers its whole chunk: its request, and where
@@ -822,13 +866,7 @@ impl Engine {
                         self.let_go(id, buffers);
                         return self.clear(id, chunk..chunk + 1, out);
                     }
-                    Some(FromUser::Stored(size)) => {
-                        // Copied into `plain` only to be stored raw.
-                        let plain = if size == len {
-                            Plain::New
-                        } else {
-                            Plain::Stale
-                        };
+                    Some(FromUser::Stored(size, plain)) => {
                         return self.write_chunk(id, buffers, size, plain, out);
                     }
                     None => {}
@@ -852,22 +890,30 @@ impl Engine {
     }
 
     /// A write of the whole chunk compressed straight from the caller's buffer, when
-    /// that is one piece of memory and the codec works inside the call: the chunk is
-    /// copied into ours only to be stored raw. `None` (nothing done) when any of that
-    /// does not hold.
+    /// that is one piece of memory and the codec works inside the call. To be stored
+    /// raw, the chunk is written from the caller's memory when it can be lent, else
+    /// copied into ours. `None` (nothing done) when any of that does not hold.
     fn compress_from_user(&mut self, id: usize, buffers: &mut Buffers) -> Option<FromUser> {
         let geo = self.meta.geo;
         let (parent, at, len) = self.whole_chunk(id, Op::Write)?;
-        let src = self.parents.user(parent).contiguous(at, len)?;
+        let user = self.parents.user(parent);
+        let src = user.contiguous(at, len)?;
         if all_zero(src) {
             return Some(FromUser::Zeros);
         }
         warm(src);
         let size = stored_size(&geo, self.codec.compress_now(src, &mut buffers.packed)?);
-        if size == len {
-            buffers.plain.copy_from_slice(src);
+        if size < len {
+            return Some(FromUser::Stored(size, Plain::Stale));
         }
-        Some(FromUser::Stored(size))
+        let plain = match user.lend(at, len) {
+            Some(lent) => Plain::Caller(lent),
+            None => {
+                user.gather(at, &mut buffers.plain);
+                Plain::New
+            }
+        };
+        Some(FromUser::Stored(size, plain))
     }
 
     /// Empties `chunks` (see [`Metadata::clear`]), then has the device discard the io
@@ -889,7 +935,7 @@ impl Engine {
         let token = self.issue(id);
         out.push(Action::Unmap(
             BackingIo {
-                buf: Vec::new(),
+                buf: IoBuf::default(),
                 extents,
             },
             token,
@@ -1037,9 +1083,18 @@ impl Engine {
                 old,
             },
         );
-        let (mut buf, kept) = buffers.lend(size == geo.chunk_size());
-        // The last io unit's tail would carry stale bytes of an earlier chunk.
-        buf[size..written].fill(0);
+        let (mut buf, kept, plain) = match plain {
+            Plain::Caller(user) => (user, Kept::Both(buffers), Plain::Stale),
+            plain => {
+                let (buf, kept) = buffers.lend(size == geo.chunk_size());
+                (buf, kept, plain)
+            }
+        };
+        // The last io unit's tail would carry stale bytes of an earlier chunk (ours
+        // only: a raw chunk fills its io units).
+        if size < written {
+            buf[size..written].fill(0);
+        }
         self.new_chunk(id).map.checksum = chunk_checksum(&buf[..size]);
         self.park(id, Stage::WritingChunk { kept, plain });
         let token = self.issue(id);
@@ -1096,7 +1151,7 @@ impl Engine {
         // never if the group fails (see `cache.rs`).
         match plain {
             Plain::New => self.let_go_caching(id, index, buffers),
-            Plain::Stale => self.let_go(id, buffers),
+            Plain::Stale | Plain::Caller(_) => self.let_go(id, buffers),
         }
         self.park(id, Stage::Committing);
         self.group.push_back(id);
@@ -1264,7 +1319,7 @@ impl Engine {
         slot.generation += 1;
         slot.stage = None;
         if std::mem::take(&mut slot.pending) {
-            // Recovery ended it with an operation out, which will come back stale.
+            // Recovery ended it after it issued an operation, withdrawn unperformed.
             self.pending -= 1;
         }
         let parent = slot.parent.take();
@@ -1286,9 +1341,9 @@ impl Engine {
     /// After a step panicked (`why`): ends the piece it had in hand with `EIO`. Its new
     /// chunk map and io units go back unless its commit already made them the chunk's,
     /// and so do the io units it freed; operations it issued in this step are withdrawn
-    /// from `out` (their buffers were never lent), and anything lent earlier comes back
-    /// under a stale ticket and is dropped. Returns the slot, or `None` when no piece
-    /// was in hand.
+    /// from `out` (their buffers were never lent); nothing it issued earlier is out (it
+    /// is in hand), so its request may complete. Returns the slot, or `None` when no
+    /// piece was in hand.
     pub(crate) fn recover(&mut self, why: &str, out: &mut Vec<Action>) -> Option<usize> {
         let id = self.in_hand.take()?;
         if matches!(self.slots[id].stage, Some(Stage::Committing)) {
@@ -1306,6 +1361,8 @@ impl Engine {
             self.fail_group(e.logged());
             return Some(id);
         }
+        // In hand: nothing of it is out but what this step issued (see the header).
+        debug_assert!(self.slots[id].stage.is_none(), "piece {id} in hand");
         out.retain(|action| action.ticket().is_none_or(|t| t.slot != id));
         let chunk = self.chunk_of(id);
         if let Some(new) = self.drop_new(id) {

@@ -3,6 +3,7 @@
 //! is served piece by piece, each piece copying to or from its own part of the buffers
 //! (`offset` below).
 
+use crate::backing::IoBuf;
 use crate::error::Result;
 use std::ops::Range;
 
@@ -27,6 +28,15 @@ pub trait UserIo {
 
     /// As [`UserIo::contiguous`], writable: the volume decompresses straight into them.
     fn contiguous_mut(&mut self, _offset: usize, _len: usize) -> Option<&mut [u8]> {
+        None
+    }
+
+    /// The caller's bytes `offset..offset + len`, when they lie in one segment, lent to
+    /// the backing device for one operation: a chunk stored raw is then read into them
+    /// or written from them without a copy. Only the C ABI's requests lend (their memory
+    /// is the caller's until the request completes, and the volume completes none
+    /// while such an operation is out); the default, and Rust callers, `None`.
+    fn lend(&mut self, _offset: usize, _len: usize) -> Option<IoBuf> {
         None
     }
 

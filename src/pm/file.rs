@@ -16,7 +16,8 @@
 //!   this project's test disk, against 105 µs for pwrite and fdatasync. Whole pages go
 //!   out, as msync would send them: bytes written but not yet persisted in a page the
 //!   range touches become durable early, which the crash rules allow (a page written
-//!   back by the kernel does the same). Bytes never persisted never reach the file.
+//!   back by the kernel does the same). Pages written and not persisted go to the
+//!   file as the region is dropped (without a sync), as a shared mapping's would.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -79,6 +80,24 @@ impl FileRegion {
         if let Durability::WriteBack { dirty, page } = &mut self.durability {
             if len > 0 {
                 dirty.extend(offset / *page..=(offset + len - 1) / *page);
+            }
+        }
+    }
+}
+
+/// Written pages not yet persisted go to the file's page cache (no sync) as the region
+/// goes, as a shared mapping's would: the file then holds what the volume last had in
+/// memory, not an older state the kernel's writeback would have overwritten (say,
+/// entries set back after a persist that failed part-way).
+impl Drop for FileRegion {
+    fn drop(&mut self) {
+        if let Durability::WriteBack { dirty, page } = &self.durability {
+            for &p in dirty.iter() {
+                let range = p * page..((p + 1) * page).min(self.map.len());
+                // Nothing to report a failure to; the persisted state stands.
+                let _ = self
+                    .file
+                    .write_all_at(&self.map[range.clone()], range.start as u64);
             }
         }
     }

@@ -143,6 +143,8 @@ header-check:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
+	@# Every intra-doc link resolves, private items' included.
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -q --no-deps --document-private-items -p reduce
 
 # Long runs, outside make test.
 SOAK_OPS     ?= 1000000

@@ -64,5 +64,6 @@ pub use codec::{
 };
 pub use error::{Errno, Error, Result};
 pub use format::Params;
+pub use maps::MapProblem;
 pub use pm::{FileStore, PmLock, PmRegion, PmStore};
 pub use vol::{Backend, Info, InitPlan, Op, Stats, UserIo, Volume};

@@ -106,7 +106,10 @@ impl Space {
 }
 
 /// Something wrong with what the logical map references, found from the pm file alone.
+/// Each names the logical chunk whose entry leads to it (`chunk`), and the chunk map
+/// (`index`) or io unit (`unit`) at fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // the fields, named the same in every variant, are described above
 pub enum MapProblem {
     /// A logical map entry names a chunk map the pm file has no room for.
     EntryOutOfRange { chunk: u64, index: u64 },

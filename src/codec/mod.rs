@@ -1,5 +1,5 @@
 //! Compression, delegated like the backing device: the volume hands over buffers and
-//! gets them back with the result through a [`CodecDone`]. Built-in codecs ([`ZstdCodec`]
+//! gets them back with the result through a [`CodecDone`]. Built-in codecs ([`ZstdCodec`](struct@ZstdCodec)
 //! at a chosen level, [`Lz4Codec`]) complete inside the call; a caller's codec (hardware,
 //! say) may complete later.
 //!

@@ -69,8 +69,8 @@ pub trait PmRegion {
         false
     }
 
-    /// Sets `len` bytes at `offset` to `byte` and makes them durable, [`FILL_PIECE`]
-    /// bytes at a time. A real file writes them through its descriptor instead, so
+    /// Sets `len` bytes at `offset` to `byte` and makes them durable, 1 MiB
+    /// (`FILL_PIECE`) at a time. A real file writes them through its descriptor instead, so
     /// that none of its pages is mapped into the process, and every block of the range
     /// is allocated then: a full file system fails here (`ENOSPC`), never later with a
     /// store into the mapping.

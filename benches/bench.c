@@ -19,7 +19,9 @@
  *
  * Also: the codec pool (reduce_codec_pool_*) against the single-thread codec limit and
  * the inline codec; heap held by an idle volume; init and load of a 1 TiB volume on a
- * sparse file; writes with the pm file on a disk-backed file system.
+ * sparse file; writes with the pm file on a disk-backed file system, and what one
+ * persisted page costs there through a shared mapping and msync against the private
+ * mapping, pwrite and fdatasync the library uses.
  *
  * Environment: BENCH_QUICK=1 (fewer, shorter runs), BENCH_RUNS=n, BENCH_POOL_THREADS=n
  * (1), BENCH_DISK_DIR (a disk-backed directory for the pm file; /var/tmp),
@@ -37,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -895,6 +898,47 @@ static void run_mode(int mode, struct reduce_codec_pool *pool)
 /* Writes with the pm file on a disk-backed file system against tmpfs. */
 static const char *g_disk_dir;
 
+/* What one persist of a page costs on the disk, both ways (microseconds, medians): a
+ * store into a shared mapping and msync, as the library persisted before, and a store
+ * into a private mapping then pwrite and fdatasync, as it does now (src/pm/file.rs). */
+static struct series g_flush[2];
+
+static void measure_flushes(void)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/reduce-bench-flush-XXXXXX", g_disk_dir);
+	int fd = mkstemp(path);
+	const size_t pages = 64, len = pages * 4096;
+	if (fd < 0 || ftruncate(fd, (off_t)len) || fdatasync(fd)) {
+		die("flush test file", errno);
+	}
+	for (int way = 0; way < 2; way++) {
+		uint8_t *map = mmap(NULL, len, PROT_READ | PROT_WRITE,
+				    way ? MAP_PRIVATE : MAP_SHARED, fd, 0);
+		if (map == MAP_FAILED) {
+			die("mapping the flush test file", errno);
+		}
+		for (int run = 0; run < g_runs; run++) {
+			const int n = 50;
+			double t0 = now();
+			for (int i = 0; i < n; i++) {
+				size_t at = (size_t)((run * n + i) % (int)pages) * 4096;
+				map[at] = (uint8_t)i;
+				int failed = way ? pwrite(fd, map + at, 4096, (off_t)at) != 4096 ||
+							   fdatasync(fd)
+						 : msync(map + at, 4096, MS_SYNC);
+				if (failed) {
+					die("flushing the flush test file", errno);
+				}
+			}
+			add(&g_flush[way], (now() - t0) / n * 1e6);
+		}
+		munmap(map, len);
+	}
+	close(fd);
+	unlink(path);
+}
+
 static void run_disk(void)
 {
 	struct volume mem, disk;
@@ -916,6 +960,7 @@ static void run_disk(void)
 	}
 	volume_close(&disk);
 	volume_close(&mem);
+	measure_flushes();
 }
 
 /* ---- scale: a 1 TiB volume on a sparse file, in a fresh process ---- */
@@ -1181,6 +1226,10 @@ scale:
 		       fs_name(g_disk_dir), g_disk_dir, fmt(&g_disk[0], 3, a, sizeof(a)),
 		       fmt(&g_disk[1], 3, b, sizeof(b)), fmt(&g_disk_mbps[0], 1, c, sizeof(c)),
 		       fmt(&g_disk_mbps[1], 1, d, sizeof(d)));
+		printf("| one page persisted on %s: store into a shared mapping + msync / store "
+		       "into a private mapping + pwrite + fdatasync (µs) | %s / %s |\n",
+		       fs_name(g_disk_dir), fmt(&g_flush[0], 0, a, sizeof(a)),
+		       fmt(&g_flush[1], 0, b, sizeof(b)));
 	}
 }
 

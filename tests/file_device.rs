@@ -1,5 +1,6 @@
-//! `FileDevice`: sizes from the file, errors as errnos, and a whole volume on a real
-//! file whose bytes are checked against the on-disk format (docs/DESIGN.md).
+//! `FileDevice`: sizes from the file, errors as errnos, a whole volume on a real file
+//! whose bytes are checked against the on-disk format (docs/DESIGN.md), and unmaps
+//! that punch holes in it.
 
 mod common;
 
@@ -173,4 +174,44 @@ fn device_errors_reach_the_caller_and_leave_nothing() {
     let mut sb = [0u8; 8];
     f.read_exact_at(&mut sb, 0).unwrap();
     assert_eq!(&sb, b"SPDKREDU");
+}
+
+/// Unmapping gives a sparse file its space back: the blocks the volume's chunks took are
+/// allocated after the writes and holes after the unmap, the data reads back as zeros,
+/// the volume's own regions stay, and what is left reads right after a reload.
+#[test]
+fn unmapped_chunks_become_holes_in_the_file() {
+    use std::os::unix::fs::MetadataExt;
+    const CHUNKS: u64 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev");
+    let dev = FileDevice::create(&path, 512, blocks(16)).unwrap();
+    let vol = Volume::init(params(), dev, ZstdCodec, dir.path()).unwrap();
+    // Random bytes: stored raw, 16 KiB a chunk.
+    let mut rng = reduce::testkit::Rng::new(11);
+    let data: Vec<Vec<u8>> = (0..CHUNKS).map(|_| rng.bytes(16384)).collect();
+    for (c, d) in data.iter().enumerate() {
+        vol.write(c as u64 * 32, d).unwrap();
+    }
+    // Bytes allocated to the file (st_blocks counts 512-byte units).
+    let allocated = || std::fs::metadata(&path).unwrap().blocks() * 512;
+    let written = allocated();
+    assert!(written >= CHUNKS * 16384, "{written} bytes allocated");
+    // The last chunk stays; the others go.
+    vol.unmap(0, (CHUNKS - 1) * 32).unwrap();
+    let freed = written - allocated();
+    assert!(
+        freed >= (CHUNKS - 1) * 16384,
+        "{freed} bytes given back of {}",
+        (CHUNKS - 1) * 16384
+    );
+    let mut back = vec![1u8; 16384];
+    vol.read(0, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0));
+    assert!(vol.check().unwrap().is_clean());
+    vol.unload().unwrap();
+    let vol = Volume::load(FileDevice::open(&path, 512).unwrap(), ZstdCodec).unwrap();
+    vol.read((CHUNKS - 1) * 32, &mut back).unwrap();
+    assert!(back == data[CHUNKS as usize - 1], "the chunk kept");
+    vol.unload().unwrap();
 }

@@ -1,5 +1,5 @@
 //! A backing device on a file (or a block device node): positioned reads and writes of
-//! each block run, completed inside the call.
+//! each block run, and holes punched for unmaps, completed inside the call.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{BackingDevice, BackingIo, IoDone};
+use super::{BackingDevice, BackingIo, Extent, IoDone};
 use crate::error::{Errno, Error, Result};
 
 /// A [`BackingDevice`] on a file: `blockcnt` whole blocks of a chosen `blocklen` (a
@@ -17,7 +17,8 @@ use crate::error::{Errno, Error, Result};
 ///
 /// A write completes once its data is on stable storage (`fdatasync`), as the volume's
 /// crash consistency needs: the volume switches its map to new data only after the
-/// device has completed writing it.
+/// device has completed writing it. An unmap punches a hole (`fallocate`), so a sparse
+/// file gives back the space of what the volume unmaps or leaves all zeros.
 ///
 /// Clones share the open file.
 ///
@@ -111,32 +112,40 @@ impl FileDevice {
         self.blockcnt
     }
 
+    /// Where run `e` of a buffer of `buf_len` bytes lies: its byte offset on the device
+    /// and its length. `EIO` when it does not fit the device, or the buffer (`None`:
+    /// an unmap has none).
+    fn place(&self, e: &Extent, buf_len: Option<usize>) -> Result<(u64, usize)> {
+        let blocklen = u64::from(self.blocklen);
+        let fits_device = e
+            .lba
+            .checked_add(u64::from(e.lba_count))
+            .is_some_and(|end| end <= self.blockcnt);
+        let len = usize::try_from(u64::from(e.lba_count) * blocklen).ok();
+        let fits_buf = |len: usize| {
+            buf_len.is_none_or(|n| e.buf_offset.checked_add(len).is_some_and(|end| end <= n))
+        };
+        match len {
+            Some(len) if fits_device && fits_buf(len) => Ok((e.lba * blocklen, len)),
+            _ => Err(Error::new(
+                Errno::EIO,
+                format!(
+                    "{} blocks at block {} do not fit a device of {} blocks{}",
+                    e.lba_count,
+                    e.lba,
+                    self.blockcnt,
+                    buf_len.map_or(String::new(), |n| format!(", or a buffer of {n} bytes"))
+                ),
+            )),
+        }
+    }
+
     /// Reads or writes every run of `io`; a write is synced before it counts as done.
     fn transfer(&self, io: &mut BackingIo, write: bool) -> Result<()> {
-        let blocklen = u64::from(self.blocklen);
         let buf_len = io.buf.len();
         for e in &io.extents {
-            let outside = || {
-                Error::new(
-                    Errno::EIO,
-                    format!(
-                        "{} blocks at block {} do not fit a device of {} blocks, or a buffer of {} bytes",
-                        e.lba_count, e.lba, self.blockcnt, buf_len
-                    ),
-                )
-            };
-            let len = u64::from(e.lba_count) * blocklen;
-            if e.lba
-                .checked_add(u64::from(e.lba_count))
-                .is_none_or(|end| end > self.blockcnt)
-            {
-                return Err(outside());
-            }
-            let buf = usize::try_from(len)
-                .ok()
-                .and_then(|len| io.buf.get_mut(e.buf_offset..e.buf_offset.checked_add(len)?))
-                .ok_or_else(outside)?;
-            let at = e.lba * blocklen;
+            let (at, len) = self.place(e, Some(buf_len))?;
+            let buf = &mut io.buf[e.buf_offset..e.buf_offset + len];
             let done = if write {
                 self.file.write_all_at(buf, at)
             } else {
@@ -154,6 +163,33 @@ impl FileDevice {
             self.file
                 .sync_data()
                 .map_err(|e| os_error("syncing written blocks", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Punches a hole over every run of `io`: a file gives the space back, a block
+    /// device discards it (or writes zeros, as its driver does). A file system or
+    /// device that cannot punch holes leaves the blocks as they are, which is no error:
+    /// an unmap is advice, and the volume reads none of them again before writing it.
+    fn punch(&self, io: &BackingIo) -> Result<()> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        for e in &io.extents {
+            let (at, len) = self.place(e, None)?;
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            match fallocate(&*self.file, flags, at, len as u64) {
+                Ok(()) => {}
+                Err(err)
+                    if err == rustix::io::Errno::OPNOTSUPP || err == rustix::io::Errno::NOSYS =>
+                {
+                    return Ok(());
+                }
+                Err(err) => {
+                    return Err(os_error(
+                        format_args!("punching {} blocks at block {}", e.lba_count, e.lba),
+                        &err.into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -175,6 +211,11 @@ impl BackingDevice for FileDevice {
 
     fn write(&self, mut io: BackingIo, done: IoDone) {
         let result = self.transfer(&mut io, true);
+        done.complete(io, result);
+    }
+
+    fn unmap(&self, io: BackingIo, done: IoDone) {
+        let result = self.punch(&io);
         done.complete(io, result);
     }
 }

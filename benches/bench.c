@@ -27,7 +27,9 @@
  * (1), BENCH_DISK_DIR (a disk-backed directory for the pm file; /var/tmp),
  * BENCH_SCALE_DIR (for the 1 TiB sparse backing file; /var/tmp), BENCH_CLOCK=wall (time
  * single-thread runs by the wall clock too), BENCH_ONLY (sections to run, of main, pool,
- * disk, scale). */
+ * disk, scale), BENCH_CODEC=own (the in-memory device's compress and decompress are
+ * functions of this program that call reduce_zstd_*, as a caller's own codec would be:
+ * the library cannot call them directly, and hands them its iovecs). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -196,6 +198,22 @@ static void mem_unmap(struct spdk_reduce_backing_dev *dev, uint64_t lba, uint32_
 	dev_complete(container_of(dev, struct mem_dev, dev), args, 0);
 }
 
+/* BENCH_CODEC=own: the codec members are these, which the library sees as a caller's
+ * own codec (the same work, called through the members with iovecs). */
+static int g_own_codec;
+
+static void own_compress(struct spdk_reduce_backing_dev *dev, struct iovec *src, int srccnt,
+			 struct iovec *dst, int dstcnt, struct spdk_reduce_vol_cb_args *args)
+{
+	reduce_zstd_compress(dev, src, srccnt, dst, dstcnt, args);
+}
+
+static void own_decompress(struct spdk_reduce_backing_dev *dev, struct iovec *src, int srccnt,
+			   struct iovec *dst, int dstcnt, struct spdk_reduce_vol_cb_args *args)
+{
+	reduce_zstd_decompress(dev, src, srccnt, dst, dstcnt, args);
+}
+
 static void mem_dev_init(struct mem_dev *m, int deferred)
 {
 	memset(m, 0, sizeof(*m));
@@ -203,8 +221,8 @@ static void mem_dev_init(struct mem_dev *m, int deferred)
 		.readv = mem_readv,
 		.writev = mem_writev,
 		.unmap = mem_unmap,
-		.compress = reduce_zstd_compress,
-		.decompress = reduce_zstd_decompress,
+		.compress = g_own_codec ? own_compress : reduce_zstd_compress,
+		.decompress = g_own_codec ? own_decompress : reduce_zstd_decompress,
 		.blocklen = BLOCK,
 		.blockcnt = (VOL_CHUNKS + 128) * BPC,
 	};
@@ -1248,6 +1266,7 @@ int main(int argc, char **argv)
 	g_runs = g_runs < 1 ? 1 : g_runs > MAX_RUNS ? MAX_RUNS : g_runs;
 	g_pool_threads = env_int("BENCH_POOL_THREADS", 1);
 	g_disk_dir = getenv("BENCH_DISK_DIR") ? getenv("BENCH_DISK_DIR") : "/var/tmp";
+	g_own_codec = getenv("BENCH_CODEC") && !strcmp(getenv("BENCH_CODEC"), "own");
 	const char *scale_dir = getenv("BENCH_SCALE_DIR") ? getenv("BENCH_SCALE_DIR") : "/var/tmp";
 	char cpu[256], load_start[64];
 	cpu_model(cpu, sizeof(cpu));
@@ -1291,6 +1310,10 @@ int main(int argc, char **argv)
 	}
 	printf("volume: 256 MiB, 16 KiB chunks, 4 KiB io units and blocks, pm file on %s\n",
 	       TMPFS_DIR);
+	printf("codec members: %s\n",
+	       g_own_codec ? "the program's own functions calling reduce_zstd_* (BENCH_CODEC=own)"
+			   : "reduce_zstd_compress / reduce_zstd_decompress (BENCH_CODEC=own: "
+			     "the program's own)");
 	printf("runs of about %.2f s of codec work, timed by %s (pool and disk runs: wall "
 	       "clock)\n",
 	       g_target, g_main_clock == CLOCK_MONOTONIC ? "the wall clock"

@@ -1,11 +1,12 @@
-/* Zero copy from C: with the built-in codec functions assigned to the device, a read or
- * write of a whole chunk whose iovec covers it in one piece is decompressed straight
- * into the caller's buffer, or compressed straight from it; other shapes go through the
- * volume's buffers. Every shape gives the same bytes, with the built-ins (which run
- * inside the call) and with the harness's codec (which completes later in DEFERRED
- * mode); a failed decompress into the caller's buffer fails the read with -EIO. A chunk
- * stored raw (incompressible) that a request reads or writes whole, in one iovec, moves
- * straight between the device and the caller's buffer, whatever the codec. */
+/* Zero copy from C: a read or write of a whole chunk whose iovec covers it in one piece
+ * is decompressed straight into the caller's buffer, or compressed straight from it,
+ * with the built-in codec functions assigned to the device (called inside the volume)
+ * and with the caller's own (the harness's, completing later in DEFERRED mode, which
+ * then gets the caller's buffer in its iovecs); other shapes go through the volume's
+ * buffers. Every shape gives the same bytes; a failed decompress into the caller's
+ * buffer fails the read with -EIO. A chunk stored raw (incompressible) that a request
+ * reads or writes whole, in one iovec, moves straight between the device and the
+ * caller's buffer, whatever the codec. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,15 @@ static void content(uint8_t *buf, size_t len, uint64_t seed)
 		break;
 	default:
 		memset(buf, 0, len);
+	}
+}
+
+/* Text that compresses well (never zeros), shifted by `seed`. */
+static void fill_text(uint8_t *buf, size_t len, uint64_t seed)
+{
+	static const char words[] = "reduce volume chunk io unit ";
+	for (size_t i = 0; i < len; i++) {
+		buf[i] = (uint8_t)words[(i + seed) % (sizeof(words) - 1)];
 	}
 }
 
@@ -108,22 +118,6 @@ TEST(zero_copy_builtin_codec_any_iovecs)
 	}
 }
 
-/* The harness's codec (the caller's own, completing later in DEFERRED mode) takes the
- * volume's buffers whatever the shape. */
-TEST(zero_copy_callers_codec_any_iovecs)
-{
-	struct mem_dev d;
-	struct spdk_reduce_vol_params p;
-	struct spdk_reduce_vol *vol = NULL;
-	char dir[64];
-	REQUIRE_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0, out);
-	uint64_t before = d.count[OP_COMPRESS];
-	round_trips(&d, vol);
-	CHECK(d.count[OP_COMPRESS] > before);
-out:
-	rig_close(&d, vol, dir);
-}
-
 /* A compress that "compresses" any chunk into 100 bytes of garbage: stored with a
  * checksum that matches, so only the decompress finds it wrong. */
 static void garbage_compress(struct spdk_reduce_backing_dev *dev, struct iovec *src, int srccnt,
@@ -144,53 +138,64 @@ TEST(zero_copy_failed_decompress_is_eio)
 	struct spdk_reduce_vol *vol = NULL;
 	char dir[64];
 	uint8_t *data = malloc(CHUNK), *back = malloc(CHUNK);
-	make_tmpdir(dir, sizeof(dir));
-	mem_dev_init(&d, DEF_BLOCKLEN, blockcnt_for_chunks(CHUNKS), deferred);
-	default_params(&p);
-	d.dev.compress = garbage_compress;
-	d.dev.decompress = reduce_zstd_decompress;
-	REQUIRE_EQ(h_init(&d, &p, dir, &vol), 0, out);
-	fill_data(data, CHUNK, 5);
-	REQUIRE_EQ(h_write(&d, vol, data, BPC, BPC), 0, out);
-	/* The write left its content in the cache (the caller's compress needs it in our
-	 * buffer): off, so every read decompresses the garbage. */
-	REQUIRE_EQ(reduce_vol_set_cache_chunks(vol, 0), 0, out);
-	/* The whole chunk into one iovec (straight into it), in pieces, and one block. */
-	struct iovec iov[3];
-	for (int shape = 0; shape < 3; shape++) {
-		int n = cut(back, CHUNK, shape, iov);
-		CHECK_EQ(h_io(&d, vol, 0, iov, n, BPC, BPC), -EIO);
+	/* The built-in decompress (inside the call), then the harness's (the caller's own). */
+	for (int own = 0; own < 2; own++) {
+		make_tmpdir(dir, sizeof(dir));
+		mem_dev_init(&d, DEF_BLOCKLEN, blockcnt_for_chunks(CHUNKS), deferred);
+		default_params(&p);
+		d.dev.compress = garbage_compress;
+		if (!own) {
+			d.dev.decompress = reduce_zstd_decompress;
+		}
+		REQUIRE_EQ(h_init(&d, &p, dir, &vol), 0, next);
+		fill_data(data, CHUNK, 5);
+		/* In pieces: the caller's compress reads our buffer, and the content goes to
+		 * the cache. */
+		struct iovec iov[3];
+		int n = cut(data, CHUNK, 1, iov);
+		REQUIRE_EQ(h_io(&d, vol, 1, iov, n, BPC, BPC), 0, next);
+		/* Cache off, so every read decompresses the garbage. */
+		REQUIRE_EQ(reduce_vol_set_cache_chunks(vol, 0), 0, next);
+		/* The whole chunk into one iovec (straight into it), in pieces, and one block. */
+		for (int shape = 0; shape < 3; shape++) {
+			n = cut(back, CHUNK, shape, iov);
+			CHECK_EQ(h_io(&d, vol, 0, iov, n, BPC, BPC), -EIO);
+		}
+		CHECK_EQ(h_read(&d, vol, back, BPC + 3, 1), -EIO);
+		struct reduce_vol_stats st;
+		CHECK_EQ(reduce_vol_get_stats(vol, &st, sizeof(st)), 0);
+		CHECK_EQ(st.errors, 4);
+	next:
+		rig_close(&d, vol, dir);
+		vol = NULL;
 	}
-	CHECK_EQ(h_read(&d, vol, back, BPC + 3, 1), -EIO);
-	struct reduce_vol_stats st;
-	CHECK_EQ(reduce_vol_get_stats(vol, &st, sizeof(st)), 0);
-	CHECK_EQ(st.errors, 4);
-out:
-	rig_close(&d, vol, dir);
 	free(data);
 	free(back);
 }
 
 /* ---- chunks stored raw: the device works in the caller's buffer ---- */
 
-/* Every readv and writev iovec the device is given, between spy_reset() calls. */
+/* Every readv and writev iovec the device is given, and (after spy_codec) every
+ * compress source and decompress destination, between spy_reset() calls. */
 #define SPY_MAX 64
+enum spy_kind { SPY_READ, SPY_WRITE, SPY_COMPRESS_SRC, SPY_DECOMPRESS_DST };
 static struct {
-	reduce_backing_io_fn readv, writev; /* the harness's own */
+	reduce_backing_io_fn readv, writev;            /* the harness's own */
+	reduce_backing_codec_fn compress, decompress; /* ditto */
 	size_t n;
 	struct {
-		int write;
+		enum spy_kind kind;
 		const uint8_t *base;
 		size_t len;
 		uint64_t lba;
 	} calls[SPY_MAX];
 } g_spy;
 
-static void spy_record(int write, const struct iovec *iov, int iovcnt, uint64_t lba)
+static void spy_record(enum spy_kind kind, const struct iovec *iov, int iovcnt, uint64_t lba)
 {
 	for (int i = 0; i < iovcnt; i++) {
 		if (g_spy.n < SPY_MAX) {
-			g_spy.calls[g_spy.n].write = write;
+			g_spy.calls[g_spy.n].kind = kind;
 			g_spy.calls[g_spy.n].base = iov[i].iov_base;
 			g_spy.calls[g_spy.n].len = iov[i].iov_len;
 			g_spy.calls[g_spy.n].lba = lba;
@@ -202,15 +207,29 @@ static void spy_record(int write, const struct iovec *iov, int iovcnt, uint64_t 
 static void spy_readv(struct spdk_reduce_backing_dev *dev, struct iovec *iov, int iovcnt,
 		      uint64_t lba, uint32_t lba_count, struct spdk_reduce_vol_cb_args *args)
 {
-	spy_record(0, iov, iovcnt, lba);
+	spy_record(SPY_READ, iov, iovcnt, lba);
 	g_spy.readv(dev, iov, iovcnt, lba, lba_count, args);
 }
 
 static void spy_writev(struct spdk_reduce_backing_dev *dev, struct iovec *iov, int iovcnt,
 		       uint64_t lba, uint32_t lba_count, struct spdk_reduce_vol_cb_args *args)
 {
-	spy_record(1, iov, iovcnt, lba);
+	spy_record(SPY_WRITE, iov, iovcnt, lba);
 	g_spy.writev(dev, iov, iovcnt, lba, lba_count, args);
+}
+
+static void spy_compress(struct spdk_reduce_backing_dev *dev, struct iovec *src, int srccnt,
+			 struct iovec *dst, int dstcnt, struct spdk_reduce_vol_cb_args *args)
+{
+	spy_record(SPY_COMPRESS_SRC, src, srccnt, 0);
+	g_spy.compress(dev, src, srccnt, dst, dstcnt, args);
+}
+
+static void spy_decompress(struct spdk_reduce_backing_dev *dev, struct iovec *src, int srccnt,
+			   struct iovec *dst, int dstcnt, struct spdk_reduce_vol_cb_args *args)
+{
+	spy_record(SPY_DECOMPRESS_DST, dst, dstcnt, 0);
+	g_spy.decompress(dev, src, srccnt, dst, dstcnt, args);
 }
 
 static void spy_on(struct mem_dev *d)
@@ -221,20 +240,30 @@ static void spy_on(struct mem_dev *d)
 	d->dev.writev = spy_writev;
 }
 
+/* Spies on the device's codec too, before the volume takes its members: for the
+ * harness's own codec only, since a spy in front of a built-in makes it the caller's. */
+static void spy_codec(struct mem_dev *d)
+{
+	g_spy.compress = d->dev.compress;
+	g_spy.decompress = d->dev.decompress;
+	d->dev.compress = spy_compress;
+	d->dev.decompress = spy_decompress;
+}
+
 static void spy_reset(void)
 {
 	g_spy.n = 0;
 }
 
-/* How the device saw `buf` (`len` bytes) in the calls of kind `write` since the reset:
- * 1 when those calls' iovecs were all within it and covered `len` bytes, 0 when none
+/* How the device saw `buf` (`len` bytes) in the calls of `kind` since the reset: 1
+ * when those calls' iovecs were all within it and covered `len` bytes, 0 when none
  * touched it, -1 for anything else (or no call). */
-static int spy_used(int write, const uint8_t *buf, size_t len)
+static int spy_used(enum spy_kind kind, const uint8_t *buf, size_t len)
 {
 	size_t inside = 0, outside = 0;
 	CHECK(g_spy.n <= SPY_MAX);
 	for (size_t i = 0; i < g_spy.n && i < SPY_MAX; i++) {
-		if (g_spy.calls[i].write != write) {
+		if (g_spy.calls[i].kind != kind) {
 			continue;
 		}
 		const uint8_t *b = g_spy.calls[i].base;
@@ -252,8 +281,8 @@ static int spy_used(int write, const uint8_t *buf, size_t len)
 	return inside == 0 && outside > 0 ? 0 : -1;
 }
 
-/* A device with the spy, the codec given (NULL: the harness's own), no cache (so that
- * every read goes to the device). */
+/* A device with the spy, the codec given (NULL: the harness's own, spied on too), no
+ * cache (so that every read goes to the device). */
 static int raw_rig(struct mem_dev *d, char *dir, size_t dir_len, int deferred,
 		   reduce_backing_codec_fn compress, reduce_backing_codec_fn decompress,
 		   struct spdk_reduce_vol **vol)
@@ -265,6 +294,8 @@ static int raw_rig(struct mem_dev *d, char *dir, size_t dir_len, int deferred,
 	if (compress) {
 		d->dev.compress = compress;
 		d->dev.decompress = decompress;
+	} else {
+		spy_codec(d);
 	}
 	spy_on(d);
 	int rc = h_init(d, &p, dir, vol);
@@ -275,9 +306,9 @@ static int raw_rig(struct mem_dev *d, char *dir, size_t dir_len, int deferred,
 }
 
 /* Chunks of random bytes (stored raw) written and read whole through every shape: in
- * one iovec the device gets the caller's own buffer (a write only with a codec that
- * runs inside the call: the built-in's), in several our buffers; the bytes match the
- * shadow copy either way, and again after a reload. */
+ * one iovec the device gets the caller's own buffer (with the built-in codec or the
+ * caller's own, which compressed from it too), in several our buffers; the bytes match
+ * the shadow copy either way, and again after a reload. */
 TEST(zero_copy_raw_chunks_use_the_callers_buffer)
 {
 	for (int builtin = 0; builtin < 2; builtin++) {
@@ -298,13 +329,13 @@ TEST(zero_copy_raw_chunks_use_the_callers_buffer)
 			spy_reset();
 			int n = cut(data, CHUNK, shape, iov);
 			CHECK_EQ(h_io(&d, vol, 1, iov, n, chunk * BPC, BPC), 0);
-			CHECK_EQ(spy_used(1, data, CHUNK), shape == 0 && builtin);
+			CHECK_EQ(spy_used(SPY_WRITE, data, CHUNK), shape == 0);
 			for (int rshape = 0; rshape < 3; rshape++) {
 				memset(back, 0xA5, CHUNK);
 				spy_reset();
 				n = cut(back, CHUNK, rshape, iov);
 				CHECK_EQ(h_io(&d, vol, 0, iov, n, chunk * BPC, BPC), 0);
-				CHECK_EQ(spy_used(0, back, CHUNK), rshape == 0);
+				CHECK_EQ(spy_used(SPY_READ, back, CHUNK), rshape == 0);
 				CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
 			}
 		}
@@ -314,11 +345,11 @@ TEST(zero_copy_raw_chunks_use_the_callers_buffer)
 		memcpy(shadow + 8 * CHUNK, two, 2 * CHUNK);
 		spy_reset();
 		CHECK_EQ(h_write(&d, vol, two, 8 * BPC, 2 * BPC), 0);
-		CHECK_EQ(spy_used(1, two, 2 * CHUNK), builtin);
+		CHECK_EQ(spy_used(SPY_WRITE, two, 2 * CHUNK), 1);
 		memset(two, 0, 2 * CHUNK);
 		spy_reset();
 		CHECK_EQ(h_read(&d, vol, two, 8 * BPC, 2 * BPC), 0);
-		CHECK_EQ(spy_used(0, two, 2 * CHUNK), 1);
+		CHECK_EQ(spy_used(SPY_READ, two, 2 * CHUNK), 1);
 		CHECK(memcmp(two, shadow + 8 * CHUNK, 2 * CHUNK) == 0);
 		free(two);
 		/* Back after a reload, straight into one iovec. */
@@ -360,14 +391,14 @@ TEST(zero_copy_raw_corrupted_chunk_is_eio)
 	fill_random(data, CHUNK, 9);
 	spy_reset();
 	REQUIRE_EQ(h_write(&d, vol, data, 5 * BPC, BPC), 0, out);
-	REQUIRE_EQ(spy_used(1, data, CHUNK), 1, out);
+	REQUIRE_EQ(spy_used(SPY_WRITE, data, CHUNK), 1, out);
 	/* A byte in the middle of the chunk's first run of blocks. */
 	d.image[g_spy.calls[0].lba * DEF_BLOCKLEN + 100] ^= 0x5A;
 	for (int shape = 0; shape < 3; shape++) {
 		spy_reset();
 		int n = cut(back, CHUNK, shape, iov);
 		CHECK_EQ(h_io(&d, vol, 0, iov, n, 5 * BPC, BPC), -EIO);
-		CHECK_EQ(spy_used(0, back, CHUNK), shape == 0);
+		CHECK_EQ(spy_used(SPY_READ, back, CHUNK), shape == 0);
 	}
 	CHECK_EQ(h_read(&d, vol, back, 4 * BPC, BPC), 0);
 	CHECK(memcmp(back, other, CHUNK) == 0);
@@ -385,39 +416,48 @@ out:
 	free(back);
 }
 
-/* Every device completion delivered twice, each caller's buffer freed as soon as its
- * request completed: the second delivery (in DEFERRED mode after the free) is ignored
- * and touches nothing of the caller's (ASan and valgrind would see it). */
-TEST(zero_copy_raw_duplicate_completions_touch_nothing)
+/* Every completion of the device (and, with `own_codec`, of the harness's codec)
+ * delivered twice, each caller's buffer freed as soon as its request completed: the
+ * second delivery (in DEFERRED mode after the free) is ignored and touches nothing of
+ * the caller's (ASan and valgrind would see it). The data is random bytes (stored raw)
+ * with the built-in codec, compressible with the caller's own. */
+static void duplicates_touch_nothing(int deferred, int own_codec)
 {
 	struct mem_dev d;
 	struct spdk_reduce_vol *vol = NULL;
 	char dir[64];
 	uint8_t *shadow = malloc(4 * CHUNK);
-	REQUIRE_EQ(raw_rig(&d, dir, sizeof(dir), deferred, reduce_zstd_compress,
-			   reduce_zstd_decompress, &vol),
+	REQUIRE_EQ(raw_rig(&d, dir, sizeof(dir), deferred, own_codec ? NULL : reduce_zstd_compress,
+			   own_codec ? NULL : reduce_zstd_decompress, &vol),
 		   0, out);
+	enum spy_kind into = own_codec ? SPY_DECOMPRESS_DST : SPY_READ,
+		      from = own_codec ? SPY_COMPRESS_SRC : SPY_WRITE;
 	d.twice[OP_READ] = d.twice[OP_WRITE] = 1;
+	d.twice[OP_COMPRESS] = d.twice[OP_DECOMPRESS] = own_codec;
 	for (uint64_t chunk = 0; chunk < 4; chunk++) {
 		uint8_t *data = malloc(CHUNK);
-		fill_random(data, CHUNK, 90 + chunk);
+		if (own_codec) {
+			fill_text(data, CHUNK, chunk);
+		} else {
+			fill_random(data, CHUNK, 90 + chunk);
+		}
 		memcpy(shadow + chunk * CHUNK, data, CHUNK);
 		spy_reset();
 		CHECK_EQ(h_write(&d, vol, data, chunk * BPC, BPC), 0);
-		CHECK_EQ(spy_used(1, data, CHUNK), 1);
+		CHECK_EQ(spy_used(from, data, CHUNK), 1);
 		free(data);
 	}
 	for (uint64_t chunk = 0; chunk < 4; chunk++) {
 		uint8_t *back = malloc(CHUNK);
 		spy_reset();
 		CHECK_EQ(h_read(&d, vol, back, chunk * BPC, BPC), 0);
-		CHECK_EQ(spy_used(0, back, CHUNK), 1);
+		CHECK_EQ(spy_used(into, back, CHUNK), 1);
 		CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
 		free(back);
 	}
 	mem_dev_poll_all(&d);
 	CHECK(d.duplicates > 0);
-	d.twice[OP_READ] = d.twice[OP_WRITE] = 0;
+	memset(d.twice, 0, sizeof(d.twice));
 	uint8_t *back = malloc(4 * CHUNK);
 	CHECK_EQ(h_read(&d, vol, back, 0, 4 * BPC), 0);
 	CHECK(memcmp(back, shadow, 4 * CHUNK) == 0);
@@ -425,4 +465,79 @@ TEST(zero_copy_raw_duplicate_completions_touch_nothing)
 out:
 	rig_close(&d, vol, dir);
 	free(shadow);
+}
+
+TEST(zero_copy_raw_duplicate_completions_touch_nothing)
+{
+	duplicates_touch_nothing(deferred, 0);
+}
+
+TEST(zero_copy_callers_codec_duplicate_completions_touch_nothing)
+{
+	duplicates_touch_nothing(deferred, 1);
+}
+
+/* The caller's own codec (the harness's, completing later in DEFERRED mode) works in the
+ * caller's buffer: a whole chunk in one iovec is compressed straight from it and
+ * decompressed straight into it; in several iovecs, through ours. Stored raw, such a
+ * chunk is then written from the caller's buffer too; zeros are neither compressed nor
+ * written. The bytes match the shadow copy in every shape, and after a reload. */
+TEST(zero_copy_callers_codec_uses_the_callers_buffer)
+{
+	struct mem_dev d;
+	struct spdk_reduce_vol *vol = NULL;
+	char dir[64];
+	uint8_t *shadow = calloc(CHUNKS, CHUNK), *data = malloc(CHUNK), *back = malloc(CHUNK);
+	struct iovec iov[3];
+	REQUIRE_EQ(raw_rig(&d, dir, sizeof(dir), deferred, NULL, NULL, &vol), 0, out);
+	for (int shape = 0; shape < 3; shape++) {
+		uint64_t chunk = (uint64_t)shape;
+		fill_text(data, CHUNK, (uint64_t)shape);
+		memcpy(shadow + chunk * CHUNK, data, CHUNK);
+		spy_reset();
+		int n = cut(data, CHUNK, shape, iov);
+		CHECK_EQ(h_io(&d, vol, 1, iov, n, chunk * BPC, BPC), 0);
+		CHECK_EQ(spy_used(SPY_COMPRESS_SRC, data, CHUNK), shape == 0);
+		CHECK_EQ(spy_used(SPY_WRITE, data, CHUNK), 0); /* compressed: from ours */
+		for (int rshape = 0; rshape < 3; rshape++) {
+			memset(back, 0xA5, CHUNK);
+			spy_reset();
+			n = cut(back, CHUNK, rshape, iov);
+			CHECK_EQ(h_io(&d, vol, 0, iov, n, chunk * BPC, BPC), 0);
+			CHECK_EQ(spy_used(SPY_DECOMPRESS_DST, back, CHUNK), rshape == 0);
+			CHECK_EQ(spy_used(SPY_READ, back, CHUNK), 0);
+			CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
+		}
+	}
+	/* Incompressible: compressed from the caller's buffer, then written from it. */
+	fill_random(data, CHUNK, 61);
+	memcpy(shadow + 4 * CHUNK, data, CHUNK);
+	spy_reset();
+	CHECK_EQ(h_write(&d, vol, data, 4 * BPC, BPC), 0);
+	CHECK_EQ(spy_used(SPY_COMPRESS_SRC, data, CHUNK), 1);
+	CHECK_EQ(spy_used(SPY_WRITE, data, CHUNK), 1);
+	/* Zeros over a chunk that held data: no codec call, no device write. */
+	memset(data, 0, CHUNK);
+	memset(shadow + 1 * CHUNK, 0, CHUNK);
+	spy_reset();
+	CHECK_EQ(h_write(&d, vol, data, 1 * BPC, BPC), 0);
+	CHECK_EQ(g_spy.n, 0);
+	/* Back after a reload, straight into one iovec. */
+	REQUIRE_EQ(h_unload(&d, vol), 0, out);
+	vol = NULL;
+	REQUIRE_EQ(h_load(&d, &vol), 0, out);
+	REQUIRE_EQ(reduce_vol_set_cache_chunks(vol, 0), 0, out);
+	for (uint64_t chunk = 0; chunk < CHUNKS; chunk++) {
+		memset(back, 0xA5, CHUNK);
+		CHECK_EQ(h_read(&d, vol, back, chunk * BPC, BPC), 0);
+		CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
+	}
+	struct reduce_vol_check_report r;
+	CHECK_EQ(h_check(&d, vol, &r), 0);
+	CHECK_EQ(r.problems, 0);
+out:
+	rig_close(&d, vol, dir);
+	free(shadow);
+	free(data);
+	free(back);
 }

@@ -198,7 +198,7 @@ fn break_codec_at(rig: &Rig, compress: bool, from: Rc<Cell<Option<u64>>>) {
         move |is_compress, n, io: &mut CodecIo, result: &mut reduce::Result<usize>| {
             if is_compress == compress && from.get().is_some_and(|from| n >= from) {
                 from.set(None);
-                io.dst.truncate(if compress { 0 } else { 10 });
+                io.dst = vec![0; if compress { 0 } else { 10 }].into();
                 *result = Ok(if compress { 1 } else { 4096 });
             }
         },

@@ -27,19 +27,22 @@ pub struct Extent {
     pub buf_offset: usize,
 }
 
-/// The bytes of a [`BackingIo`], seen as a `[u8]`: the volume's own buffer, or a whole
-/// chunk of a C caller's buffers, lent for one operation so that a chunk stored raw
-/// moves between the device and the caller's memory without a copy. Only requests made
-/// through the C ABI lend their memory, to the C device; a Rust caller's buffers
-/// ([`Volume::readv`](crate::Volume::readv) and the like) always go through the volume's. A lent buffer is
-/// valid until the operation completes, and the volume completes no request while an
-/// operation lending its memory is out; a device must write only into a read's buffer.
+/// The bytes of a [`BackingIo`] or of a [`CodecIo`](crate::CodecIo), seen as a `[u8]`:
+/// the volume's own buffer, or a whole chunk of a C caller's buffers, lent for one
+/// operation so that the chunk moves between the caller's memory and the device (a
+/// chunk stored raw) or the codec without a copy. Only requests made through the C ABI
+/// lend their memory, to the C device and its codec functions; a Rust caller's buffers
+/// ([`Volume::readv`](crate::Volume::readv) and the like) always go through the
+/// volume's. A lent buffer is valid until the operation completes, and the volume
+/// completes no request while an operation lending its memory is out; a device or codec
+/// must write only into the buffer it writes to (a read's, an output). It may be used
+/// on another thread (a pool's worker), as C devices use iovecs.
 #[derive(Default)]
 pub struct IoBuf(Bytes);
 
 enum Bytes {
     Owned(Vec<u8>),
-    Lent(Box<dyn DerefMut<Target = [u8]>>),
+    Lent(Box<dyn DerefMut<Target = [u8]> + Send>),
 }
 
 impl Default for Bytes {
@@ -50,7 +53,7 @@ impl Default for Bytes {
 
 impl IoBuf {
     /// A view of a caller's memory (made in `ffi`, the one place that may).
-    pub(crate) fn lent(bytes: Box<dyn DerefMut<Target = [u8]>>) -> IoBuf {
+    pub(crate) fn lent(bytes: Box<dyn DerefMut<Target = [u8]> + Send>) -> IoBuf {
         IoBuf(Bytes::Lent(bytes))
     }
 

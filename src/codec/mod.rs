@@ -18,19 +18,22 @@ pub use zstd::{ZstdCodec, zstd_compress_at, zstd_decompress};
 use std::fmt;
 use std::rc::Rc;
 
+use crate::backing::IoBuf;
 use crate::completion::{Receiver, Token};
 use crate::error::Result;
 
 /// One compress or decompress: read `src[..src_len]`, write into `dst` (its whole
-/// length is the room there is).
+/// length is the room there is). Either may be a C caller's memory, lent for the
+/// operation (see [`IoBuf`]): a whole chunk is then compressed straight from the
+/// caller's buffer, or decompressed straight into it.
 #[derive(Debug)]
 pub struct CodecIo {
     /// The input, followed by room the codec ignores.
-    pub src: Vec<u8>,
+    pub src: IoBuf,
     /// How many bytes of `src` are input.
     pub src_len: usize,
     /// Where the output goes; its length is the most the codec may write.
-    pub dst: Vec<u8>,
+    pub dst: IoBuf,
 }
 
 impl CodecIo {

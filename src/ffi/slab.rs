@@ -471,9 +471,9 @@ mod tests {
         let slab = Slab::new();
         let got = Rc::new(Got::default());
         let io = CodecIo {
-            src: vec![1; 64],
+            src: vec![1; 64].into(),
             src_len: 64,
-            dst: vec![0; 64],
+            dst: vec![0; 64].into(),
         };
         let done = CodecDone {
             receiver: got.clone(),
@@ -503,9 +503,9 @@ mod tests {
         let slab = Slab::new();
         let holder = Rc::new(LastHolder(RefCell::new(Some(slab.clone()))));
         let io = CodecIo {
-            src: vec![1; 8],
+            src: vec![1; 8].into(),
             src_len: 8,
-            dst: vec![0; 8],
+            dst: vec![0; 8].into(),
         };
         let done = CodecDone {
             receiver: holder.clone(),

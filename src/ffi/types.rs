@@ -329,7 +329,11 @@ pub type reduce_backing_unmap_fn = Option<
 /// `struct spdk_reduce_backing_dev`: read the `src_iovcnt` buffers of `src_iov`, write
 /// the result into the `dst_iovcnt` buffers of `dst_iov`, and complete through `args`
 /// with the positive number of bytes written, or a negative errno. The arrays and the
-/// buffers belong to the library and stay valid until the completion.
+/// buffers stay valid until the completion. The arrays belong to the library; a
+/// buffer is the library's, or, for a request that reads or writes a whole chunk
+/// within one of its iovecs, that part of the caller's own buffer (the source of a
+/// compress, the destination of a decompress), lent by the request: write only into
+/// the destination.
 ///
 /// compress receives one whole chunk (`chunk_size` bytes) and a destination of
 /// `chunk_size` bytes. When the compressed output does not fit (or compression fails),

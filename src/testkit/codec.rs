@@ -112,9 +112,9 @@ impl TestCodec {
     fn deliver(&self, p: Pending) {
         let echo = p.twice.then(|| Pending {
             io: CodecIo {
-                src: p.io.src.clone(),
+                src: p.io.src.to_vec().into(),
                 src_len: p.io.src_len,
-                dst: p.io.dst.clone(),
+                dst: p.io.dst.to_vec().into(),
             },
             done: CodecDone {
                 receiver: p.done.receiver.clone(),

@@ -71,10 +71,12 @@
 //! buffers is one piece of memory ([`UserIo::contiguous`]), with a codec that works
 //! inside the call ([`Codec::compress_now`]), skips the codec stages: the step that has
 //! the chunk decompresses it straight into the caller's buffer (a read ends there), or
-//! compresses it straight from it (a write goes on to `write_chunk`). A chunk stored
-//! raw needs no codec: when the caller can lend that memory ([`UserIo::lend`], C
-//! requests only), the device reads it straight into the caller's buffer (its checksum
-//! checked there) or writes it straight from it ([`Kept::Both`], [`Plain::Caller`]).
+//! compresses it straight from it (a write goes on to `write_chunk`). With a codec that
+//! completes later, when the caller can lend that memory ([`UserIo::lend`], C requests
+//! only), the codec gets it in place of `plain` ([`Buffers::into_codec`]): it decompresses
+//! into it, or compresses from it. A chunk stored raw needs no codec: with that memory
+//! lent, the device reads it straight into the caller's buffer (its checksum checked
+//! there) or writes it straight from it ([`Kept::Both`], [`Plain::Caller`]).
 //!
 //! Zero chunks: a chunk whose new content is all zeros (a write of zeros, or what an
 //! unmap or a write leaves) is neither compressed nor stored: its logical map entry is
@@ -133,6 +135,59 @@ impl Buffers {
         };
         (lent.into(), Kept::Other { buf, raw })
     }
+
+    /// Lends both buffers to the codec, or, when the caller's memory `user` stands in
+    /// for `plain`, `packed` alone, keeping `plain` (returned). A compress reads
+    /// `src_len` bytes of `plain` into `packed`, a decompress the other way.
+    fn into_codec(
+        self,
+        user: Option<IoBuf>,
+        compress: bool,
+        src_len: usize,
+    ) -> (CodecIo, Option<Vec<u8>>) {
+        let (plain, kept) = match user {
+            Some(user) => (user, Some(self.plain)),
+            None => (self.plain.into(), None),
+        };
+        let packed = self.packed.into();
+        let (src, dst) = if compress {
+            (plain, packed)
+        } else {
+            (packed, plain)
+        };
+        (CodecIo { src, src_len, dst }, kept)
+    }
+
+    /// Both buffers back from the codec (see [`Buffers::into_codec`]), with `kept`; and
+    /// the caller's memory, when that stood in for `plain`.
+    fn from_codec(io: CodecIo, kept: Option<Vec<u8>>, compress: bool) -> (Buffers, Option<IoBuf>) {
+        let (plain, packed) = if compress {
+            (io.src, io.dst)
+        } else {
+            (io.dst, io.src)
+        };
+        let ours = |buf: IoBuf| {
+            buf.into_vec()
+                .expect("the codec hands back the buffers it was lent")
+        };
+        let packed = ours(packed);
+        match kept {
+            Some(kept) => (
+                Buffers {
+                    plain: kept,
+                    packed,
+                },
+                Some(plain),
+            ),
+            None => (
+                Buffers {
+                    plain: ours(plain),
+                    packed,
+                },
+                None,
+            ),
+        }
+    }
 }
 
 /// What a piece keeps while the device reads or writes the stored form of its chunk:
@@ -184,9 +239,15 @@ enum Stage {
         stored: ChunkMap,
         kept: Kept,
     },
-    /// Both buffers lent to the codec.
-    DecompressingChunk,
-    CompressingChunk,
+    /// Both buffers lent to the codec; or, for a whole chunk in one piece of a C
+    /// caller's memory, that memory and `packed`, the piece keeping `plain`. Decompressing
+    /// into `plain` (or the caller's memory), or compressing from it.
+    DecompressingChunk {
+        plain: Option<Vec<u8>>,
+    },
+    CompressingChunk {
+        plain: Option<Vec<u8>>,
+    },
     /// Compressed to `size` bytes; waiting for writes in flight to free space.
     WaitingForSpace {
         buffers: Buffers,
@@ -241,7 +302,7 @@ impl Stage {
             Stage::ReadingChunk { .. } | Stage::WritingChunk { .. } | Stage::Trimming => {
                 Some(Kind::Backing)
             }
-            Stage::DecompressingChunk | Stage::CompressingChunk => Some(Kind::Codec),
+            Stage::DecompressingChunk { .. } | Stage::CompressingChunk { .. } => Some(Kind::Codec),
             Stage::Waiting | Stage::WaitingForSpace { .. } | Stage::Committing => None,
         }
     }
@@ -329,6 +390,9 @@ enum FromUser {
     /// To be stored in this many bytes: compressed into `packed`, or (the chunk size)
     /// raw, from where [`Plain`] says.
     Stored(usize, Plain),
+    /// For the codec to compress, from the caller's memory (lent: a C request, and a
+    /// codec that completes later).
+    Lent(IoBuf),
 }
 
 /// The bytes a chunk compressed with `result` is stored in: compressed only when that
@@ -703,8 +767,12 @@ impl Engine {
     ) {
         let id = ticket.slot;
         match self.accept(ticket, Kind::Codec) {
-            Some(Stage::DecompressingChunk) => self.decompress_done(id, io, result, out),
-            Some(Stage::CompressingChunk) => self.compress_done(id, io, result, out),
+            Some(Stage::DecompressingChunk { plain }) => {
+                self.decompress_done(id, io, plain, result, out)
+            }
+            Some(Stage::CompressingChunk { plain }) => {
+                self.compress_done(id, io, plain, result, out)
+            }
             // Refused (and logged) by `accept`, which hands out only a stage that waits
             // for the codec.
             _ => {}
@@ -756,12 +824,11 @@ impl Engine {
             let result = self.decompressed(id, result).map_err(Error::logged);
             return self.finish(id, Some(buffers), result);
         }
-        self.park(id, Stage::DecompressingChunk);
-        let io = CodecIo {
-            src: buffers.packed,
-            src_len: stored_len,
-            dst: buffers.plain,
-        };
+        // A codec that completes later decompresses a whole chunk straight into the
+        // caller's memory, when it can be lent.
+        let user = self.lend_user(id, Op::Read);
+        let (io, plain) = buffers.into_codec(user, false, stored_len);
+        self.park(id, Stage::DecompressingChunk { plain });
         let token = self.issue(id);
         out.push(Action::Decompress(io, token));
     }
@@ -822,15 +889,15 @@ impl Engine {
         &mut self,
         id: usize,
         io: CodecIo,
+        plain: Option<Vec<u8>>,
         result: Result<usize>,
         out: &mut Vec<Action>,
     ) {
-        let buffers = Buffers {
-            plain: io.dst,
-            packed: io.src,
-        };
+        let (buffers, user) = Buffers::from_codec(io, plain, false);
         match self.decompressed(id, result) {
-            Ok(()) => self.chunk_ready(id, buffers, out),
+            Ok(()) if user.is_none() => self.chunk_ready(id, buffers, out),
+            // Decompressed into the caller's memory: nothing of it in ours to cache.
+            Ok(()) => self.finish(id, Some(buffers), Ok(())),
             Err(e) => self.finish(id, Some(buffers), Err(e.logged())),
         }
     }
@@ -869,6 +936,9 @@ impl Engine {
                     Some(FromUser::Stored(size, plain)) => {
                         return self.write_chunk(id, buffers, size, plain, out);
                     }
+                    Some(FromUser::Lent(user)) => {
+                        return self.compress(id, buffers, Some(user), out);
+                    }
                     None => {}
                 }
                 self.user(id).gather(at, &mut buffers.plain[range])
@@ -879,20 +949,29 @@ impl Engine {
             self.let_go(id, buffers);
             return self.clear(id, chunk..chunk + 1, out);
         }
-        self.park(id, Stage::CompressingChunk);
-        let io = CodecIo {
-            src_len: buffers.plain.len(),
-            src: buffers.plain,
-            dst: buffers.packed,
-        };
+        self.compress(id, buffers, None, out);
+    }
+
+    /// Has the codec compress piece `id`'s chunk: from `plain`, or from the caller's
+    /// memory (`user`, lent).
+    fn compress(
+        &mut self,
+        id: usize,
+        buffers: Buffers,
+        user: Option<IoBuf>,
+        out: &mut Vec<Action>,
+    ) {
+        let (io, plain) = buffers.into_codec(user, true, self.meta.geo.chunk_size());
+        self.park(id, Stage::CompressingChunk { plain });
         let token = self.issue(id);
         out.push(Action::Compress(io, token));
     }
 
     /// A write of the whole chunk compressed straight from the caller's buffer, when
-    /// that is one piece of memory and the codec works inside the call. To be stored
-    /// raw, the chunk is written from the caller's memory when it can be lent, else
-    /// copied into ours. `None` (nothing done) when any of that does not hold.
+    /// that is one piece of memory: inside the call by a codec that works so, or later
+    /// by the codec with that memory lent to it. To be stored raw, the chunk is written
+    /// from the caller's memory when it can be lent, else copied into ours. `None`
+    /// (nothing done) when any of that does not hold.
     fn compress_from_user(&mut self, id: usize, buffers: &mut Buffers) -> Option<FromUser> {
         let geo = self.meta.geo;
         let (parent, at, len) = self.whole_chunk(id, Op::Write)?;
@@ -902,7 +981,10 @@ impl Engine {
             return Some(FromUser::Zeros);
         }
         warm(src);
-        let size = stored_size(&geo, self.codec.compress_now(src, &mut buffers.packed)?);
+        let Some(result) = self.codec.compress_now(src, &mut buffers.packed) else {
+            return user.lend(at, len).map(FromUser::Lent);
+        };
+        let size = stored_size(&geo, result);
         if size < len {
             return Some(FromUser::Stored(size, Plain::Stale));
         }
@@ -997,15 +1079,19 @@ impl Engine {
         &mut self,
         id: usize,
         io: CodecIo,
+        plain: Option<Vec<u8>>,
         result: Result<usize>,
         out: &mut Vec<Action>,
     ) {
         let size = stored_size(&self.meta.geo, result);
-        let buffers = Buffers {
-            plain: io.src,
-            packed: io.dst,
+        let (buffers, user) = Buffers::from_codec(io, plain, true);
+        let plain = match user {
+            None => Plain::New,
+            // To be stored raw: written straight from the caller's memory, lent again.
+            Some(user) if size == self.meta.geo.chunk_size() => Plain::Caller(user),
+            Some(_) => Plain::Stale,
         };
-        self.write_chunk(id, buffers, size, Plain::New, out);
+        self.write_chunk(id, buffers, size, plain, out);
     }
 
     /// The rule that keeps overwrites from running out of chunk maps: a write to a chunk

@@ -18,8 +18,9 @@ use crate::error::Result;
 pub(crate) enum Token {
     /// An operation of a read or write request.
     Request(Ticket),
-    /// The one init, load or destroy step in flight.
-    Lifecycle,
+    /// The one init, load or destroy operation in flight, by its number: a step
+    /// takes only its own operation's completion.
+    Lifecycle(u64),
 }
 
 /// One operation of a request: its slot in the request table, and the slot's

@@ -120,6 +120,52 @@ fn every_completion_delivered_twice_is_ignored() {
     }
 }
 
+/// Every device completion delivered twice during init and destroy: the second copy of
+/// one step's completion arrives while the next step's operation is out, and must not
+/// be taken for it. An init whose superblock write fails then fails, leaving no pm
+/// file; a destroy whose clearing of the superblock fails keeps the volume loadable.
+#[test]
+fn duplicated_completions_do_not_advance_init_or_destroy() {
+    for mode in MODES {
+        let rig = Rig::new(Geo::small(16), mode, CodecKind::Rle);
+        logged();
+        rig.backing.set_duplicate(Some(Box::new(|_, _| true)));
+        // Init reads the header (operation 0), writes the path (1), the superblock (2).
+        rig.backing.set_fault(Some(Box::new(|_, op| {
+            (op == 2).then_some(Errno(libc::EIO))
+        })));
+        let failed = rig.init_plan(rig.plan([0; 16]));
+        assert_eq!(
+            failed.err().map(|e| e.errno()),
+            Some(Errno(libc::EIO)),
+            "{mode:?}"
+        );
+        assert!(rig.store.paths().is_empty(), "{mode:?}: pm file left");
+        rig.backing.set_fault(None);
+        let vol = rig.init();
+        rig.unload(&vol).unwrap();
+        // Destroy reads the header (3 more operations on), then clears the superblock.
+        let at = rig.backing.op_counts().0 + rig.backing.op_counts().1 + 1;
+        rig.backing.set_fault(Some(Box::new(move |_, op| {
+            (op == at).then_some(Errno(libc::EIO))
+        })));
+        assert_eq!(
+            rig.destroy().err().map(|e| e.errno()),
+            Some(Errno(libc::EIO)),
+            "{mode:?}"
+        );
+        rig.backing.set_fault(None);
+        rig.backing.set_duplicate(None);
+        let vol = rig.load().unwrap();
+        rig.unload(&vol).unwrap();
+        let messages = logged();
+        assert!(
+            count(&messages, Level::Warn, &["ignored a backing completion"]) >= 4,
+            "{mode:?}: {messages:?}"
+        );
+    }
+}
+
 /// Delivers the next backing read twice (the second one later, in deferred mode).
 fn duplicate_next_read(rig: &Rig) {
     let armed = Cell::new(true);

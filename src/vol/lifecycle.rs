@@ -190,6 +190,11 @@ pub(crate) struct Core {
     blocklen: u32,
     blockcnt: u64,
     phase: Phase,
+    /// The number of the init, load or destroy operation out, if one is: only its
+    /// completion is taken, not a second copy of an earlier step's.
+    step_out: Option<u64>,
+    /// Those operations issued so far.
+    steps: u64,
     /// Params and pm path once known, kept after unload for late queries.
     params: Params,
     path: PathBuf,
@@ -209,6 +214,8 @@ impl Core {
             blocklen,
             blockcnt,
             phase,
+            step_out: None,
+            steps: 0,
             params: Params::default(),
             path: PathBuf::new(),
         }
@@ -438,14 +445,20 @@ impl Core {
                 _ => stray("codec", Token::Request(id)),
             },
             Event::BackingDone {
-                token: Token::Lifecycle,
+                token: token @ Token::Lifecycle(step),
                 io,
                 result,
-            } => self.lifecycle_done(io, result, out),
+            } => match self.step_out {
+                Some(out_now) if out_now == step => {
+                    self.step_out = None;
+                    self.lifecycle_done(io, result, out)
+                }
+                _ => stray("backing", token),
+            },
             Event::CodecDone {
-                token: Token::Lifecycle,
+                token: token @ Token::Lifecycle(_),
                 ..
-            } => stray("codec", Token::Lifecycle),
+            } => stray("codec", token),
         }
     }
 
@@ -474,18 +487,24 @@ impl Core {
         }
     }
 
+    /// The token of the next init, load or destroy operation, now the one out.
+    fn step(&mut self) -> Token {
+        self.steps += 1;
+        self.step_out = Some(self.steps);
+        Token::Lifecycle(self.steps)
+    }
+
     /// Reads the superblock and path region at the start of the device.
-    fn read_header(&self, out: &mut Vec<Action>) {
+    fn read_header(&mut self, out: &mut Vec<Action>) {
         let header = vec![0u8; METADATA_SIZE as usize];
-        out.push(Action::Read(self.metadata_io(header, 0), Token::Lifecycle));
+        let token = self.step();
+        out.push(Action::Read(self.metadata_io(header, 0), token));
     }
 
     /// Writes `superblock` (the original, or zeros to clear the signature).
-    fn write_superblock(&self, superblock: Vec<u8>, out: &mut Vec<Action>) {
-        out.push(Action::Write(
-            self.metadata_io(superblock, 0),
-            Token::Lifecycle,
-        ));
+    fn write_superblock(&mut self, superblock: Vec<u8>, out: &mut Vec<Action>) {
+        let token = self.step();
+        out.push(Action::Write(self.metadata_io(superblock, 0), token));
     }
 
     fn begin(&mut self, out: &mut Vec<Action>) {
@@ -555,10 +574,8 @@ impl Core {
         });
         match made {
             Ok((replaced, region, meta)) => {
-                out.push(Action::Write(
-                    self.metadata_io(region, PATH_OFFSET),
-                    Token::Lifecycle,
-                ));
+                let token = self.step();
+                out.push(Action::Write(self.metadata_io(region, PATH_OFFSET), token));
                 self.phase = Phase::InitWritingPath(Making {
                     meta,
                     path: plan.path,
@@ -708,7 +725,13 @@ impl Core {
                 out.push(Action::Done(cb, cleared));
             }
             other => {
-                stray("backing", Token::Lifecycle);
+                // Nothing waits: `step_out` was set only with a step's operation.
+                log::emit(
+                    Level::Error,
+                    format_args!(
+                        "internal error: a lifecycle completion with no step waiting for it"
+                    ),
+                );
                 self.phase = other;
             }
         }

@@ -1019,7 +1019,35 @@ static void file_unmap(struct spdk_reduce_backing_dev *dev, uint64_t lba, uint32
 	args->cb_fn(args->cb_arg, 0);
 }
 
-/* The child: prints "init_s rss_kib heap_kib load_s pm_bytes", or an error. */
+/* Seconds to write `bytes` of 0xFF into a new file in TMPFS_DIR, 1 MiB per pwrite, as
+ * init fills the pm file: what the machine's fresh memory costs (a first touch of pages
+ * the host has taken back is slow), the floor under init. -1 on error. */
+static double raw_fill(long long bytes)
+{
+	char path[4200];
+	size_t piece = 1 << 20;
+	uint8_t *buf = malloc(piece);
+	snprintf(path, sizeof(path), "%s/reduce-bench-fill-XXXXXX", TMPFS_DIR);
+	int fd = mkstemp(path);
+	double t0 = now(), secs = -1;
+	if (fd >= 0 && buf) {
+		memset(buf, 0xFF, piece);
+		long long at = 0;
+		while (at < bytes && pwrite(fd, buf, piece, at) == (ssize_t)piece) {
+			at += (long long)piece;
+		}
+		secs = at >= bytes ? now() - t0 : -1;
+	}
+	if (fd >= 0) {
+		close(fd);
+		unlink(path);
+	}
+	free(buf);
+	return secs;
+}
+
+/* The child: prints "init_s rss_kib heap_kib load_s pm_bytes fill_before_s fill_after_s",
+ * or an error. */
 static int scale_child(const char *dir)
 {
 	char path[4200], pm[4200];
@@ -1040,6 +1068,9 @@ static int scale_child(const char *dir)
 		printf("error %s\n", strerror(errno));
 		return 1;
 	}
+	/* The pm file of a 1 TiB volume is 3 GiB: the raw fill of that size, before init
+	 * and after (pages just freed are quicker to get back). */
+	double fill_before = raw_fill(3ll << 30);
 	size_t heap0 = heap_bytes();
 	double t0 = now();
 	spdk_reduce_vol_init(&params, &f.dev, TMPFS_DIR, handle_done, &w);
@@ -1066,12 +1097,14 @@ static int scale_child(const char *dir)
 		vol = w.vol;
 		w = (struct wait){0};
 		spdk_reduce_vol_unload(vol, op_done, &w);
-		printf("%.3f %ld %.0f %.3f %lld\n", init_s, ru.ru_maxrss, (double)heap / 1024, load_s,
-		       (long long)st.st_size);
+	}
+	unlink(pm);
+	if (!rc) {
+		printf("%.3f %ld %.0f %.3f %lld %.3f %.3f\n", init_s, ru.ru_maxrss, (double)heap / 1024,
+		       load_s, (long long)st.st_size, fill_before, raw_fill(st.st_size));
 	} else {
 		printf("error load %s\n", strerror(-w.status));
 	}
-	unlink(pm);
 	unlink(path);
 	close(f.fd);
 	return rc;
@@ -1079,7 +1112,7 @@ static int scale_child(const char *dir)
 
 struct scale {
 	int ok;
-	double init_s, heap_kib, load_s;
+	double init_s, heap_kib, load_s, fill_before_s, fill_after_s;
 	long rss_kib;
 	long long pm_bytes;
 	char error[256];
@@ -1100,8 +1133,9 @@ static struct scale run_scale(const char *self, const char *dir)
 		snprintf(line, sizeof(line), "no output (killed?)");
 	}
 	int status = pclose(p);
-	s.ok = sscanf(line, "%lf %ld %lf %lf %lld", &s.init_s, &s.rss_kib, &s.heap_kib, &s.load_s,
-		      &s.pm_bytes) == 5 && status == 0;
+	s.ok = sscanf(line, "%lf %ld %lf %lf %lld %lf %lf", &s.init_s, &s.rss_kib, &s.heap_kib,
+		      &s.load_s, &s.pm_bytes, &s.fill_before_s, &s.fill_after_s) == 7 &&
+	       status == 0;
 	if (!s.ok) {
 		line[strcspn(line, "\n")] = 0;
 		snprintf(s.error, sizeof(s.error), "%s (exit status %d)", line, status);
@@ -1233,6 +1267,9 @@ scale:
 		printf("| init of a 1 TiB volume, sparse backing file, pm file %.1f GiB on tmpfs | "
 		       "%.2f s, peak RSS of the process %.1f MiB |\n",
 		       (double)sc->pm_bytes / (1 << 30), sc->init_s, (double)sc->rss_kib / 1024);
+		printf("| writing that many bytes of 0xFF into a new tmpfs file alone (the floor: "
+		       "fresh memory), before / after init | %.2f s / %.2f s |\n",
+		       sc->fill_before_s, sc->fill_after_s);
 		printf("| load of that volume | %.3f s |\n", sc->load_s);
 		printf("| heap held by the idle 1 TiB volume | %.1f MiB |\n", sc->heap_kib / 1024);
 	} else {

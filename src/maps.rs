@@ -325,7 +325,19 @@ pub struct Metadata {
     chunk_maps: FreeMap,
     io_units: FreeMap,
     space: Space,
+    /// The logical map entries (offset, length in the pm file) of the last failed
+    /// commit, when even setting them back could not be persisted: the file may hold
+    /// new ones, naming the group's new maps. Taken by [`Metadata::release_group`].
+    unsettled: Option<(usize, usize)>,
+    /// New chunk maps (index, io units) of failed commits, held rather than freed
+    /// until the entries that may name them are persisted as set back
+    /// ([`Metadata::retry_held`]).
+    held: Vec<Held>,
 }
+
+/// Chunk maps held after a failed commit: the range of logical map entries (offset and
+/// length in the pm file) to persist first, and the maps (index, io units).
+type Held = ((usize, usize), Vec<(u64, IoUnits)>);
 
 impl Metadata {
     /// Writes a fresh pm image and persists it: every byte all-ones (every map entry
@@ -394,6 +406,8 @@ impl Metadata {
             io_units: FreeMap::from_used(io_units, (space.io_units + reserved) as usize),
             pm,
             space,
+            unsettled: None,
+            held: Vec::new(),
         }
     }
 
@@ -469,8 +483,16 @@ impl Metadata {
     }
 
     /// Reserves a chunk map and `io_unit_count` io units, all or nothing (`ENOSPC`).
+    /// Out of chunk maps, frees those held after a failed commit if it now can.
     pub fn allocate(&mut self, io_unit_count: u32) -> Result<(u64, IoUnits)> {
-        let index = self.chunk_maps.alloc().ok_or(Errno::ENOSPC)?;
+        let index = match self.chunk_maps.alloc() {
+            Some(index) => index,
+            None if !self.held.is_empty() => {
+                self.retry_held();
+                self.chunk_maps.alloc().ok_or(Errno::ENOSPC)?
+            }
+            None => return Err(Errno::ENOSPC.into()),
+        };
         let mut units = IoUnits::new();
         for _ in 0..io_unit_count {
             match self.io_units.alloc() {
@@ -482,6 +504,48 @@ impl Metadata {
             }
         }
         Ok((index as u64, units))
+    }
+
+    /// Gives back the new chunk maps (index, io units) of a group whose commit failed
+    /// ([`Metadata::commit_group`]'s error). When the entries the commit set back could
+    /// not be persisted, a new one may still reach the file (a persist that fails may
+    /// have written some of its pages): the maps are then held, not freed, so that no
+    /// later write takes one that an entry on the file may name, until
+    /// [`Metadata::retry_held`] persists those entries.
+    pub fn release_group(&mut self, maps: Vec<(u64, IoUnits)>) {
+        match self.unsettled.take() {
+            Some(entries) if !maps.is_empty() => {
+                log::emit(
+                    Level::Error,
+                    format_args!(
+                        "{} new chunk map(s) of a failed commit are held, not freed, until their logical map entries, set back, are persisted",
+                        maps.len()
+                    ),
+                );
+                self.held.push((entries, maps));
+            }
+            _ => {
+                for (index, io_units) in maps {
+                    self.release(index, &io_units);
+                }
+            }
+        }
+    }
+
+    /// Persists the entries behind the chunk maps held after failed commits (see
+    /// [`Metadata::release_group`]) and frees the maps of each range that now is.
+    /// Called before each commit and clear, when the maps run out, and by the check.
+    pub fn retry_held(&mut self) {
+        for ((at, len), maps) in std::mem::take(&mut self.held) {
+            match self.pm.persist(at, len) {
+                Ok(()) => {
+                    for (index, io_units) in maps {
+                        self.release(index, &io_units);
+                    }
+                }
+                Err(_) => self.held.push(((at, len), maps)),
+            }
+        }
     }
 
     /// Returns a chunk map and its io units to the free maps.
@@ -515,6 +579,7 @@ impl Metadata {
     /// [`Metadata::settle`]). On error every entry is back as it was and the new maps
     /// stay allocated for the caller to release.
     pub fn commit_group(&mut self, group: &[Switch]) -> Result<()> {
+        self.retry_held();
         let geo = self.geo;
         let (Some((first_map, last_map)), Some((first_chunk, last_chunk))) = (
             bounds(group.iter().map(|s| s.index)),
@@ -538,6 +603,11 @@ impl Metadata {
         let len = geo.logical_entry_offset(last_chunk) + 8 - at;
         if let Err(e) = self.pm.persist(at, len) {
             self.unswitch(group);
+            // Whole pages may have reached the file before the flush failed: the old
+            // entries go back there too, or the new maps stay held (`release_group`).
+            if self.pm.persist(at, len).is_err() {
+                self.unsettled = Some((at, len));
+            }
             return Err(e.context(format_args!(
                 "{}: persisting their logical map entries",
                 Switch::names(group)
@@ -599,6 +669,7 @@ impl Metadata {
     /// them ([`Metadata::release_io_units`]) once the device no longer has them in
     /// hand. On error every entry is back as it was.
     pub fn clear(&mut self, chunks: Range<u64>) -> Result<Vec<u64>> {
+        self.retry_held();
         let geo = self.geo;
         let olds: SmallVec<[(u64, u64); 4]> = chunks
             .clone()

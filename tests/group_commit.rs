@@ -196,6 +196,70 @@ fn a_failed_persist_fails_the_whole_group_and_leaves_nothing() {
     }
 }
 
+/// The entries' persist fails after its pages reached the file (new entries durable),
+/// and the power goes later: the commit sets the entries back and persists them again
+/// before it frees the group's new chunk maps, so the writes that take those maps next
+/// cannot be read through the failed writes' entries. With the setting back failing
+/// too, the maps are held (in use, named by nothing) until a later persist of those
+/// entries succeeds; then they are free and the volume is as before.
+#[test]
+fn chunk_maps_a_failed_commit_may_name_on_the_file_are_not_reused_until_it_cannot() {
+    for mode in MODES {
+        for retry_fails in [false, true] {
+            let what = format!("{mode:?}, the setting back fails too: {retry_fails}");
+            let rig = Rig::new(GEO, mode, CodecKind::test(mode));
+            let vol = rig.init();
+            let mut shadow = Shadow::new(GEO);
+            for (chunk, bytes) in writes(4, 10) {
+                rig.write(&vol, chunk * BPC, &bytes).unwrap();
+                shadow.write(chunk * BPC, &bytes);
+            }
+            let info = vol.info();
+            // The maps' persist succeeds; the entries' fails, landing (and with
+            // `retry_fails`, so does every later one until cleared).
+            rig.store.set_failed_persists_land(true);
+            if retry_fails {
+                rig.store.set_fail_persists_from(1);
+            } else {
+                rig.store.set_fail_one_persist(1);
+            }
+            let results = submit_together(&vol, writes(8, 50));
+            wait_for(&rig, &results, 8);
+            assert!(results.borrow().iter().all(|(_, r)| r.is_err()), "{what}");
+            let held = vol.info().allocated_io_units - info.allocated_io_units;
+            if retry_fails {
+                assert!(held > 0, "{what}: the failed group's maps were freed");
+                let report = rig.check(&vol).unwrap();
+                assert!(
+                    !report.is_clean(),
+                    "{what}: held maps are in use, named by nothing"
+                );
+            } else {
+                assert_eq!(held, 0, "{what}");
+            }
+            rig.store.set_fail_persist(false);
+            rig.store.set_failed_persists_land(false);
+            // The check persists the held entries first, and frees their maps.
+            let report = rig.check(&vol).unwrap();
+            assert!(report.is_clean(), "{what}: {report}");
+            assert_eq!(vol.info(), info, "{what}");
+            // Writes to other chunks take the maps freed.
+            for (chunk, bytes) in writes(16, 90).into_iter().skip(8) {
+                rig.write(&vol, chunk * BPC, &bytes).unwrap();
+                shadow.write(chunk * BPC, &bytes);
+            }
+            let report = rig.check(&vol).unwrap();
+            assert!(report.is_clean(), "{what}: {report}");
+            shadow.verify(&rig, &vol);
+            rig.store.power_loss();
+            let vol = rig.load().unwrap();
+            shadow.verify(&rig, &vol);
+            assert!(rig.check(&vol).unwrap().is_clean(), "{what}");
+            rig.unload(&vol).unwrap();
+        }
+    }
+}
+
 /// Reads do not join a group, so a group does not wait for them: a write completes
 /// while a stream of reads, each submitted from the last one's completion, never stops.
 #[test]

@@ -30,6 +30,11 @@ struct Files {
     fail_persist: bool,
     /// Successful persists to come before the one that fails (once).
     fail_one_persist: Option<u64>,
+    /// Successful persists to come before all later ones fail.
+    fail_persists_from: Option<u64>,
+    /// A persist that fails still lands (its bytes become durable), as a write that
+    /// reached the disk before the flush failed.
+    failed_persists_land: bool,
     fail_remove: Option<Errno>,
     journal: Option<Journal>,
     /// The last holder token handed out.
@@ -144,12 +149,26 @@ impl MemStore {
 
     /// Makes every later `persist` fail with `EIO` (fault injection).
     pub fn set_fail_persist(&self, fail: bool) {
-        self.inner.borrow_mut().fail_persist = fail;
+        let mut inner = self.inner.borrow_mut();
+        inner.fail_persist = fail;
+        inner.fail_persists_from = None;
     }
 
     /// Makes one later `persist` fail with `EIO`: the one after `after` more succeed.
     pub fn set_fail_one_persist(&self, after: u64) {
         self.inner.borrow_mut().fail_one_persist = Some(after);
+    }
+
+    /// Makes every persist fail with `EIO` once `after` more have succeeded, until
+    /// `set_fail_persist(false)`.
+    pub fn set_fail_persists_from(&self, after: u64) {
+        self.inner.borrow_mut().fail_persists_from = Some(after);
+    }
+
+    /// Whether a persist that fails (by the injections above) still lands its bytes,
+    /// as pages written before the flush failed do on a real file.
+    pub fn set_failed_persists_land(&self, land: bool) {
+        self.inner.borrow_mut().failed_persists_land = land;
     }
 
     /// Makes every later `remove` fail with `errno` (as in a directory made immutable
@@ -260,19 +279,19 @@ impl PmRegion for MemRegion {
 
     fn persist(&mut self, offset: usize, len: usize) -> Result<()> {
         let mut inner = self.store.inner.borrow_mut();
-        if inner.fail_persist {
+        let fails = inner.fail_persist
+            || countdown(&mut inner.fail_persists_from, false)
+            || countdown(&mut inner.fail_one_persist, true);
+        if fails && !inner.failed_persists_land {
             return Err(Errno::EIO.into());
-        }
-        match inner.fail_one_persist {
-            Some(0) => {
-                inner.fail_one_persist = None;
-                return Err(Errno::EIO.into());
-            }
-            Some(n) => inner.fail_one_persist = Some(n - 1),
-            None => {}
         }
         if let Some(file) = inner.held_by(&self.path, self.token) {
             file.persisted[offset..offset + len].copy_from_slice(&self.bytes[offset..offset + len]);
+        }
+        if fails {
+            // Landed, but reported failed: no journal entry (nothing the volume may
+            // count on), and the crash tests do not use this.
+            return Err(Errno::EIO.into());
         }
         inner.record(|| Entry::PmPersist {
             path: self.path.clone(),
@@ -280,6 +299,24 @@ impl PmRegion for MemRegion {
             len,
         });
         Ok(())
+    }
+}
+
+/// A countdown of successes before failures: true (a failure) once it has reached 0,
+/// which `once` then disarms.
+fn countdown(count: &mut Option<u64>, once: bool) -> bool {
+    match *count {
+        Some(0) => {
+            if once {
+                *count = None;
+            }
+            true
+        }
+        Some(n) => {
+            *count = Some(n - 1);
+            false
+        }
+        None => false,
     }
 }
 

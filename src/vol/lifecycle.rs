@@ -331,10 +331,13 @@ impl Core {
     }
 
     /// The checker's audit of a loaded volume with nothing in flight.
-    pub(crate) fn audit(&self) -> Result<(Report, Vec<u64>)> {
-        match &self.phase {
+    pub(crate) fn audit(&mut self) -> Result<(Report, Vec<u64>)> {
+        match &mut self.phase {
             Phase::Ready(engine) if engine.outstanding() > 0 => Err(busy(engine.outstanding())),
             Phase::Ready(engine) => {
+                // Chunk maps held after a failed commit are free once their entries
+                // persist; those still held are reported as in use, named by nothing.
+                engine.meta.retry_held();
                 let meta = &engine.meta;
                 Ok(check::audit(
                     meta.view(),

@@ -1304,15 +1304,18 @@ impl Engine {
     }
 
     /// Ends every piece of the group with `e`, in order, each giving back its new chunk
-    /// map (its entry is the old one: the commit set it back).
+    /// map (its entry is the old one: the commit set it back), freed or held as
+    /// [`Metadata::release_group`] decides, before any request completes.
     fn fail_group(&mut self, e: Error) {
+        let mut maps = Vec::with_capacity(self.group.len());
         while let Some(id) = self.group.pop_front() {
             self.take_committing(id);
             if let Some(new) = self.drop_new(id) {
-                self.meta.release(new.index, &new.map.io_units);
+                maps.push((new.index, new.map.io_units));
             }
             self.end(id, Err(e.clone()));
         }
+        self.meta.release_group(maps);
     }
 
     /// Completes the pieces of a committed group, in order.

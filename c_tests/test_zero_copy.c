@@ -305,6 +305,57 @@ static int raw_rig(struct mem_dev *d, char *dir, size_t dir_len, int deferred,
 	return rc;
 }
 
+/* Writes `data` (one chunk) to `chunk` through iovecs of `shape`, then reads it back
+ * into `back` through every shape: the spy's calls of kind `from` (for the write) and
+ * `into` (for each read) saw the caller's buffer exactly when it was one iovec. */
+static void shapes_round_trip(struct mem_dev *d, struct spdk_reduce_vol *vol, uint64_t chunk,
+			      uint8_t *data, uint8_t *back, int shape, enum spy_kind from,
+			      enum spy_kind into)
+{
+	struct iovec iov[3];
+	spy_reset();
+	int n = cut(data, CHUNK, shape, iov);
+	CHECK_EQ(h_io(d, vol, 1, iov, n, chunk * BPC, BPC), 0);
+	CHECK_EQ(spy_used(from, data, CHUNK), shape == 0);
+	for (int rshape = 0; rshape < 3; rshape++) {
+		memset(back, 0xA5, CHUNK);
+		spy_reset();
+		n = cut(back, CHUNK, rshape, iov);
+		CHECK_EQ(h_io(d, vol, 0, iov, n, chunk * BPC, BPC), 0);
+		CHECK_EQ(spy_used(into, back, CHUNK), rshape == 0);
+		CHECK(memcmp(back, data, CHUNK) == 0);
+	}
+}
+
+/* Unloads `*vol` and loads it again (cache off), then reads every chunk back whole,
+ * straight into one iovec, against `shadow`; the checker finds nothing. */
+static void reload_and_verify(struct mem_dev *d, struct spdk_reduce_vol **vol,
+			      const uint8_t *shadow)
+{
+	int rc = h_unload(d, *vol);
+	CHECK_EQ(rc, 0);
+	if (rc) {
+		return;
+	}
+	*vol = NULL;
+	rc = h_load(d, vol);
+	CHECK_EQ(rc, 0);
+	if (rc) {
+		return;
+	}
+	CHECK_EQ(reduce_vol_set_cache_chunks(*vol, 0), 0);
+	uint8_t *back = malloc(CHUNK);
+	for (uint64_t chunk = 0; chunk < CHUNKS; chunk++) {
+		memset(back, 0xA5, CHUNK);
+		CHECK_EQ(h_read(d, *vol, back, chunk * BPC, BPC), 0);
+		CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
+	}
+	free(back);
+	struct reduce_vol_check_report r;
+	CHECK_EQ(h_check(d, *vol, &r), 0);
+	CHECK_EQ(r.problems, 0);
+}
+
 /* Chunks of random bytes (stored raw) written and read whole through every shape: in
  * one iovec the device gets the caller's own buffer (with the built-in codec or the
  * caller's own, which compressed from it too), in several our buffers; the bytes match
@@ -317,7 +368,6 @@ TEST(zero_copy_raw_chunks_use_the_callers_buffer)
 		char dir[64];
 		uint8_t *shadow = calloc(CHUNKS, CHUNK), *data = malloc(CHUNK),
 			*back = malloc(CHUNK);
-		struct iovec iov[3];
 		REQUIRE_EQ(raw_rig(&d, dir, sizeof(dir), deferred,
 				   builtin ? reduce_zstd_compress : NULL,
 				   builtin ? reduce_zstd_decompress : NULL, &vol),
@@ -326,18 +376,7 @@ TEST(zero_copy_raw_chunks_use_the_callers_buffer)
 			uint64_t chunk = 2 + (uint64_t)shape;
 			fill_random(data, CHUNK, 40 + (uint64_t)shape);
 			memcpy(shadow + chunk * CHUNK, data, CHUNK);
-			spy_reset();
-			int n = cut(data, CHUNK, shape, iov);
-			CHECK_EQ(h_io(&d, vol, 1, iov, n, chunk * BPC, BPC), 0);
-			CHECK_EQ(spy_used(SPY_WRITE, data, CHUNK), shape == 0);
-			for (int rshape = 0; rshape < 3; rshape++) {
-				memset(back, 0xA5, CHUNK);
-				spy_reset();
-				n = cut(back, CHUNK, rshape, iov);
-				CHECK_EQ(h_io(&d, vol, 0, iov, n, chunk * BPC, BPC), 0);
-				CHECK_EQ(spy_used(SPY_READ, back, CHUNK), rshape == 0);
-				CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
-			}
+			shapes_round_trip(&d, vol, chunk, data, back, shape, SPY_WRITE, SPY_READ);
 		}
 		/* Two raw chunks in one request and one iovec: each goes straight. */
 		uint8_t *two = malloc(2 * CHUNK);
@@ -352,19 +391,7 @@ TEST(zero_copy_raw_chunks_use_the_callers_buffer)
 		CHECK_EQ(spy_used(SPY_READ, two, 2 * CHUNK), 1);
 		CHECK(memcmp(two, shadow + 8 * CHUNK, 2 * CHUNK) == 0);
 		free(two);
-		/* Back after a reload, straight into one iovec. */
-		REQUIRE_EQ(h_unload(&d, vol), 0, next);
-		vol = NULL;
-		REQUIRE_EQ(h_load(&d, &vol), 0, next);
-		REQUIRE_EQ(reduce_vol_set_cache_chunks(vol, 0), 0, next);
-		for (uint64_t chunk = 0; chunk < CHUNKS; chunk++) {
-			memset(back, 0xA5, CHUNK);
-			CHECK_EQ(h_read(&d, vol, back, chunk * BPC, BPC), 0);
-			CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
-		}
-		struct reduce_vol_check_report r;
-		CHECK_EQ(h_check(&d, vol, &r), 0);
-		CHECK_EQ(r.problems, 0);
+		reload_and_verify(&d, &vol, shadow);
 	next:
 		rig_close(&d, vol, dir);
 		free(shadow);
@@ -488,26 +515,13 @@ TEST(zero_copy_callers_codec_uses_the_callers_buffer)
 	struct spdk_reduce_vol *vol = NULL;
 	char dir[64];
 	uint8_t *shadow = calloc(CHUNKS, CHUNK), *data = malloc(CHUNK), *back = malloc(CHUNK);
-	struct iovec iov[3];
 	REQUIRE_EQ(raw_rig(&d, dir, sizeof(dir), deferred, NULL, NULL, &vol), 0, out);
 	for (int shape = 0; shape < 3; shape++) {
 		uint64_t chunk = (uint64_t)shape;
 		fill_text(data, CHUNK, (uint64_t)shape);
 		memcpy(shadow + chunk * CHUNK, data, CHUNK);
-		spy_reset();
-		int n = cut(data, CHUNK, shape, iov);
-		CHECK_EQ(h_io(&d, vol, 1, iov, n, chunk * BPC, BPC), 0);
-		CHECK_EQ(spy_used(SPY_COMPRESS_SRC, data, CHUNK), shape == 0);
-		CHECK_EQ(spy_used(SPY_WRITE, data, CHUNK), 0); /* compressed: from ours */
-		for (int rshape = 0; rshape < 3; rshape++) {
-			memset(back, 0xA5, CHUNK);
-			spy_reset();
-			n = cut(back, CHUNK, rshape, iov);
-			CHECK_EQ(h_io(&d, vol, 0, iov, n, chunk * BPC, BPC), 0);
-			CHECK_EQ(spy_used(SPY_DECOMPRESS_DST, back, CHUNK), rshape == 0);
-			CHECK_EQ(spy_used(SPY_READ, back, CHUNK), 0);
-			CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
-		}
+		shapes_round_trip(&d, vol, chunk, data, back, shape, SPY_COMPRESS_SRC,
+				  SPY_DECOMPRESS_DST);
 	}
 	/* Incompressible: compressed from the caller's buffer, then written from it. */
 	fill_random(data, CHUNK, 61);
@@ -522,19 +536,7 @@ TEST(zero_copy_callers_codec_uses_the_callers_buffer)
 	spy_reset();
 	CHECK_EQ(h_write(&d, vol, data, 1 * BPC, BPC), 0);
 	CHECK_EQ(g_spy.n, 0);
-	/* Back after a reload, straight into one iovec. */
-	REQUIRE_EQ(h_unload(&d, vol), 0, out);
-	vol = NULL;
-	REQUIRE_EQ(h_load(&d, &vol), 0, out);
-	REQUIRE_EQ(reduce_vol_set_cache_chunks(vol, 0), 0, out);
-	for (uint64_t chunk = 0; chunk < CHUNKS; chunk++) {
-		memset(back, 0xA5, CHUNK);
-		CHECK_EQ(h_read(&d, vol, back, chunk * BPC, BPC), 0);
-		CHECK(memcmp(back, shadow + chunk * CHUNK, CHUNK) == 0);
-	}
-	struct reduce_vol_check_report r;
-	CHECK_EQ(h_check(&d, vol, &r), 0);
-	CHECK_EQ(r.problems, 0);
+	reload_and_verify(&d, &vol, shadow);
 out:
 	rig_close(&d, vol, dir);
 	free(shadow);

@@ -131,19 +131,26 @@ fn a_queue_depth_of_32_commits_in_groups() {
     rig.unload(&vol).unwrap();
 }
 
+/// A volume with chunks 0..4 written (through a codec double completing in `mode`),
+/// and its shadow.
+fn four_chunks_written(mode: Mode) -> (Rig, Volume, Shadow) {
+    let rig = Rig::new(GEO, mode, CodecKind::test(mode));
+    let vol = rig.init();
+    let mut shadow = Shadow::new(GEO);
+    for (chunk, bytes) in writes(4, 10) {
+        rig.write(&vol, chunk * BPC, &bytes).unwrap();
+        shadow.write(chunk * BPC, &bytes);
+    }
+    (rig, vol, shadow)
+}
+
 /// A failed persist, of the chunk maps or of the entries, fails every write of the
 /// group and leaves the volume as it was: counters, statistics and data.
 #[test]
 fn a_failed_persist_fails_the_whole_group_and_leaves_nothing() {
     for mode in MODES {
         for after in [0, 1] {
-            let rig = Rig::new(GEO, mode, CodecKind::test(mode));
-            let vol = rig.init();
-            let mut shadow = Shadow::new(GEO);
-            for (chunk, bytes) in writes(4, 10) {
-                rig.write(&vol, chunk * BPC, &bytes).unwrap();
-                shadow.write(chunk * BPC, &bytes);
-            }
+            let (rig, vol, mut shadow) = four_chunks_written(mode);
             let (info, stats) = (vol.info(), vol.stats());
             // Overwrites of chunks 0..4 and first writes of 4..8, in one group.
             rig.store.set_fail_one_persist(after);
@@ -207,13 +214,7 @@ fn chunk_maps_a_failed_commit_may_name_on_the_file_are_not_reused_until_it_canno
     for mode in MODES {
         for retry_fails in [false, true] {
             let what = format!("{mode:?}, the setting back fails too: {retry_fails}");
-            let rig = Rig::new(GEO, mode, CodecKind::test(mode));
-            let vol = rig.init();
-            let mut shadow = Shadow::new(GEO);
-            for (chunk, bytes) in writes(4, 10) {
-                rig.write(&vol, chunk * BPC, &bytes).unwrap();
-                shadow.write(chunk * BPC, &bytes);
-            }
+            let (rig, vol, mut shadow) = four_chunks_written(mode);
             let info = vol.info();
             // The maps' persist succeeds; the entries' fails, landing (and with
             // `retry_fails`, so does every later one until cleared).

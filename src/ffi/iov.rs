@@ -257,6 +257,29 @@ mod tests {
         status
     }
 
+    /// Writes `data` (a whole chunk) to chunk 2 in one iovec and to chunk 3 in two,
+    /// then reads both back in one iovec and in halves: what `seen` records (is_write,
+    /// address) must be the caller's buffer in one iovec and only then.
+    fn straight_in_one_iovec(rig: &Rig, vol: &Volume, seen: &Seen, data: &[u8], mode: Mode) {
+        let mut one = vec![data.to_vec()];
+        assert_eq!(run(rig, vol, Op::Write, 2, &mut one), 0);
+        assert_eq!(seen.take(), [(true, one[0].as_ptr())], "{mode:?}");
+        let mut two = vec![data[..1000].to_vec(), data[1000..].to_vec()];
+        assert_eq!(run(rig, vol, Op::Write, 3, &mut two), 0);
+        let wrote = seen.take();
+        assert!(wrote.iter().all(|&(w, at)| w && at != two[0].as_ptr()));
+        for chunk in [2, 3] {
+            let mut back = vec![vec![0u8; 4096]];
+            assert_eq!(run(rig, vol, Op::Read, chunk, &mut back), 0);
+            assert_eq!(seen.take(), [(false, back[0].as_ptr())], "{mode:?}");
+            assert_eq!(back[0], data);
+            let mut halves = vec![vec![0u8; 2048], vec![0u8; 2048]];
+            assert_eq!(run(rig, vol, Op::Read, chunk, &mut halves), 0);
+            assert!(seen.take().iter().all(|&(_, at)| at != halves[0].as_ptr()));
+            assert_eq!(halves.concat(), data);
+        }
+    }
+
     /// A chunk of random bytes (stored raw) in one iovec: the device writes it from the
     /// caller's buffer and reads it back into the caller's buffer; in two iovecs,
     /// through ours. The bytes are right either way.
@@ -264,24 +287,7 @@ mod tests {
     fn a_raw_chunk_moves_between_the_device_and_one_iovec() {
         for mode in [Mode::Immediate, Mode::Deferred] {
             let (rig, vol, seen) = rig(mode);
-            let data = Rng::new(3).bytes(4096);
-            let mut one = vec![data.clone()];
-            assert_eq!(run(&rig, &vol, Op::Write, 2, &mut one), 0);
-            assert_eq!(seen.take(), [(true, one[0].as_ptr())], "{mode:?}");
-            let mut two = vec![data[..1000].to_vec(), data[1000..].to_vec()];
-            assert_eq!(run(&rig, &vol, Op::Write, 3, &mut two), 0);
-            let wrote = seen.take();
-            assert!(wrote.iter().all(|&(w, at)| w && at != two[0].as_ptr()));
-            for chunk in [2, 3] {
-                let mut back = vec![vec![0u8; 4096]];
-                assert_eq!(run(&rig, &vol, Op::Read, chunk, &mut back), 0);
-                assert_eq!(seen.take(), [(false, back[0].as_ptr())], "{mode:?}");
-                assert_eq!(back[0], data);
-                let mut halves = vec![vec![0u8; 2048], vec![0u8; 2048]];
-                assert_eq!(run(&rig, &vol, Op::Read, chunk, &mut halves), 0);
-                assert!(seen.take().iter().all(|&(_, at)| at != halves[0].as_ptr()));
-                assert_eq!(halves.concat(), data);
-            }
+            straight_in_one_iovec(&rig, &vol, &seen, &Rng::new(3).bytes(4096), mode);
             assert_eq!(vol.stats().chunks_raw, 2);
             rig.unload(&vol).unwrap();
         }
@@ -305,23 +311,7 @@ mod tests {
                 s.borrow_mut().push((compress, at.as_ptr()))
             })));
             let data: Vec<u8> = (0..4096).map(|i| (i / 300 + 1) as u8).collect();
-            let mut one = vec![data.clone()];
-            assert_eq!(run(&rig, &vol, Op::Write, 2, &mut one), 0);
-            assert_eq!(seen.take(), [(true, one[0].as_ptr())], "{mode:?}");
-            let mut two = vec![data[..1000].to_vec(), data[1000..].to_vec()];
-            assert_eq!(run(&rig, &vol, Op::Write, 3, &mut two), 0);
-            let compressed = seen.take();
-            assert!(compressed.iter().all(|&(c, at)| c && at != two[0].as_ptr()));
-            for chunk in [2, 3] {
-                let mut back = vec![vec![0u8; 4096]];
-                assert_eq!(run(&rig, &vol, Op::Read, chunk, &mut back), 0);
-                assert_eq!(seen.take(), [(false, back[0].as_ptr())], "{mode:?}");
-                assert_eq!(back[0], data);
-                let mut halves = vec![vec![0u8; 2048], vec![0u8; 2048]];
-                assert_eq!(run(&rig, &vol, Op::Read, chunk, &mut halves), 0);
-                assert!(seen.take().iter().all(|&(_, at)| at != halves[0].as_ptr()));
-                assert_eq!(halves.concat(), data);
-            }
+            straight_in_one_iovec(&rig, &vol, &seen, &data, mode);
             let st = vol.stats();
             assert_eq!((st.chunks_raw, st.errors), (0, 0));
             rig.unload(&vol).unwrap();

@@ -505,6 +505,14 @@ void fill_random(void *buf, size_t len, uint64_t seed)
 	}
 }
 
+void fill_text(void *buf, size_t len, uint64_t seed)
+{
+	uint8_t *b = buf;
+	for (size_t i = 0; i < len; i++) {
+		b[i] = (uint8_t)('a' + (i / 37 + seed) % 26);
+	}
+}
+
 void fill_data(void *buf, size_t len, uint64_t seed)
 {
 	uint8_t *b = buf;

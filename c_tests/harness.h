@@ -97,6 +97,9 @@ int poll_until(struct mem_dev *d, const int *flag);
 /* Deterministic data of varied compressibility, and incompressible data. */
 void fill_data(void *buf, size_t len, uint64_t seed);
 void fill_random(void *buf, size_t len, uint64_t seed);
+/* Compressible, never all zeros (stored compressed, so a read decompresses), varied by
+ * `seed`. */
+void fill_text(void *buf, size_t len, uint64_t seed);
 uint64_t rng_next(uint64_t *state);
 
 /* A fresh directory under /tmp, its removal with everything in it, its entry count. */

@@ -12,14 +12,6 @@
 #define BPC DEF_BPC
 #define PIECE (4096 / DEF_BLOCKLEN) /* logical blocks in a 4 KiB read */
 
-/* Compressible, never all zeros: stored compressed, so a read decompresses. */
-static void fill_text(uint8_t *buf, size_t len, uint64_t seed)
-{
-	for (size_t i = 0; i < len; i++) {
-		buf[i] = (uint8_t)('a' + (i / 37 + seed) % 26);
-	}
-}
-
 /* Reads chunks [first, first + n) 4 KiB at a time and compares each piece with the
  * model; returns the decompressions it took (and the device reads, in *reads). */
 static uint64_t read_pieces(struct mem_dev *d, struct spdk_reduce_vol *vol, const uint8_t *model,

@@ -31,15 +31,6 @@ static void content(uint8_t *buf, size_t len, uint64_t seed)
 	}
 }
 
-/* Text that compresses well (never zeros), shifted by `seed`. */
-static void fill_text(uint8_t *buf, size_t len, uint64_t seed)
-{
-	static const char words[] = "reduce volume chunk io unit ";
-	for (size_t i = 0; i < len; i++) {
-		buf[i] = (uint8_t)words[(i + seed) % (sizeof(words) - 1)];
-	}
-}
-
 /* `len` bytes of `buf` as iovecs of shape `shape`: one, three uneven, one byte then the
  * rest. Returns the count. */
 static int cut(uint8_t *buf, size_t len, int shape, struct iovec *iov)

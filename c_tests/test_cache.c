@@ -42,15 +42,22 @@ static uint64_t cache_hits(struct spdk_reduce_vol *vol)
 	return st.cache_hits;
 }
 
-/* Writes text to chunks 0..3 (and `model`), then empties the cache (by resizing it):
- * the writes left their chunks there. */
-static void write_four_chunks(struct mem_dev *d, struct spdk_reduce_vol *vol, uint8_t *model)
+/* Opens a volume of CHUNKS chunks (rig_open's result), writes text to chunks 0..3 (and
+ * `model`), then empties the cache (by resizing it): the writes left their chunks there. */
+static int open_with_four_chunks(struct mem_dev *d, struct spdk_reduce_vol_params *p, char *dir,
+				 size_t dir_len, int deferred, struct spdk_reduce_vol **vol,
+				 uint8_t *model)
 {
+	int rc = rig_open(d, p, dir, dir_len, CHUNKS, deferred, vol);
+	if (rc) {
+		return rc;
+	}
 	for (uint64_t c = 0; c < 4; c++) {
 		fill_text(model + c * CHUNK, CHUNK, c);
-		CHECK_EQ(h_write(d, vol, model + c * CHUNK, c * BPC, BPC), 0);
+		CHECK_EQ(h_write(d, *vol, model + c * CHUNK, c * BPC, BPC), 0);
 	}
-	CHECK_EQ(reduce_vol_set_cache_chunks(vol, 8), 0);
+	CHECK_EQ(reduce_vol_set_cache_chunks(*vol, 8), 0);
+	return 0;
 }
 
 TEST(cache_reads_each_chunk_once_and_never_stale)
@@ -60,8 +67,7 @@ TEST(cache_reads_each_chunk_once_and_never_stale)
 	struct spdk_reduce_vol *vol = NULL;
 	char dir[64];
 	uint8_t *model = calloc(CHUNKS, CHUNK);
-	REQUIRE_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0, out);
-	write_four_chunks(&d, vol, model);
+	REQUIRE_EQ(open_with_four_chunks(&d, &p, dir, sizeof(dir), deferred, &vol, model), 0, out);
 
 	/* Sequential 4 KiB reads: one device read and one decompress a chunk. */
 	uint64_t reads = 0;
@@ -112,8 +118,7 @@ TEST(cache_sequential_4k_writes_read_each_chunk_once)
 	struct spdk_reduce_vol *vol = NULL;
 	char dir[64];
 	uint8_t *model = calloc(CHUNKS, CHUNK);
-	REQUIRE_EQ(rig_open(&d, &p, dir, sizeof(dir), CHUNKS, deferred, &vol), 0, out);
-	write_four_chunks(&d, vol, model);
+	REQUIRE_EQ(open_with_four_chunks(&d, &p, dir, sizeof(dir), deferred, &vol, model), 0, out);
 
 	/* Each 4 KiB write merges into what the one before left in the cache: only the
 	 * first of a chunk reads and decompresses it. */

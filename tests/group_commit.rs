@@ -4,8 +4,9 @@
 //! in-memory pm store; a failed persist fails the whole group and leaves nothing behind
 //! (info and statistics against the checker, data against a shadow copy); a steady
 //! stream of reads does not hold a write back; a group is committed once it is full
-//! even while more writes are in flight; a written write still waiting for its group is
-//! outstanding (unload says EBUSY).
+//! even while more writes are in flight; on a RAM file system a write commits alone at
+//! once; a written write still waiting for its group is outstanding (unload says
+//! EBUSY).
 
 mod common;
 
@@ -315,6 +316,39 @@ fn a_full_group_commits_while_more_writes_are_in_flight() {
     assert_eq!(persists(&journal), 4);
     rig.store.set_journal(None);
     assert!(results.borrow().iter().all(|(_, r)| r.is_ok()));
+    assert!(rig.check(&vol).unwrap().is_clean());
+    rig.unload(&vol).unwrap();
+}
+
+/// On a pm file whose persists cost nothing (a RAM file system), a written write
+/// commits at once: it completes while another is still on the device, and a queue
+/// depth of 32 commits each write alone. Both land, in order, and load back.
+#[test]
+fn on_a_ram_file_system_a_write_does_not_wait_for_a_group() {
+    let rig = Rig::new(GEO, Mode::Deferred, CodecKind::test(Mode::Immediate));
+    rig.store.set_in_memory(true);
+    let vol = rig.init();
+    let journal = Journal::new();
+    rig.store.set_journal(Some(journal.clone()));
+    let results = submit_together(&vol, writes(2, 3));
+    assert!(rig.backing.poll_one(), "the first write");
+    assert_eq!(
+        results.borrow().len(),
+        1,
+        "the first write waits for the second"
+    );
+    assert_eq!(results.borrow()[0].0, 0);
+    assert_eq!(persists(&journal), 2);
+    assert_eq!(vol.info().outstanding, 1);
+    wait_for(&rig, &results, 2);
+    assert_eq!(persists(&journal), 4);
+    rig.store.set_journal(None);
+    assert!(results.borrow().iter().all(|(_, r)| r.is_ok()));
+    rig.unload(&vol).unwrap();
+    let vol = rig.load().unwrap();
+    for (chunk, bytes) in writes(2, 3) {
+        assert_eq!(rig.read_chunk(&vol, chunk).unwrap(), bytes);
+    }
     assert!(rig.check(&vol).unwrap().is_clean());
     rig.unload(&vol).unwrap();
 }

@@ -35,6 +35,9 @@ struct Files {
     /// A persist that fails still lands (its bytes become durable), as a write that
     /// reached the disk before the flush failed.
     failed_persists_land: bool,
+    /// Regions say they are on a RAM file system (`PmRegion::in_memory`); their
+    /// persists are still recorded, so a test sees when the volume commits.
+    in_memory: bool,
     fail_remove: Option<Errno>,
     journal: Option<Journal>,
     /// The last holder token handed out.
@@ -171,6 +174,11 @@ impl MemStore {
         self.inner.borrow_mut().failed_persists_land = land;
     }
 
+    /// Whether regions report a RAM file system, where persisting costs nothing.
+    pub fn set_in_memory(&self, in_memory: bool) {
+        self.inner.borrow_mut().in_memory = in_memory;
+    }
+
     /// Makes every later `remove` fail with `errno` (as in a directory made immutable
     /// or read-only), or succeed again with `None`.
     pub fn set_fail_remove(&self, errno: Option<Errno>) {
@@ -275,6 +283,10 @@ impl PmRegion for MemRegion {
 
     fn store_u64(&mut self, offset: usize, value: u64) {
         self.write(offset, &value.to_le_bytes());
+    }
+
+    fn in_memory(&self) -> bool {
+        self.store.inner.borrow().in_memory
     }
 
     fn persist(&mut self, offset: usize, len: usize) -> Result<()> {

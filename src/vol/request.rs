@@ -51,9 +51,10 @@
 //! Group commit: a written piece does not persist its metadata alone. It writes its
 //! chunk map into the pm mapping and waits in the group; the drain loop, once it has
 //! no event left, commits the group ([`Engine::flush_group`]) when no operation that
-//! could bring another piece into it is out (or at once when the group is full): one
-//! persist of the chunk maps, the entries switched, one persist of the entries, then
-//! every piece completes in order. A failed persist fails the whole group.
+//! could bring another piece into it is out (or at once when the group is full, or when
+//! the pm file is on a RAM file system, where a persist costs nothing): one persist of
+//! the chunk maps, the entries switched, one persist of the entries, then every piece
+//! completes in order. A failed persist fails the whole group.
 //!
 //! At most [`MAX_ACTIVE`] pieces hold chunk buffers at once; the rest wait in order, so
 //! any number may be submitted. Everything a piece holds is released before its request
@@ -370,6 +371,9 @@ pub(crate) struct Engine {
     group: VecDeque<usize>,
     /// Pieces of a group whose commit is durable, still to complete, in order.
     committed: VecDeque<usize>,
+    /// The list `flush` hands the group's switches in, kept: a group commits per write
+    /// on a RAM file system, and no write should allocate for it.
+    switches: Vec<Switch>,
     /// Operations out (backing or codec) of pieces that may still join the group: those
     /// of writes and unmaps before they are written, not reads and not discards. The
     /// group waits for them, since each one's completion comes back through the drain
@@ -445,6 +449,7 @@ impl Engine {
             in_hand: None,
             group: VecDeque::new(),
             committed: VecDeque::new(),
+            switches: Vec::new(),
             pending: 0,
             codec,
         }
@@ -1251,8 +1256,12 @@ impl Engine {
     /// comes back through the drain loop, which calls this again; so a written piece
     /// never waits without something on the way to commit it. Pieces waiting for
     /// buffers or space are not out: they wait for the group, not it for them.
+    ///
+    /// On a pm file whose persists cost nothing (a RAM file system) there is nothing to
+    /// save by waiting, and a write held back idles its share of a codec pool: the
+    /// group commits at once.
     pub(crate) fn flush_group(&mut self, out: &mut Vec<Action>) {
-        if self.pending == 0 {
+        if self.pending == 0 || self.meta.pm().in_memory() {
             self.flush(out);
         }
     }
@@ -1267,6 +1276,7 @@ impl Engine {
             self.in_hand = self.group.front().copied();
             let committed = self.meta.commit_group(&switches);
             self.in_hand = None;
+            self.switches = switches;
             match committed {
                 Ok(()) => self.committed.extend(self.group.drain(..)),
                 Err(e) => self.fail_group(e.logged()),
@@ -1277,22 +1287,22 @@ impl Engine {
         self.run(out);
     }
 
-    /// The switches of the group's pieces, in order.
-    fn switches(&self) -> Vec<Switch> {
-        self.group
-            .iter()
-            .map(|&id| {
-                let new = self.slots[id]
-                    .new
-                    .as_ref()
-                    .expect("a piece in the group holds its new chunk");
-                Switch {
-                    chunk: self.chunk_of(id),
-                    index: new.index,
-                    old: new.old,
-                }
-            })
-            .collect()
+    /// The switches of the group's pieces, in order, in the engine's reused list.
+    fn switches(&mut self) -> Vec<Switch> {
+        let mut switches = std::mem::take(&mut self.switches);
+        switches.clear();
+        switches.extend(self.group.iter().map(|&id| {
+            let new = self.slots[id]
+                .new
+                .as_ref()
+                .expect("a piece in the group holds its new chunk");
+            Switch {
+                chunk: self.chunk_of(id),
+                index: new.index,
+                old: new.old,
+            }
+        }));
+        switches
     }
 
     /// Takes in hand piece `id`, just taken from the group or the committed, where it

@@ -42,7 +42,9 @@ pub struct IoBuf(Bytes);
 
 enum Bytes {
     Owned(Vec<u8>),
-    Lent(Box<dyn DerefMut<Target = [u8]> + Send>),
+    /// `'static` stands for "until the operation holding it comes back", which the
+    /// volume guarantees (see above); a plain slice, so lending allocates nothing.
+    Lent(&'static mut [u8]),
 }
 
 impl Default for Bytes {
@@ -53,7 +55,7 @@ impl Default for Bytes {
 
 impl IoBuf {
     /// A view of a caller's memory (made in `ffi`, the one place that may).
-    pub(crate) fn lent(bytes: Box<dyn DerefMut<Target = [u8]> + Send>) -> IoBuf {
+    pub(crate) fn lent(bytes: &'static mut [u8]) -> IoBuf {
         IoBuf(Bytes::Lent(bytes))
     }
 

@@ -54,10 +54,14 @@ pub fn zstd_compress_at(level: u32, src: &[u8], dst: &mut [u8]) -> Result<usize>
                 contexts.len() - 1
             }
         };
-        contexts[index]
-            .1
-            .compress_to_buffer(src, dst)
-            .map_err(|_| Errno::ENOSPC.into())
+        // The context itself rather than `compress_to_buffer`, whose error (a frame
+        // that does not fit, common for data that barely compresses) allocates.
+        let context = contexts[index].1.context_mut();
+        context.compress2(dst, src).map_err(|_| {
+            // A failed frame stays open, and zstd refuses most setters mid-frame.
+            let _ = context.reset(zstd::zstd_safe::ResetDirective::SessionOnly);
+            Errno::ENOSPC.into()
+        })
     })
 }
 

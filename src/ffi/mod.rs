@@ -15,6 +15,8 @@ mod boundary;
 mod check;
 mod claim;
 mod codec;
+#[cfg(test)]
+mod counting;
 mod device;
 mod iov;
 mod logging;
@@ -455,10 +457,10 @@ unsafe fn submit(
     };
     // SAFETY: the iovecs are valid until completion, per the caller.
     match unsafe { CUserIo::new(iov, iovcnt, cb_fn, cb_arg) } {
-        Ok(io) => volume.submit(op, offset, length, Box::new(io)),
+        Ok(io) => volume.submit(op, offset, length, io.boxed()),
         // An empty request succeeds whatever its iovecs, as in the original.
-        Err((io, _)) if length == 0 => volume.submit(op, offset, 0, Box::new(io)),
-        Err((io, why)) => volume.reject(op, Box::new(io), refuse(what, why)),
+        Err((io, _)) if length == 0 => volume.submit(op, offset, 0, io.boxed()),
+        Err((io, why)) => volume.reject(op, io.boxed(), refuse(what, why)),
     }
 }
 

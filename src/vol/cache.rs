@@ -33,6 +33,9 @@
 //! the one the cache no longer needs (see [`ChunkCache::fill`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+
+use smallvec::SmallVec;
 
 /// The cache's default budget in bytes: the number of chunks is this over the chunk
 /// size, at most [`DEFAULT_CHUNKS`] and at least one.
@@ -79,7 +82,9 @@ impl ChunkCache {
     fn with_capacity(capacity: usize, hits: u64) -> ChunkCache {
         ChunkCache {
             capacity,
-            entries: HashMap::new(),
+            // Room for twice the entries: the table then rehashes in place as
+            // replacements leave tombstones, and never grows (or allocates) once made.
+            entries: HashMap::with_capacity(2 * capacity),
             queue: VecDeque::new(),
             next_seq: 0,
             hits,
@@ -104,18 +109,36 @@ impl ChunkCache {
     }
 
     /// Takes chunk `chunk`'s entry out (a write or unmap of it starts): its content if
-    /// it was cached from chunk map `index` (counted as a hit), else `None`.
-    pub(crate) fn take(&mut self, chunk: u64, index: Option<u64>) -> Option<Vec<u8>> {
+    /// it was cached from chunk map `index` (counted as a hit), else `None`, the stale
+    /// entry's buffer going to `spares`.
+    pub(crate) fn take(
+        &mut self,
+        chunk: u64,
+        index: Option<u64>,
+        spares: &mut Vec<Vec<u8>>,
+    ) -> Option<Vec<u8>> {
         let entry = self.entries.remove(&chunk)?;
-        (Some(entry.index) == index).then(|| {
+        if Some(entry.index) == index {
             self.hits += 1;
-            entry.plain
-        })
+            return Some(entry.plain);
+        }
+        spares.push(entry.plain);
+        None
     }
 
-    /// Takes out the entries of chunks in `chunks` (an unmap empties them).
-    pub(crate) fn forget(&mut self, chunks: std::ops::Range<u64>) {
-        self.entries.retain(|chunk, _| !chunks.contains(chunk));
+    /// Takes out the entries of chunks in `chunks` (a write or unmap replaces them);
+    /// their buffers go to `spares`, for the volume's next requests.
+    pub(crate) fn forget(&mut self, chunks: Range<u64>, spares: &mut Vec<Vec<u8>>) {
+        // By chunk when the range is short (a write's one chunk), else by entry.
+        let gone: SmallVec<[u64; 16]> = if chunks.end - chunks.start <= self.entries.len() as u64 {
+            chunks.collect()
+        } else {
+            let keys = self.entries.keys().copied();
+            keys.filter(|c| chunks.contains(c)).collect()
+        };
+        for chunk in gone {
+            spares.extend(self.entries.remove(&chunk).map(|entry| entry.plain));
+        }
     }
 
     /// Keeps `plain`, chunk `chunk`'s content under chunk map `index`, last in the
@@ -226,12 +249,16 @@ mod tests {
         assert_eq!(c.get(1, 11), None);
         assert_eq!(c.get(2, 10), None);
         assert_eq!(c.hits, 1);
-        // Taken out whatever the index; content only for the right one.
-        assert_eq!(c.take(1, Some(11)), None);
+        // Taken out whatever the index; content only for the right one, the stale
+        // buffer to the spares.
+        let mut spares = Vec::new();
+        assert_eq!(c.take(1, Some(11), &mut spares), None);
+        assert_eq!(spares, [chunk(1)]);
         assert_eq!(c.get(1, 10), None);
         fill(&mut c, 1, 10, 1);
-        assert_eq!(c.take(1, Some(10)), Some(chunk(1)));
-        assert_eq!(c.take(1, Some(10)), None);
+        assert_eq!(c.take(1, Some(10), &mut spares), Some(chunk(1)));
+        assert_eq!(c.take(1, Some(10), &mut spares), None);
+        assert_eq!(spares.len(), 1);
         assert_eq!(c.hits, 2);
     }
 
@@ -261,7 +288,7 @@ mod tests {
             fill(&mut c, u64::from(n), 0, n);
         }
         // A write takes 2 out; 4 takes its room, later than 1 and 3.
-        assert_eq!(c.take(2, Some(0)), Some(chunk(2)));
+        assert_eq!(c.take(2, Some(0), &mut Vec::new()), Some(chunk(2)));
         fill(&mut c, 4, 0, 4);
         fill(&mut c, 5, 0, 5);
         assert!(c.get(1, 0).is_none(), "1 was filled first");
@@ -273,7 +300,7 @@ mod tests {
         // The queue of records stays bounded however many fills and takes there are.
         for n in 0..1000 {
             fill(&mut c, 10 + n % 7, n, 1);
-            c.take(10 + (n + 3) % 7, None);
+            c.take(10 + (n + 3) % 7, None, &mut Vec::new());
         }
         assert!(c.queue.len() <= 2 * 3 + 1, "{} records", c.queue.len());
     }
@@ -285,11 +312,18 @@ mod tests {
         for n in 0..4 {
             fill(&mut c, u64::from(n), 0, n);
         }
-        c.forget(1..3);
+        let mut spares = Vec::new();
+        c.forget(1..3, &mut spares);
+        assert_eq!(spares, [chunk(1), chunk(2)]);
         assert_eq!(c.len(), 2);
         assert_eq!(c.get(0, 0), Some(&chunk(0)[..]));
         assert_eq!(c.get(3, 0), Some(&chunk(3)[..]));
         assert!(c.get(1, 0).is_none() && c.get(2, 0).is_none());
+        // A range longer than the cache holds, by entry.
+        c.forget(0..1000, &mut spares);
+        assert_eq!(c.len(), 0);
+        spares.sort();
+        assert_eq!(spares, [chunk(0), chunk(1), chunk(2), chunk(3)]);
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     core: RefCell<Core>,
     events: RefCell<VecDeque<Event>>,
     draining: Cell<bool>,
+    /// The drain loop's action list, kept between drains so a request allocates none.
+    actions: Cell<Vec<Action>>,
     backing: Box<dyn BackingDevice>,
     codec: Rc<dyn Codec>,
 }
@@ -159,7 +161,8 @@ impl Shared {
     fn drain(self: &Rc<Self>) {
         self.draining.set(true);
         let _guard = DrainGuard(&self.draining);
-        let mut actions = Vec::new();
+        // Only one drain runs at a time (`draining`); a panic out of one loses the list.
+        let mut actions = self.actions.take();
         loop {
             let mut event = self.events.borrow_mut().pop_front();
             // No event left: the moment to commit the group of written pieces (the one
@@ -193,6 +196,7 @@ impl Shared {
                 }
             }
             if idle && actions.is_empty() {
+                self.actions.set(actions);
                 break;
             }
             for action in actions.drain(..) {
@@ -252,6 +256,7 @@ impl Shared {
             core: RefCell::new(core),
             events: RefCell::new(VecDeque::new()),
             draining: Cell::new(false),
+            actions: Cell::new(Vec::new()),
             backing: backend_backing,
             codec,
         });

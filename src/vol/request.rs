@@ -107,7 +107,7 @@ use crate::completion::{Ticket, Token};
 use crate::error::{Errno, Error, Result};
 use crate::format::{Geometry, chunk_checksum};
 use crate::log::{self, Level};
-use crate::maps::{ChunkMap, Metadata, Switch, checksum_ok};
+use crate::maps::{ChunkMap, Freed, Metadata, Switch, checksum_ok};
 
 /// Pieces holding chunk buffers at once. It matches the extra chunk maps, so writes in
 /// flight on a volume full of incompressible data still find room.
@@ -336,7 +336,7 @@ struct Slot {
     new: Option<NewChunk>,
     /// Io units it freed, held out of the free map while the device discards them, so
     /// no write can take one and have its data discarded.
-    freed: Vec<u64>,
+    freed: Freed,
     /// It has an operation out that counts in [`Engine::pending`].
     pending: bool,
 }
@@ -464,7 +464,7 @@ impl Engine {
             stage: Some(Stage::Waiting),
             active: false,
             new: None,
-            freed: Vec::new(),
+            freed: Freed::new(),
             pending: false,
         };
         let id = match self.free_slots.pop() {
@@ -672,13 +672,16 @@ impl Engine {
         // A write or unmap takes the chunk out of the cache as it starts, whatever
         // becomes of it; the read half of a partial one uses what was there.
         if op == Op::Write && whole {
-            self.cache.forget(chunk..chunk + 1);
+            self.cache.forget(chunk..chunk + 1, &mut self.spare_buffers);
             // A whole-chunk write needs nothing of what was there.
             return self.chunk_ready(id, buffers, out);
         }
         let cached = match op {
             Op::Read => None,
-            Op::Write | Op::Unmap => self.cache.take(chunk, self.meta.logical_entry(chunk)),
+            Op::Write | Op::Unmap => {
+                let index = self.meta.logical_entry(chunk);
+                self.cache.take(chunk, index, &mut self.spare_buffers)
+            }
         };
         if let Some(plain) = cached {
             // The entry was taken under the chunk map the logical map names now, which
@@ -1006,7 +1009,7 @@ impl Engine {
     /// Empties `chunks` (see [`Metadata::clear`]), then has the device discard the io
     /// units they held, keeping them out of the free map until it is done.
     fn clear(&mut self, id: usize, chunks: std::ops::Range<u64>, out: &mut Vec<Action>) {
-        self.cache.forget(chunks.clone());
+        self.cache.forget(chunks.clone(), &mut self.spare_buffers);
         let mut freed = match self.meta.clear(chunks) {
             Ok(freed) => freed,
             Err(e) => return self.finish(id, None, Err(e.logged())),
@@ -1072,7 +1075,7 @@ impl Engine {
     }
 
     /// Takes back the io units piece `id` freed, if any: no longer being discarded.
-    fn drop_freed(&mut self, id: usize) -> Vec<u64> {
+    fn drop_freed(&mut self, id: usize) -> Freed {
         let freed = std::mem::take(&mut self.slots[id].freed);
         if !freed.is_empty() {
             self.trimming -= 1;

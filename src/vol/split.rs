@@ -27,7 +27,8 @@
 //! of them (each wholly, old or new), as a failed write to one chunk may have changed
 //! none.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+use std::ops::Range;
 
 use smallvec::SmallVec;
 
@@ -133,54 +134,57 @@ struct Parent {
     successors: SmallVec<[usize; 2]>,
 }
 
-/// The runs of chunks requests cover: each run (first chunk ↦ last chunk, request)
-/// names the request submitted last over it. Runs are disjoint.
+/// The runs of chunks requests cover: each run (first chunk, last chunk, request)
+/// names the request submitted last over it. Runs are disjoint, sorted by their first
+/// chunk, in a list rather than a tree: they are about as many as the requests in
+/// flight, and the list allocates nothing once it has grown to that.
 #[derive(Default)]
 struct Order {
-    runs: BTreeMap<u64, (u64, usize)>,
+    runs: Vec<(u64, u64, usize)>,
 }
 
 impl Order {
-    /// The runs overlapping chunks `first..=last`, in order.
-    fn overlapping(&self, first: u64, last: u64) -> SmallVec<[(u64, u64, usize); 4]> {
-        let before = self
-            .runs
-            .range(..first)
-            .next_back()
-            .filter(|(_, (end, _))| *end >= first);
-        before
-            .into_iter()
-            .chain(self.runs.range(first..=last))
-            .map(|(&start, &(end, r))| (start, end, r))
-            .collect()
+    /// Where the runs overlapping chunks `first..=last` are in the list.
+    fn overlapping(&self, first: u64, last: u64) -> Range<usize> {
+        let from = self.runs.partition_point(|&(_, end, _)| end < first);
+        let to = from + self.runs[from..].partition_point(|&(start, _, _)| start <= last);
+        from..to
     }
 
     /// Request `r` now comes last over `first..=last`: returns the requests it must
     /// wait for (the last over each of its chunks), each once.
     fn enter(&mut self, first: u64, last: u64, r: usize) -> SmallVec<[usize; 4]> {
+        let at = self.overlapping(first, last);
         let mut before: SmallVec<[usize; 4]> = SmallVec::new();
-        for (start, end, q) in self.overlapping(first, last) {
-            self.runs.remove(&start);
-            if start < first {
-                self.runs.insert(start, (first - 1, q));
-            }
-            if end > last {
-                self.runs.insert(last + 1, (end, q));
-            }
+        for &(_, _, q) in &self.runs[at.clone()] {
             if !before.contains(&q) {
                 before.push(q);
             }
         }
-        self.runs.insert(first, (last, r));
+        // What is left of the first and last overlapping runs, either side of the new.
+        let head = self.runs[at.clone()]
+            .first()
+            .filter(|&&(start, _, _)| start < first)
+            .map(|&(start, _, q)| (start, first - 1, q));
+        let tail = self.runs[at.clone()]
+            .last()
+            .filter(|&&(_, end, _)| end > last)
+            .map(|&(_, end, q)| (last + 1, end, q));
+        let new = head.into_iter().chain([(first, last, r)]).chain(tail);
+        self.runs.splice(at, new);
         before
     }
 
     /// Request `r` over `first..=last` completed: its runs that no later request
     /// covered go.
     fn leave(&mut self, first: u64, last: u64, r: usize) {
-        for (start, _, q) in self.overlapping(first, last) {
-            if q == r {
-                self.runs.remove(&start);
+        let at = self.overlapping(first, last);
+        let mut i = at.start;
+        for _ in at {
+            if self.runs[i].2 == r {
+                self.runs.remove(i);
+            } else {
+                i += 1;
             }
         }
     }
@@ -406,10 +410,7 @@ mod tests {
         assert_eq!(o.runs.len(), 1);
         assert_eq!(o.enter(30, 31, 5).as_slice(), &[4]);
         o.leave(0, 30, 4);
-        assert_eq!(
-            o.runs.iter().map(|(&s, &v)| (s, v)).collect::<Vec<_>>(),
-            vec![(30, (31, 5))]
-        );
+        assert_eq!(o.runs, [(30, 31, 5)]);
         o.leave(30, 31, 5);
         assert!(o.runs.is_empty());
     }
@@ -420,9 +421,52 @@ mod tests {
         o.enter(0, 9, 1);
         o.enter(3, 5, 2);
         o.leave(0, 9, 1);
-        assert_eq!(
-            o.runs.iter().map(|(&s, &v)| (s, v)).collect::<Vec<_>>(),
-            vec![(3, (5, 2))]
-        );
+        assert_eq!(o.runs, [(3, 5, 2)]);
+    }
+
+    /// Random requests entering and leaving, against a model that keeps the last
+    /// request over each chunk.
+    #[test]
+    fn the_runs_match_a_chunk_by_chunk_model() {
+        const CHUNKS: usize = 48;
+        let mut rng = crate::testkit::Rng::new(7);
+        let mut o = Order::default();
+        let mut model: [Option<usize>; CHUNKS] = [None; CHUNKS];
+        let mut live: Vec<(u64, u64, usize)> = Vec::new();
+        for r in 0..4000 {
+            if live.len() > 24 || (!live.is_empty() && rng.below(3) == 0) {
+                let (first, last, q) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                o.leave(first, last, q);
+                for c in &mut model[first as usize..=last as usize] {
+                    if *c == Some(q) {
+                        *c = None;
+                    }
+                }
+            } else {
+                let first = rng.below(CHUNKS as u64);
+                let last = (first + rng.below(6)).min(CHUNKS as u64 - 1);
+                let mut expected: Vec<usize> = Vec::new();
+                for c in &mut model[first as usize..=last as usize] {
+                    if let Some(q) = *c {
+                        if !expected.contains(&q) {
+                            expected.push(q);
+                        }
+                    }
+                    *c = Some(r);
+                }
+                assert_eq!(o.enter(first, last, r).as_slice(), expected.as_slice());
+                live.push((first, last, r));
+            }
+            let mut seen: [Option<usize>; CHUNKS] = [None; CHUNKS];
+            let mut next = 0;
+            for &(start, end, q) in &o.runs {
+                assert!(start >= next && start <= end, "{:?}", o.runs);
+                next = end + 1;
+                for c in &mut seen[start as usize..=end as usize] {
+                    *c = Some(q);
+                }
+            }
+            assert_eq!(seen, model, "after request {r}");
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! io unit or chunk map), and the statistics match the checker's count. On a pm file of
 //! the fixed size nothing is ever full; a third run has the original's smaller pm
 //! file, room for 48 of the 64 chunks plus the spare chunk maps of their overwrites:
-//! there writes to chunks holding no data may get ENOSPC, overwrites never.
+//! there writes to chunks holding no data may get ENOSPC, overwrites never. A fourth
+//! has its pm file say it is on a RAM file system, where writes commit alone.
 //!
 //! A failed request over several chunks may have changed some of them (each wholly):
 //! the model then holds both contents for each such chunk, and the next read of it
@@ -167,14 +168,28 @@ fn shrink_pm(rig: &Rig) {
     rig.store.insert(&path, pm);
 }
 
-fn soak(mode: Mode, seed: u64, original_pm: bool) {
+/// The pm file a soak runs on.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Pm {
+    /// Of the size this library makes.
+    Fixed,
+    /// Of the original's smaller size.
+    Original,
+    /// Of the size this library makes, on what says it is a RAM file system: writes
+    /// commit alone, at every drain end, rather than in groups.
+    OnRamFs,
+}
+
+fn soak(mode: Mode, seed: u64, pm: Pm) {
     let ops = ops_per_mode();
+    let original_pm = pm == Pm::Original;
     // One io unit a chunk: the original's pm file holds half the chunk maps it needs.
     let geo = match original_pm {
         false => Geo::small(CHUNKS),
         true => Geo::new(512, 4096, 4096, 512, CHUNKS),
     };
     let rig = Rig::new(geo, mode, CodecKind::test(mode));
+    rig.store.set_in_memory(pm == Pm::OnRamFs);
     let mut vol = rig.init();
     if original_pm {
         rig.unload(&vol).unwrap();
@@ -226,9 +241,8 @@ fn soak(mode: Mode, seed: u64, original_pm: bool) {
         m.read(chunk * BLOCKS_PER_CHUNK, BLOCKS_PER_CHUNK, &got);
     }
     let duplicates = rig.backing.duplicates() + rig.codec.double().duplicates();
-    let pm = if original_pm { "original" } else { "fixed" };
     eprintln!(
-        "soak {mode:?}, {pm} pm file: {} ops ({} reads, {} writes, {} unmaps; {} across \
+        "soak {mode:?}, pm file {pm:?}: {} ops ({} reads, {} writes, {} unmaps; {} across \
          chunks) at queue depth {QUEUE_DEPTH}, {} faults injected, {} requests failed \
          with them, {duplicates} completions delivered twice and ignored, {} writes to \
          chunks holding no data refused for space, {} unload/load cycles, {} checker runs \
@@ -376,15 +390,20 @@ fn audit(rig: &Rig, vol: &Volume, model: &Rc<RefCell<Model>>, faults: &Rc<Cell<u
 
 #[test]
 fn soak_immediate() {
-    soak(Mode::Immediate, 1, false);
+    soak(Mode::Immediate, 1, Pm::Fixed);
 }
 
 #[test]
 fn soak_deferred() {
-    soak(Mode::Deferred, 2, false);
+    soak(Mode::Deferred, 2, Pm::Fixed);
 }
 
 #[test]
 fn soak_deferred_original_pm_file() {
-    soak(Mode::Deferred, 3, true);
+    soak(Mode::Deferred, 3, Pm::Original);
+}
+
+#[test]
+fn soak_deferred_pm_file_on_a_ram_file_system() {
+    soak(Mode::Deferred, 4, Pm::OnRamFs);
 }

@@ -85,9 +85,7 @@ impl CUserIo {
             Err(why) => Err((empty, why)),
         }
     }
-}
 
-impl CUserIo {
     /// The request in a box, a spare one when this thread has one.
     pub(crate) fn boxed(self) -> Box<CUserIo> {
         match SPARE.try_with(|spare| spare.borrow_mut().pop()) {
@@ -367,9 +365,9 @@ mod tests {
 
     /// Requests through the C boundary allocate nothing once the volume has served as
     /// many as are in flight: whole chunks in one iovec and in two (compressible, stored
-    /// raw by the probe or after zstd tried, zeros), reads of a whole chunk and of a block, partial writes
-    /// (read-modify-write), unmaps of a chunk and of a block; eight at a time, with a
-    /// device completing inside the call and later.
+    /// raw by the probe or after zstd tried, zeros), reads of a whole chunk and of a
+    /// block, partial writes (read-modify-write), unmaps of a chunk and of a block;
+    /// eight at a time, with a device completing inside the call and later.
     #[test]
     // Not under miri, which cannot run zstd's C code (and would take minutes): the
     // unsafe code this runs, the tests above run there.

@@ -33,12 +33,9 @@ pub const LISTED_PROBLEMS: usize = 100;
 /// Bytes of logical map entries a scan compares at once: 64 entries.
 const SCAN_BLOCK: usize = 512;
 
-/// Io unit indices of one chunk; four cover the usual 16 KiB chunk of 4 KiB units.
+/// Io unit indices of one chunk (or what an unmap frees); four, inline, cover the usual
+/// 16 KiB chunk of 4 KiB units.
 pub type IoUnits = SmallVec<[u64; 4]>;
-
-/// Io units an unmap frees; inline for a chunk of up to eight, so an unmap of one chunk
-/// allocates nothing.
-pub type Freed = SmallVec<[u64; 8]>;
 
 /// One chunk as stored: its size on disk, checksum and io units in data order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -702,7 +699,7 @@ impl Metadata {
     /// chunk old or empty. Their io units are returned still allocated: the caller frees
     /// them ([`Metadata::release_io_units`]) once the device no longer has them in
     /// hand. On error every entry is back as it was.
-    pub fn clear(&mut self, chunks: Range<u64>) -> Result<Freed> {
+    pub fn clear(&mut self, chunks: Range<u64>) -> Result<IoUnits> {
         self.retry_held();
         let geo = self.geo;
         let olds: SmallVec<[(u64, u64); 4]> = chunks
@@ -710,7 +707,7 @@ impl Metadata {
             .filter_map(|chunk| Some((chunk, self.logical_entry(chunk)?)))
             .collect();
         let (Some(&(first, _)), Some(&(last, _))) = (olds.first(), olds.last()) else {
-            return Ok(Freed::new());
+            return Ok(IoUnits::new());
         };
         for &(chunk, _) in &olds {
             self.pm
@@ -726,7 +723,7 @@ impl Metadata {
                 "chunks {first}..={last}: persisting their emptied logical map entries"
             )));
         }
-        let mut io_units = Freed::new();
+        let mut io_units = IoUnits::new();
         for &(chunk, old) in &olds {
             if let Some((index, old_map)) = self.forget(chunk, Some(old), EMPTY_ENTRY) {
                 self.chunk_maps.free(index as usize);

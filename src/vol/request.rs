@@ -107,7 +107,7 @@ use crate::completion::{Ticket, Token};
 use crate::error::{Errno, Error, Result};
 use crate::format::{Geometry, chunk_checksum};
 use crate::log::{self, Level};
-use crate::maps::{ChunkMap, Freed, Metadata, Switch, checksum_ok};
+use crate::maps::{ChunkMap, IoUnits, Metadata, Switch, checksum_ok};
 
 /// Pieces holding chunk buffers at once. It matches the extra chunk maps, so writes in
 /// flight on a volume full of incompressible data still find room.
@@ -336,7 +336,7 @@ struct Slot {
     new: Option<NewChunk>,
     /// Io units it freed, held out of the free map while the device discards them, so
     /// no write can take one and have its data discarded.
-    freed: Freed,
+    freed: IoUnits,
     /// It has an operation out that counts in [`Engine::pending`].
     pending: bool,
 }
@@ -464,7 +464,7 @@ impl Engine {
             stage: Some(Stage::Waiting),
             active: false,
             new: None,
-            freed: Freed::new(),
+            freed: IoUnits::new(),
             pending: false,
         };
         let id = match self.free_slots.pop() {
@@ -1075,7 +1075,7 @@ impl Engine {
     }
 
     /// Takes back the io units piece `id` freed, if any: no longer being discarded.
-    fn drop_freed(&mut self, id: usize) -> Freed {
+    fn drop_freed(&mut self, id: usize) -> IoUnits {
         let freed = std::mem::take(&mut self.slots[id].freed);
         if !freed.is_empty() {
             self.trimming -= 1;

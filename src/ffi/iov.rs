@@ -199,6 +199,7 @@ mod tests {
     use super::*;
     use crate::testkit::{CodecKind, Geo, Mode, Rig, RleCodec, Rng, TestCodec};
     use crate::vol::{Op, Volume};
+    use smallvec::smallvec;
     use std::cell::RefCell;
     use std::rc::Rc;
 
@@ -407,40 +408,22 @@ mod tests {
                 let cells = status.as_mut_ptr();
                 for c in 0..CHUNKS {
                     let kind = (r + c) % 8;
-                    let src = &mut data[c][r / 8 % 4];
+                    let src = &mut data[c][r / 8 % 4][..];
                     let (head, tail) = src.split_at_mut(1000);
                     let (rhead, rtail) = reads[c].split_at_mut(1000);
-                    let (op, first, blocks, iovs): (Op, usize, usize, SmallVec<[iovec; 2]>) =
-                        match kind {
-                            0 => (Op::Write, 0, 8, [iov(src)].into_iter().collect()),
-                            1 => (
-                                Op::Write,
-                                0,
-                                8,
-                                [iov(head), iov(tail)].into_iter().collect(),
-                            ),
-                            2 => (Op::Read, 0, 8, [iov(&mut reads[c])].into_iter().collect()),
-                            3 => (
-                                Op::Read,
-                                0,
-                                8,
-                                [iov(rhead), iov(rtail)].into_iter().collect(),
-                            ),
-                            4 => (
-                                Op::Read,
-                                3,
-                                1,
-                                [iov(&mut rhead[..BLOCK])].into_iter().collect(),
-                            ),
-                            5 => (
-                                Op::Write,
-                                5,
-                                1,
-                                [iov(&mut head[..BLOCK])].into_iter().collect(),
-                            ),
-                            6 => (Op::Unmap, 0, 8, SmallVec::new()),
-                            _ => (Op::Unmap, 2, 1, SmallVec::new()),
-                        };
+                    // What each kind moves: (op, first block in the chunk, blocks, buffers).
+                    type Kind<'a> = (Op, u64, u64, SmallVec<[&'a mut [u8]; 2]>);
+                    let (op, first, blocks, bufs): Kind = match kind {
+                        0 => (Op::Write, 0, 8, smallvec![src]),
+                        1 => (Op::Write, 0, 8, smallvec![head, tail]),
+                        2 => (Op::Read, 0, 8, smallvec![&mut reads[c][..]]),
+                        3 => (Op::Read, 0, 8, smallvec![rhead, rtail]),
+                        4 => (Op::Read, 3, 1, smallvec![&mut rhead[..BLOCK]]),
+                        5 => (Op::Write, 5, 1, smallvec![&mut head[..BLOCK]]),
+                        6 => (Op::Unmap, 0, 8, SmallVec::new()),
+                        _ => (Op::Unmap, 2, 1, SmallVec::new()),
+                    };
+                    let iovs: SmallVec<[iovec; 2]> = bufs.into_iter().map(iov).collect();
                     // SAFETY: cell `c` of the statuses, each request's own; every
                     // pointer into them comes from `cells`, so none stales another.
                     let cell = unsafe { cells.add(c) };
@@ -456,13 +439,8 @@ mod tests {
                             cell.cast(),
                         )
                     };
-                    let at = (c * 8 + first) as u64;
-                    vol.submit(
-                        op,
-                        at,
-                        blocks as u64,
-                        io.ok().expect("valid iovecs").boxed(),
-                    );
+                    let io = io.ok().expect("valid iovecs").boxed();
+                    vol.submit(op, c as u64 * 8 + first, blocks, io);
                 }
                 rig.drain();
                 rig.backing.forget_unmapped();

@@ -1,7 +1,8 @@
 # reduce — build, demo and tests. Two commands do everything on a fresh machine:
 #   make demo   builds the library and runs the C demo (SPDK-style poll loop, real files)
 #   make test   every test: Rust, C (plain, ASan+UBSan, valgrind), miri, header, lint,
-#               the README's examples, the staged install, the NBD export with real clients
+#               the README's examples, the staged install, the NBD export with real clients;
+#               it builds the benchmark too
 # `make` builds the library, the reduce command (target/release/reduce) and the nbdkit plugin.
 # Long runs have their own targets: make soak, make fuzz, make bench, make scale,
 # make integration.
@@ -113,8 +114,9 @@ install-test: lib cli nbd-plugin | deps
 include c_tests/rules.mk
 include nbd/rules.mk
 
+# The benchmark is built (with -Werror), not run: it takes minutes and measures, not tests.
 test: deps lint header-check rust-test c-test c-test-asan c-test-valgrind miri readme-snippets \
-      install-test nbd-test
+      install-test nbd-test $(BUILD)/bench
 	@echo "make test: all suites passed"
 
 # The library's suites and the command's (which run the built binary); tools/header has

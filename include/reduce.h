@@ -418,9 +418,10 @@ struct reduce_vol_check_report {
 /**
  * Completion of `reduce_vol_check`: `ctx` is the caller's `cb_arg`; `reduce_errno` is
  * 0 when the volume is clean, -EILSEQ for metadata problems, -EIO when only data
- * failed to read back, or the error that kept the check from running (-EINVAL for a
- * NULL volume, -EBUSY with I/O outstanding, -EPERM on a thread other than the
- * volume's). `report` is valid during the call only.
+ * failed to read back or chunk maps are held after commits the pm file failed, or
+ * the error that kept the check from running (-EINVAL for a NULL volume, -EBUSY with
+ * I/O outstanding, -EPERM on a thread other than the volume's). `report` is valid
+ * during the call only.
  */
 typedef void (*reduce_vol_check_complete)(void *ctx,
                                           int reduce_errno,

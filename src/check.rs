@@ -17,7 +17,7 @@ use std::fmt;
 
 use crate::alloc::FreeMap;
 use crate::error::Errno;
-use crate::maps::{LISTED_PROBLEMS, MapProblem, MapView, Scan};
+use crate::maps::{IoUnits, LISTED_PROBLEMS, MapProblem, MapView, Scan};
 
 /// One thing wrong with a volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,16 @@ pub enum Problem {
     FreeIoUnitInUse {
         /// The io unit.
         unit: u64,
+    },
+    /// In use, named by nothing, and known: a new chunk map of a commit that failed,
+    /// held (with its io units) until the logical map entries the commit set back can
+    /// be persisted, since the file may still hold one naming it. The pm file keeps
+    /// failing; the map is freed by the first persist of those entries that succeeds.
+    HeldAfterFailedCommit {
+        /// The chunk map.
+        index: u64,
+        /// The io units it holds.
+        io_units: u64,
     },
     /// Reading the chunk back failed: `EIO` for a checksum mismatch or data that does
     /// not decompress to a whole chunk, or the backing device's error.
@@ -70,6 +80,10 @@ impl fmt::Display for Problem {
             Problem::FreeIoUnitInUse { unit } => {
                 write!(f, "io unit {unit} is referenced but marked free")
             }
+            Problem::HeldAfterFailedCommit { index, io_units } => write!(
+                f,
+                "chunk map {index} ({io_units} io units) is held after a failed commit, until its logical map entries, set back, can be persisted"
+            ),
             Problem::Unreadable { chunk, errno } => {
                 write!(f, "chunk {chunk}: reading it back failed with {}", -errno)
             }
@@ -113,11 +127,17 @@ impl Report {
         }
     }
 
-    /// The status a caller sees: 0, `EILSEQ` for metadata problems, else `EIO`.
+    /// The status a caller sees: 0, `EILSEQ` for metadata problems, else `EIO` (data
+    /// that fails to read back, or chunk maps held while the pm file fails).
     pub fn errno(&self) -> Option<Errno> {
-        // Metadata problems are found before any chunk is read back, so when there is
-        // one the first listed problem is one.
-        let metadata = |p: &Problem| !matches!(p, Problem::Unreadable { .. });
+        // Metadata problems are found before the held maps are listed and any chunk is
+        // read back, so when there is one the first listed problem is one.
+        let metadata = |p: &Problem| {
+            !matches!(
+                p,
+                Problem::Unreadable { .. } | Problem::HeldAfterFailedCommit { .. }
+            )
+        };
         if self.problems.iter().any(metadata) {
             Some(Errno::EILSEQ)
         } else if self.is_clean() {
@@ -149,12 +169,14 @@ impl fmt::Display for Report {
 }
 
 /// Audits the maps of a loaded volume with nothing in flight against its free maps
-/// (`chunk_maps` and `io_units`, which mark what is in use). Returns the report and
-/// the chunks whose data can be read back.
-pub(crate) fn audit(
+/// (`chunk_maps` and `io_units`, which mark what is in use), `held` being the chunk
+/// maps (index, io units) held after failed commits. Returns the report and the chunks
+/// whose data can be read back.
+pub(crate) fn audit<'a>(
     view: MapView<'_>,
     chunk_maps: &FreeMap,
     io_units: &FreeMap,
+    held: impl Iterator<Item = &'a (u64, IoUnits)>,
 ) -> (Report, Vec<u64>) {
     let mut scan = view.scan();
     let mut report = Report {
@@ -167,26 +189,35 @@ pub(crate) fn audit(
             .collect(),
         problems_left_out: scan.problems_left_out,
     };
+    let held: Vec<&(u64, IoUnits)> = held.collect();
     compare(
         &scan,
         chunk_maps,
         io_units,
         view.geo.reserved_io_units,
+        &held,
         &mut report,
     );
     (report, scan.chunks)
 }
 
 /// Compares a scan with the free maps of a loaded volume (reserved io units aside).
+/// What is marked in use and named by nothing is a leak unless `held` has it; the
+/// held maps are listed after every leak, so a full list still shows a metadata
+/// problem first.
 fn compare(
     scan: &Scan,
     chunk_maps: &FreeMap,
     io_units: &FreeMap,
     reserved_io_units: u64,
+    held: &[&(u64, IoUnits)],
     report: &mut Report,
 ) {
+    let held_map = |index: usize| held.iter().any(|(i, _)| *i == index as u64);
+    let held_unit = |unit: usize| held.iter().any(|(_, units)| units.contains(&(unit as u64)));
     for index in 0..chunk_maps.len() {
         match (scan.chunk_maps.contains(index), chunk_maps.is_used(index)) {
+            (false, true) if held_map(index) => {}
             (false, true) => report.add(Problem::LeakedChunkMap {
                 index: index as u64,
             }),
@@ -199,10 +230,17 @@ fn compare(
     for unit in reserved_io_units as usize..io_units.len() {
         let unit_id = unit as u64;
         match (scan.io_units.contains(unit), io_units.is_used(unit)) {
+            (false, true) if held_unit(unit) => {}
             (false, true) => report.add(Problem::LeakedIoUnit { unit: unit_id }),
             (true, false) => report.add(Problem::FreeIoUnitInUse { unit: unit_id }),
             _ => {}
         }
+    }
+    for (index, units) in held {
+        report.add(Problem::HeldAfterFailedCommit {
+            index: *index,
+            io_units: units.len() as u64,
+        });
     }
 }
 

@@ -461,6 +461,11 @@ impl Metadata {
         &self.io_units
     }
 
+    /// The chunk maps (index, io units) held after failed commits.
+    pub fn held_maps(&self) -> impl Iterator<Item = &(u64, IoUnits)> {
+        self.held.iter().flat_map(|(_, maps)| maps)
+    }
+
     pub fn pm(&self) -> &dyn PmRegion {
         self.pm.as_ref()
     }

@@ -336,13 +336,14 @@ impl Core {
             Phase::Ready(engine) if engine.outstanding() > 0 => Err(busy(engine.outstanding())),
             Phase::Ready(engine) => {
                 // Chunk maps held after a failed commit are free once their entries
-                // persist; those still held are reported as in use, named by nothing.
+                // persist; those still held are reported as such.
                 engine.meta.retry_held();
                 let meta = &engine.meta;
                 Ok(check::audit(
                     meta.view(),
                     meta.chunk_map_usage(),
                     meta.io_unit_usage(),
+                    meta.held_maps(),
                 ))
             }
             _ => Err(not_loaded()),

@@ -57,7 +57,8 @@ impl Volume {
     /// Checks the volume: map entries in range, each chunk map and io unit referenced
     /// once, the free maps marking exactly what is referenced, and every chunk in use
     /// reading back (checksum, decompression). `EBUSY` while requests are outstanding.
-    /// Problems go in the report; the volume is left as it was.
+    /// Problems go in the report; the volume is left as it was, but for chunk maps held
+    /// after failed commits, which it frees if their entries now persist.
     pub fn check(&self, cb: impl FnOnce(Result<Report>) + 'static) {
         let audit = self.shared.core.borrow_mut().audit();
         let (report, chunks) = match audit {

@@ -1,20 +1,27 @@
 //! Free-space maps: which chunk maps and which io units are in use. They live only in
 //! memory; load rebuilds them from the logical map and the chunk maps it references.
 
+use std::ops::Range;
+
 /// A fixed number of bits, all clear to begin with. Its words come zeroed from the
 /// allocator (calloc), not written, so the pages of a large map that is mostly clear
 /// are never touched: a 1 TiB volume's 40 MiB of free maps cost no time to make and
-/// resident memory only where bits are set.
+/// resident memory only where bits are set. A second map, a bit per word, marks the
+/// words with a bit set, so a word of 64 clear bits is found without reading the
+/// words before it.
 #[derive(Clone, Debug)]
 pub struct Bitmap {
     words: Vec<u64>,
+    occupied: Vec<u64>,
     len: usize,
 }
 
 impl Bitmap {
     pub fn new(len: usize) -> Bitmap {
+        let words = len.div_ceil(64);
         Bitmap {
-            words: vec![0; len.div_ceil(64)],
+            words: vec![0; words],
+            occupied: vec![0; words.div_ceil(64)],
             len,
         }
     }
@@ -36,12 +43,17 @@ impl Bitmap {
         let bit = 1 << (index % 64);
         let was = *word & bit != 0;
         *word |= bit;
+        self.occupied[index / 4096] |= 1 << (index / 64 % 64);
         was
     }
 
     /// Clears bit `index` (within the map).
     pub fn clear(&mut self, index: usize) {
-        self.words[index / 64] &= !(1 << (index % 64));
+        let word = &mut self.words[index / 64];
+        *word &= !(1 << (index % 64));
+        if *word == 0 {
+            self.occupied[index / 4096] &= !(1 << (index / 64 % 64));
+        }
     }
 
     /// Sets bits `0..end` (`end` within the map).
@@ -50,6 +62,9 @@ impl Bitmap {
         self.words[..end / 64].fill(u64::MAX);
         if end % 64 != 0 {
             self.words[end / 64] |= (1 << (end % 64)) - 1;
+        }
+        for word in 0..end.div_ceil(64) {
+            self.occupied[word / 64] |= 1 << (word % 64);
         }
     }
 
@@ -70,14 +85,60 @@ impl Bitmap {
         let index = (first + offset) * 64 + word.trailing_ones() as usize;
         (index < self.len).then_some(index)
     }
+
+    /// The lowest bit at or after `from` and before `limit` that is `set` (or clear,
+    /// with `set` false).
+    fn next(&self, from: usize, limit: usize, set: bool) -> Option<usize> {
+        next_bit(&self.words, from, limit.min(self.len), set)
+    }
+
+    /// The lowest word at or after word `from` with no bit set.
+    fn next_clear_word(&self, from: usize) -> Option<usize> {
+        next_bit(&self.occupied, from, self.words.len(), false)
+    }
 }
 
+/// The lowest bit of `words` at or after `from` and before `limit` that is `set` (or
+/// clear, with `set` false), reading no word past `limit`'s.
+fn next_bit(words: &[u64], from: usize, limit: usize, set: bool) -> Option<usize> {
+    if from >= limit {
+        return None;
+    }
+    let flip = if set { 0 } else { u64::MAX };
+    let mut i = from / 64;
+    // The first word without the bits below `from`.
+    let mut word = (words[i] ^ flip) & (u64::MAX << (from % 64));
+    while word == 0 {
+        i += 1;
+        if i * 64 >= limit {
+            return None;
+        }
+        word = words[i] ^ flip;
+    }
+    let index = i * 64 + word.trailing_zeros() as usize;
+    (index < limit).then_some(index)
+}
+
+/// How far [`FreeMap::alloc_run`] looks for a run near the lowest free index (first
+/// fit): free runs too short it passes over, and indices past the lowest free one.
+/// Past that it goes on where its last run taken past that search ended, while the
+/// indices there are free, or else takes a word of 64 free indices (or a row of them,
+/// for a longer run), found without a search; and only when there is none, the lowest
+/// free indices one by one. A long search each time would cost more than the run
+/// saves where overwrites have left many short runs.
+const RUN_SEARCH_SHORT_RUNS: usize = 16;
+const RUN_SEARCH_SPAN: usize = 4096;
+
 /// One bitmap with first-fit allocation. `hint` is at or below the lowest free bit, so
-/// a search starts there instead of at 0 without changing which bit is chosen.
+/// a search starts there instead of at 0 without changing which bit is chosen;
+/// `clear_word_hint` likewise for the lowest word of 64 free bits. `cursor` is where
+/// the last run taken past the first-fit search ended.
 #[derive(Clone, Debug)]
 pub struct FreeMap {
     used: Bitmap,
     hint: usize,
+    clear_word_hint: usize,
+    cursor: usize,
     in_use: usize,
 }
 
@@ -89,6 +150,8 @@ impl FreeMap {
         FreeMap {
             used,
             hint: 0,
+            clear_word_hint: 0,
+            cursor: 0,
             in_use,
         }
     }
@@ -114,12 +177,79 @@ impl FreeMap {
         Some(index)
     }
 
+    /// `count` contiguous free indices, now marked used, found as
+    /// [`RUN_SEARCH_SHORT_RUNS`] says; `None` when there is no such run there (the
+    /// caller then takes the lowest free indices one by one).
+    pub fn alloc_run(&mut self, count: usize) -> Option<Range<usize>> {
+        if count <= 1 {
+            return match count {
+                0 => Some(0..0),
+                _ => self.alloc().map(|index| index..index + 1),
+            };
+        }
+        let len = self.len();
+        let lowest = self.used.first_clear(self.hint)?;
+        let limit = lowest.saturating_add(RUN_SEARCH_SPAN);
+        let mut start = Some(lowest);
+        for _ in 0..RUN_SEARCH_SHORT_RUNS {
+            let Some(at) = start else { break };
+            let end = self.used.next(at, len, true).unwrap_or(len);
+            if end - at >= count {
+                return Some(self.take(at, count, lowest));
+            }
+            start = self.used.next(end, limit, false);
+        }
+        let at = self.cursor;
+        if at < len && !self.used.contains(at) {
+            let end = self.used.next(at, len, true).unwrap_or(len);
+            if end - at >= count {
+                self.cursor = at + count;
+                return Some(self.take(at, count, lowest));
+            }
+        }
+        let mut word = self.clear_word_hint;
+        for tried in 0..RUN_SEARCH_SHORT_RUNS {
+            let Some(clear) = self.used.next_clear_word(word) else {
+                if tried == 0 {
+                    self.clear_word_hint = self.used.words.len();
+                }
+                return None;
+            };
+            if tried == 0 {
+                self.clear_word_hint = clear;
+            }
+            let at = clear * 64;
+            let end = self.used.next(at, len, true).unwrap_or(len);
+            if end - at >= count {
+                self.cursor = at + count;
+                return Some(self.take(at, count, lowest));
+            }
+            word = end / 64 + 1;
+        }
+        None
+    }
+
+    /// Marks the free run `at..at + count` used; `lowest` is the lowest free index.
+    fn take(&mut self, at: usize, count: usize, lowest: usize) -> Range<usize> {
+        for index in at..at + count {
+            self.used.put(index);
+        }
+        self.in_use += count;
+        if at == lowest {
+            self.hint = at + count;
+        }
+        at..at + count
+    }
+
     pub fn free(&mut self, index: usize) {
         debug_assert!(self.used.contains(index), "freeing a free index {index}");
         if self.used.contains(index) {
             self.used.clear(index);
             self.in_use -= 1;
             self.hint = self.hint.min(index);
+            if self.used.words[index / 64] == 0 {
+                self.clear_word_hint = self.clear_word_hint.min(index / 64);
+            }
         }
     }
 }
@@ -163,6 +293,102 @@ mod tests {
         assert_eq!(b.first_clear(64), Some(70));
         b.set_first(130);
         assert_eq!(b.first_clear(0), None);
+    }
+
+    /// The map's used bits as a string, `#` used and `.` free.
+    fn picture(m: &FreeMap) -> String {
+        (0..m.len())
+            .map(|i| if m.is_used(i) { '#' } else { '.' })
+            .collect()
+    }
+
+    fn from_picture(p: &str) -> FreeMap {
+        let mut used = Bitmap::new(p.len());
+        for (i, c) in p.chars().enumerate() {
+            if c == '#' {
+                used.put(i);
+            }
+        }
+        FreeMap::from_used(used, p.matches('#').count())
+    }
+
+    #[test]
+    fn a_run_near_the_lowest_free_index_is_the_first_long_enough() {
+        let mut m = from_picture("#.#..#...##....#");
+        assert_eq!(m.alloc_run(3), Some(6..9));
+        assert_eq!(picture(&m), "#.#..######....#");
+        assert_eq!(m.alloc_run(1), Some(1..2), "the lowest free");
+        assert_eq!(m.alloc_run(2), Some(3..5));
+        assert_eq!(m.alloc_run(5), None, "no run of 5");
+        assert_eq!(m.alloc_run(4), Some(11..15));
+        assert_eq!(picture(&m), "################");
+        assert_eq!(m.in_use(), 16);
+        assert_eq!(m.alloc_run(2), None);
+        // Runs taken at the lowest free index move the hint past them; single indices
+        // are still the lowest free.
+        m.free(12);
+        m.free(2);
+        assert_eq!(m.alloc(), Some(2));
+        assert_eq!(m.alloc(), Some(12));
+    }
+
+    #[test]
+    fn past_the_first_fit_search_a_run_goes_where_the_last_one_ended_or_in_a_free_word() {
+        // More short runs than the search passes over, in the first word; the next
+        // word has a used bit; the two after are free.
+        let mut p = "#.".repeat(RUN_SEARCH_SHORT_RUNS + 1);
+        p.push_str(&"#".repeat(64 - p.len()));
+        p.push_str(&format!("{}#", ".".repeat(63)));
+        p.push_str(&".".repeat(128));
+        let mut m = from_picture(&p);
+        assert_eq!(m.alloc_run(3), Some(128..131), "a free word");
+        assert_eq!(m.alloc_run(2), Some(131..133), "where the last run ended");
+        assert_eq!(m.alloc_run(4), Some(133..137));
+        // A run near the lowest free index is still taken first.
+        m.free(2);
+        assert_eq!(m.alloc_run(3), Some(1..4));
+        // The rest of the word after the last run is too short: the next free word.
+        let mut m = from_picture(&p[..64 * 3]);
+        assert_eq!(m.alloc_run(60), Some(128..188));
+        assert_eq!(
+            m.alloc_run(5),
+            None,
+            "4 free after the last run, no free word"
+        );
+        assert_eq!(m.alloc_run(4), Some(188..192));
+        // A run longer than a word takes a row of free words.
+        let mut m = from_picture(&p);
+        assert_eq!(m.alloc_run(100), Some(128..228));
+        assert_eq!(m.alloc_run(100), None);
+        assert_eq!(m.in_use(), p.matches('#').count() + 100);
+    }
+
+    #[test]
+    fn free_words_are_tracked_as_bits_are_set_and_cleared() {
+        let mut b = Bitmap::new(64 * 70);
+        assert_eq!(b.next_clear_word(0), Some(0));
+        b.set_first(64 * 2 + 1);
+        assert_eq!(b.next_clear_word(0), Some(3));
+        b.put(64 * 3 + 5);
+        b.put(64 * 3 + 6);
+        assert_eq!(b.next_clear_word(0), Some(4));
+        b.clear(64 * 3 + 5);
+        assert_eq!(
+            b.next_clear_word(0),
+            Some(4),
+            "one bit of the word is still set"
+        );
+        b.clear(64 * 3 + 6);
+        assert_eq!(b.next_clear_word(0), Some(3));
+        assert_eq!(
+            b.next_clear_word(66),
+            Some(66),
+            "past a word of the summary"
+        );
+        for word in 66..70 {
+            b.put(word * 64 + 63);
+        }
+        assert_eq!(b.next_clear_word(66), None);
     }
 
     #[test]

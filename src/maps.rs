@@ -520,6 +520,13 @@ impl Metadata {
 
     /// Reserves a chunk map and `io_unit_count` io units, all or nothing (`ENOSPC`).
     /// Out of chunk maps, frees those held after a failed commit if it now can.
+    ///
+    /// The io units are contiguous where the free map finds a run of them
+    /// ([`FreeMap::alloc_run`]), so the chunk is read back with one device operation;
+    /// else they are the lowest free ones, as the original takes them. Taken that way
+    /// alone, overwrites (which free a chunk's units after taking the new ones) left
+    /// chunks scattered over the short runs they freed: after `make bench`'s random
+    /// 4 KiB writes, 2.5 device reads a chunk, and reads 5 to 11 % slower.
     pub fn allocate(&mut self, io_unit_count: u32) -> Result<(u64, IoUnits)> {
         let index = match self.chunk_maps.alloc() {
             Some(index) => index,
@@ -530,6 +537,10 @@ impl Metadata {
             None => return Err(Errno::ENOSPC.into()),
         };
         let mut units = IoUnits::new();
+        if let Some(run) = self.io_units.alloc_run(io_unit_count as usize) {
+            units.extend(run.map(|unit| unit as u64));
+            return Ok((index as u64, units));
+        }
         for _ in 0..io_unit_count {
             match self.io_units.alloc() {
                 Some(unit) => units.push(unit as u64),

@@ -4,7 +4,8 @@
 //! The bounds (docs/DESIGN.md, "Scale"): resident memory grows by less than the pm
 //! file (init maps in none of it but the superblock, load of an empty volume the
 //! logical map only); the heap of a loaded volume is its two free maps (a bit per
-//! chunk map and per io unit) and at most 1 MiB besides. The volumes sit on sparse
+//! chunk map and per io unit, and a bit per 64 of those marking the words in use) and
+//! at most 1 MiB besides. The volumes sit on sparse
 //! files, their pm files on tmpfs where there is one.
 //!
 //! The heap is measured by a peak-tracking global allocator, this binary's own, and
@@ -45,10 +46,14 @@ fn geo(bytes: u64) -> Geo {
 }
 
 /// Heap bytes of the free maps of a loaded volume of `g`: a bit per chunk map and one
-/// per io unit of the device.
+/// per io unit of the device, in words of 64, and a word per 64 of those marking the
+/// words with a bit set (`src/alloc.rs`).
 fn free_map_bytes(g: Geo) -> usize {
-    let chunk_maps = g.chunks + common::EXTRA;
-    (chunk_maps.div_ceil(8) + g.total_io_units().div_ceil(8)) as usize
+    let map = |bits: u64| {
+        let words = bits.div_ceil(64);
+        (words + words.div_ceil(64)) * 8
+    };
+    (map(g.chunks + common::EXTRA) + map(g.total_io_units())) as usize
 }
 
 /// A line of /proc/self/status, in KiB.

@@ -47,13 +47,16 @@ impl Bitmap {
         was
     }
 
-    /// Clears bit `index` (within the map).
-    pub fn clear(&mut self, index: usize) {
+    /// Clears bit `index` (within the map) and says whether its word has no bit set
+    /// now.
+    pub fn clear(&mut self, index: usize) -> bool {
         let word = &mut self.words[index / 64];
         *word &= !(1 << (index % 64));
-        if *word == 0 {
+        let clear = *word == 0;
+        if clear {
             self.occupied[index / 4096] &= !(1 << (index / 64 % 64));
         }
+        clear
     }
 
     /// Sets bits `0..end` (`end` within the map).
@@ -181,12 +184,6 @@ impl FreeMap {
     /// [`RUN_SEARCH_SHORT_RUNS`] says; `None` when there is no such run there (the
     /// caller then takes the lowest free indices one by one).
     pub fn alloc_run(&mut self, count: usize) -> Option<Range<usize>> {
-        if count <= 1 {
-            return match count {
-                0 => Some(0..0),
-                _ => self.alloc().map(|index| index..index + 1),
-            };
-        }
         let len = self.len();
         let lowest = self.used.first_clear(self.hint)?;
         let limit = lowest.saturating_add(RUN_SEARCH_SPAN);
@@ -244,12 +241,11 @@ impl FreeMap {
     pub fn free(&mut self, index: usize) {
         debug_assert!(self.used.contains(index), "freeing a free index {index}");
         if self.used.contains(index) {
-            self.used.clear(index);
-            self.in_use -= 1;
-            self.hint = self.hint.min(index);
-            if self.used.words[index / 64] == 0 {
+            if self.used.clear(index) {
                 self.clear_word_hint = self.clear_word_hint.min(index / 64);
             }
+            self.in_use -= 1;
+            self.hint = self.hint.min(index);
         }
     }
 }
@@ -372,13 +368,13 @@ mod tests {
         b.put(64 * 3 + 5);
         b.put(64 * 3 + 6);
         assert_eq!(b.next_clear_word(0), Some(4));
-        b.clear(64 * 3 + 5);
+        assert!(!b.clear(64 * 3 + 5));
         assert_eq!(
             b.next_clear_word(0),
             Some(4),
             "one bit of the word is still set"
         );
-        b.clear(64 * 3 + 6);
+        assert!(b.clear(64 * 3 + 6), "the word has no bit set now");
         assert_eq!(b.next_clear_word(0), Some(3));
         assert_eq!(
             b.next_clear_word(66),

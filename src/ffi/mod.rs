@@ -16,7 +16,7 @@ mod check;
 mod claim;
 mod codec;
 #[cfg(test)]
-mod counting;
+pub(crate) mod counting;
 mod device;
 mod iov;
 mod logging;

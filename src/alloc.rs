@@ -122,15 +122,37 @@ fn next_bit(words: &[u64], from: usize, limit: usize, set: bool) -> Option<usize
     (index < limit).then_some(index)
 }
 
-/// How far [`FreeMap::alloc_run`] looks for a run near the lowest free index (first
-/// fit): free runs too short it passes over, and indices past the lowest free one.
-/// Past that it goes on where its last run taken past that search ended, while the
-/// indices there are free, or else takes a word of 64 free indices (or a row of them,
-/// for a longer run), found without a search; and only when there is none, the lowest
-/// free indices one by one. A long search each time would cost more than the run
-/// saves where overwrites have left many short runs.
-const RUN_SEARCH_SHORT_RUNS: usize = 16;
-const RUN_SEARCH_SPAN: usize = 4096;
+/// How far [`FreeMap::alloc_run`] looks for a run at or after the lowest free index
+/// (first fit): the words it reads, and of those the ones with a free index it tests
+/// for a run. Over the used part of a volume, overwrites leave short runs everywhere
+/// (each frees the run its chunk held), and first fit fills them: the used part stays
+/// as compact as the original's lowest-free-index allocation keeps it. Past the search
+/// a run goes where the last run taken past it ended, while the indices there are
+/// free, or else in a word of 64 free indices (or a row of them, for a longer run),
+/// found without a search; and only when there is none, the lowest free indices one by
+/// one. The bounds keep an allocation to about a microsecond where many words are
+/// nearly full.
+const RUN_SEARCH_WORDS: usize = 1024;
+const RUN_SEARCH_TESTED: usize = 256;
+/// Words of 64 free indices tried for a run longer than the free ones after the
+/// first: a longer run needs a row of them.
+const FREE_WORDS_TRIED: usize = 16;
+
+/// The indices of `free` (bits set where free, the lower of two consecutive words in
+/// the low half) where a run of `count` free bits starts, for `count` at most 64: bit
+/// `p` of the result is set when bits `p..p + count` of `free` all are.
+fn run_starts(free: u128, count: usize) -> u64 {
+    debug_assert!((1..=64).contains(&count));
+    // Runs of `have` bits doubled, a run starting at `p` and one starting at `p + step`
+    // (`step` at most `have`, so the two overlap or meet) making one.
+    let (mut runs, mut have) = (free, 1);
+    while have < count {
+        let step = have.min(count - have);
+        runs &= runs >> step;
+        have += step;
+    }
+    runs as u64
+}
 
 /// One bitmap with first-fit allocation. `hint` is at or below the lowest free bit, so
 /// a search starts there instead of at 0 without changing which bit is chosen;
@@ -181,20 +203,13 @@ impl FreeMap {
     }
 
     /// `count` contiguous free indices, now marked used, found as
-    /// [`RUN_SEARCH_SHORT_RUNS`] says; `None` when there is no such run there (the
-    /// caller then takes the lowest free indices one by one).
+    /// [`RUN_SEARCH_WORDS`] says; `None` when there is no such run there (the caller
+    /// then takes the lowest free indices one by one).
     pub fn alloc_run(&mut self, count: usize) -> Option<Range<usize>> {
         let len = self.len();
         let lowest = self.used.first_clear(self.hint)?;
-        let limit = lowest.saturating_add(RUN_SEARCH_SPAN);
-        let mut start = Some(lowest);
-        for _ in 0..RUN_SEARCH_SHORT_RUNS {
-            let Some(at) = start else { break };
-            let end = self.used.next(at, len, true).unwrap_or(len);
-            if end - at >= count {
-                return Some(self.take(at, count, lowest));
-            }
-            start = self.used.next(end, limit, false);
+        if let Some(at) = self.first_fit(lowest, count) {
+            return Some(self.take(at, count, lowest));
         }
         let at = self.cursor;
         if at < len && !self.used.contains(at) {
@@ -205,7 +220,7 @@ impl FreeMap {
             }
         }
         let mut word = self.clear_word_hint;
-        for tried in 0..RUN_SEARCH_SHORT_RUNS {
+        for tried in 0..FREE_WORDS_TRIED {
             let Some(clear) = self.used.next_clear_word(word) else {
                 if tried == 0 {
                     self.clear_word_hint = self.used.words.len();
@@ -222,6 +237,36 @@ impl FreeMap {
                 return Some(self.take(at, count, lowest));
             }
             word = end / 64 + 1;
+        }
+        None
+    }
+
+    /// The first run of `count` free indices (at most 64) from word `lowest / 64` on,
+    /// within the bounds of [`RUN_SEARCH_WORDS`].
+    fn first_fit(&self, lowest: usize, count: usize) -> Option<usize> {
+        if count > 64 {
+            return None;
+        }
+        let words = &self.used.words;
+        let first = lowest / 64;
+        let end = words.len().min(first + RUN_SEARCH_WORDS);
+        let mut tested = 0;
+        for i in first..end {
+            if words[i] == u64::MAX {
+                continue;
+            }
+            // A run may go on into the next word; bits past the map's end read as free
+            // in its last word, and the run found is checked against the end.
+            let next = words.get(i + 1).map_or(0, |w| !w);
+            let starts = run_starts(u128::from(!words[i]) | u128::from(next) << 64, count);
+            if starts != 0 {
+                let at = i * 64 + starts.trailing_zeros() as usize;
+                return (at + count <= self.len()).then_some(at);
+            }
+            tested += 1;
+            if tested == RUN_SEARCH_TESTED {
+                break;
+            }
         }
         None
     }
@@ -329,34 +374,117 @@ mod tests {
     }
 
     #[test]
-    fn past_the_first_fit_search_a_run_goes_where_the_last_one_ended_or_in_a_free_word() {
-        // More short runs than the search passes over, in the first word; the next
-        // word has a used bit; the two after are free.
-        let mut p = "#.".repeat(RUN_SEARCH_SHORT_RUNS + 1);
-        p.push_str(&"#".repeat(64 - p.len()));
-        p.push_str(&format!("{}#", ".".repeat(63)));
-        p.push_str(&".".repeat(128));
+    // Maps of thousands of words, too slow for miri; this module has no unsafe code.
+    #[cfg_attr(miri, ignore)]
+    fn first_fit_finds_runs_across_words_within_its_bounds() {
+        let (free, used) = (u128::MAX, 0u128);
+        assert_eq!(run_starts(free, 64), u64::MAX);
+        assert_eq!(run_starts(0b0111_0111, 3), 0b0001_0001);
+        assert_eq!(run_starts(0b0111_0111, 4), 0);
+        assert_eq!(
+            run_starts(used | 0b111 << 62, 3),
+            1 << 62,
+            "into the next word"
+        );
+        // A run that begins at the end of one word and ends in the next.
+        let mut p = "#".repeat(62);
+        p.push_str("..");
+        p.push_str(&".".repeat(3));
+        p.push_str(&"#".repeat(59));
         let mut m = from_picture(&p);
-        assert_eq!(m.alloc_run(3), Some(128..131), "a free word");
-        assert_eq!(m.alloc_run(2), Some(131..133), "where the last run ended");
-        assert_eq!(m.alloc_run(4), Some(133..137));
-        // A run near the lowest free index is still taken first.
-        m.free(2);
-        assert_eq!(m.alloc_run(3), Some(1..4));
+        assert_eq!(m.alloc_run(5), Some(62..67));
+        // The map's end is not free: the last word's bits past it are not a run.
+        let mut m = from_picture(&format!("{}..", "#".repeat(68)));
+        assert_eq!(m.alloc_run(3), None);
+        assert_eq!(m.alloc_run(2), Some(68..70));
+        // Words after the lowest free index count towards the search's span, full
+        // ones too: a run past it, in a word with used indices, is not found (the
+        // caller then takes the lowest free indices one by one).
+        let first = format!("#.{}", "#".repeat(62));
+        let full = "#".repeat(64 * (RUN_SEARCH_WORDS - 1));
+        let last = format!("..{}", "#".repeat(62));
+        let mut m = from_picture(&format!("{first}{full}{last}"));
+        assert_eq!(m.alloc_run(2), None);
+        let mut m = from_picture(&format!("{first}{}{last}", &full[64..]));
+        let at = 64 * (RUN_SEARCH_WORDS - 1);
+        assert_eq!(m.alloc_run(2), Some(at..at + 2), "the span's last word");
+    }
+
+    #[test]
+    // Maps of thousands of words, too slow for miri; this module has no unsafe code.
+    #[cfg_attr(miri, ignore)]
+    fn past_the_first_fit_search_a_run_goes_where_the_last_one_ended_or_in_a_free_word() {
+        // More words than the search tests, each with free indices but no two
+        // together (within a word or across two); then a word with a used index; then
+        // two free words.
+        let fragmented = ".#".repeat(32 * RUN_SEARCH_TESTED);
+        let f = fragmented.len();
+        let p = format!("{fragmented}{}#{}", ".".repeat(63), ".".repeat(128));
+        let mut m = from_picture(&p);
+        assert_eq!(m.alloc_run(3), Some(f + 64..f + 67), "a free word");
+        assert_eq!(
+            m.alloc_run(2),
+            Some(f + 67..f + 69),
+            "where the last run ended"
+        );
+        assert_eq!(m.alloc_run(4), Some(f + 69..f + 73));
+        // A run within the search is still taken first.
+        m.free(1);
+        assert_eq!(m.alloc_run(3), Some(0..3));
         // The rest of the word after the last run is too short: the next free word.
-        let mut m = from_picture(&p[..64 * 3]);
-        assert_eq!(m.alloc_run(60), Some(128..188));
+        let mut m = from_picture(&p[..f + 128]);
+        assert_eq!(m.alloc_run(60), Some(f + 64..f + 124));
         assert_eq!(
             m.alloc_run(5),
             None,
             "4 free after the last run, no free word"
         );
-        assert_eq!(m.alloc_run(4), Some(188..192));
+        assert_eq!(m.alloc_run(4), Some(f + 124..f + 128));
         // A run longer than a word takes a row of free words.
         let mut m = from_picture(&p);
-        assert_eq!(m.alloc_run(100), Some(128..228));
+        assert_eq!(m.alloc_run(100), Some(f + 64..f + 164));
         assert_eq!(m.alloc_run(100), None);
         assert_eq!(m.in_use(), p.matches('#').count() + 100);
+    }
+
+    /// Chunks of 1 to 4 io units overwritten at random, each new run taken before the
+    /// old one is freed, as a volume does: first fit keeps the used indices within a
+    /// little more than the count in use, instead of moving on into indices never used.
+    #[test]
+    // Maps of thousands of words, too slow for miri; this module has no unsafe code.
+    #[cfg_attr(miri, ignore)]
+    fn overwrites_keep_the_used_indices_compact() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut m = empty(64 * 1024);
+        let take = |m: &mut FreeMap, count: usize| -> Vec<usize> {
+            match m.alloc_run(count) {
+                Some(run) => run.collect(),
+                None => (0..count).map(|_| m.alloc().unwrap()).collect(),
+            }
+        };
+        let mut chunks: Vec<Vec<usize>> = (0..2000).map(|i| take(&mut m, 1 + i % 4)).collect();
+        let mut high = 0;
+        for _ in 0..100_000 {
+            let c = next(chunks.len());
+            let new = take(&mut m, 1 + next(4));
+            for &unit in &chunks[c] {
+                m.free(unit);
+            }
+            high = high.max(*new.iter().max().unwrap());
+            chunks[c] = new;
+        }
+        assert_eq!(m.in_use(), chunks.iter().map(Vec::len).sum::<usize>());
+        assert!(
+            high < m.in_use() + m.in_use() / 4,
+            "indices up to {high} used, for {} in use",
+            m.in_use()
+        );
     }
 
     #[test]

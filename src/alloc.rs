@@ -156,13 +156,17 @@ fn run_starts(free: u128, count: usize) -> u64 {
 
 /// One bitmap with first-fit allocation. `hint` is at or below the lowest free bit, so
 /// a search starts there instead of at 0 without changing which bit is chosen;
-/// `clear_word_hint` likewise for the lowest word of 64 free bits. `cursor` is where
-/// the last run taken past the first-fit search ended.
+/// `clear_word_hint` likewise for the lowest word of 64 free bits, and `fit_hints[n -
+/// 1]` for the lowest word where a run of `n` free bits may start. `cursor` is where the
+/// last run taken past the first-fit search ended.
 #[derive(Clone, Debug)]
 pub struct FreeMap {
     used: Bitmap,
     hint: usize,
     clear_word_hint: usize,
+    /// Setting bits makes no run; freeing one may make runs that start in its word or
+    /// the word before, so a free moves the hints back to that one.
+    fit_hints: [usize; 64],
     cursor: usize,
     in_use: usize,
 }
@@ -176,6 +180,7 @@ impl FreeMap {
             used,
             hint: 0,
             clear_word_hint: 0,
+            fit_hints: [0; 64],
             cursor: 0,
             in_use,
         }
@@ -242,13 +247,13 @@ impl FreeMap {
     }
 
     /// The first run of `count` free indices (at most 64) from word `lowest / 64` on,
-    /// within the bounds of [`RUN_SEARCH_WORDS`].
-    fn first_fit(&self, lowest: usize, count: usize) -> Option<usize> {
-        if count > 64 {
-            return None;
-        }
+    /// within the bounds of [`RUN_SEARCH_WORDS`]. The words it finds no run starting in
+    /// are not read again for a run of `count` until an index before them is freed: a
+    /// writer of one size of run does not search the same short runs each time.
+    fn first_fit(&mut self, lowest: usize, count: usize) -> Option<usize> {
+        let hint = self.fit_hints.get_mut(count.checked_sub(1)?)?;
         let words = &self.used.words;
-        let first = lowest / 64;
+        let first = (lowest / 64).max(*hint);
         let end = words.len().min(first + RUN_SEARCH_WORDS);
         let mut tested = 0;
         for i in first..end {
@@ -260,14 +265,17 @@ impl FreeMap {
             let next = words.get(i + 1).map_or(0, |w| !w);
             let starts = run_starts(u128::from(!words[i]) | u128::from(next) << 64, count);
             if starts != 0 {
+                *hint = i;
                 let at = i * 64 + starts.trailing_zeros() as usize;
-                return (at + count <= self.len()).then_some(at);
+                return (at + count <= self.used.len).then_some(at);
             }
             tested += 1;
             if tested == RUN_SEARCH_TESTED {
-                break;
+                *hint = i + 1;
+                return None;
             }
         }
+        *hint = end;
         None
     }
 
@@ -291,6 +299,10 @@ impl FreeMap {
             }
             self.in_use -= 1;
             self.hint = self.hint.min(index);
+            let word = (index / 64).saturating_sub(1);
+            for hint in &mut self.fit_hints {
+                *hint = (*hint).min(word);
+            }
         }
     }
 }
@@ -397,6 +409,31 @@ mod tests {
         let mut m = from_picture(&format!("{}..", "#".repeat(68)));
         assert_eq!(m.alloc_run(3), None);
         assert_eq!(m.alloc_run(2), Some(68..70));
+        // A word searched in vain is passed over by the next search for that length,
+        // until an index is freed before it.
+        let mut m = from_picture(&format!("{}..{}", ".#".repeat(32), "#".repeat(62)));
+        assert_eq!(m.alloc_run(2), Some(64..66));
+        assert_eq!(m.fit_hints[1], 1, "word 0 has no run of 2");
+        assert_eq!(m.alloc_run(1), Some(0..1), "other lengths search it still");
+        m.free(1);
+        assert_eq!(
+            m.alloc_run(2),
+            Some(1..3),
+            "freed in word 0: searched again"
+        );
+        let mut m = from_picture(&format!(
+            "{}.{}..{}",
+            "#".repeat(63),
+            "#".repeat(64),
+            "#".repeat(62)
+        ));
+        assert_eq!(m.alloc_run(2), Some(128..130));
+        m.free(64);
+        assert_eq!(
+            m.alloc_run(2),
+            Some(63..65),
+            "freed in word 1: a run from word 0"
+        );
         // Words after the lowest free index count towards the search's span, full
         // ones too: a run past it, in a word with used indices, is not found (the
         // caller then takes the lowest free indices one by one).

@@ -188,9 +188,12 @@ mod tests {
             };
             // A first round reads the chunk into the cache, if the write left it out.
             read_all(&mut segs);
+            let hits = vol.stats().cache_hits;
             let before = allocations();
             read_all(&mut segs);
             let made = allocations() - before;
+            let hits = vol.stats().cache_hits - hits;
+            assert_eq!(hits, reads, "{mode:?}: all from the cache");
             assert_eq!(made, reads, "{mode:?}: allocations in {reads} cached reads");
             rig.unload(&vol).unwrap();
         }

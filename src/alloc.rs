@@ -130,12 +130,11 @@ fn next_bit(words: &[u64], from: usize, limit: usize, set: bool) -> Option<usize
 /// a run goes where the last run taken past it ended, while the indices there are
 /// free, or else in a word of 64 free indices (or a row of them, for a longer run),
 /// found without a search; and only when there is none, the lowest free indices one by
-/// one. The bounds keep an allocation to about a microsecond where many words are
-/// nearly full.
+/// one. The bounds cap what one allocation reads where many words are nearly full.
 const RUN_SEARCH_WORDS: usize = 1024;
 const RUN_SEARCH_TESTED: usize = 256;
-/// Words of 64 free indices tried for a run longer than the free ones after the
-/// first: a longer run needs a row of them.
+/// Words of 64 free indices tried in turn for a run: one longer than a word needs a
+/// row of them, which the first found may not begin.
 const FREE_WORDS_TRIED: usize = 16;
 
 /// The indices of `free` (bits set where free, the lower of two consecutive words in

@@ -126,7 +126,8 @@ fn next_bit(words: &[u64], from: usize, limit: usize, set: bool) -> Option<usize
 /// (first fit): the words it reads, and of those the ones with a free index it tests
 /// for a run. Over the used part of a volume, overwrites leave short runs everywhere
 /// (each frees the run its chunk held), and first fit fills them: the used part stays
-/// as compact as the original's lowest-free-index allocation keeps it. Past the search
+/// nearly as compact as the original's lowest-free-index allocation keeps it (in a test
+/// below, the highest index used stays 9 % above the count in use). Past the search
 /// a run goes where the last run taken past it ended, while the indices there are
 /// free, or else in a word of 64 free indices (or a row of them, for a longer run),
 /// found without a search; and only when there is none, the lowest free indices one by

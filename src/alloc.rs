@@ -89,10 +89,9 @@ impl Bitmap {
         (index < self.len).then_some(index)
     }
 
-    /// The lowest bit at or after `from` and before `limit` that is `set` (or clear,
-    /// with `set` false).
-    fn next(&self, from: usize, limit: usize, set: bool) -> Option<usize> {
-        next_bit(&self.words, from, limit.min(self.len), set)
+    /// Where the run of clear bits from `from` ends: the next set bit, or the end.
+    fn clear_run_end(&self, from: usize) -> usize {
+        next_bit(&self.words, from, self.len, true).unwrap_or(self.len)
     }
 
     /// The lowest word at or after word `from` with no bit set.
@@ -218,7 +217,7 @@ impl FreeMap {
         }
         let at = self.cursor;
         if at < len && !self.used.contains(at) {
-            let end = self.used.next(at, len, true).unwrap_or(len);
+            let end = self.used.clear_run_end(at);
             if end - at >= count {
                 self.cursor = at + count;
                 return Some(self.take(at, count, lowest));
@@ -236,7 +235,7 @@ impl FreeMap {
                 self.clear_word_hint = clear;
             }
             let at = clear * 64;
-            let end = self.used.next(at, len, true).unwrap_or(len);
+            let end = self.used.clear_run_end(at);
             if end - at >= count {
                 self.cursor = at + count;
                 return Some(self.take(at, count, lowest));
@@ -395,11 +394,7 @@ mod tests {
         assert_eq!(run_starts(0b0111_0111, 4), 0);
         assert_eq!(run_starts(0b111 << 62, 3), 1 << 62, "into the next word");
         // A run that begins at the end of one word and ends in the next.
-        let mut p = "#".repeat(62);
-        p.push_str("..");
-        p.push_str(&".".repeat(3));
-        p.push_str(&"#".repeat(59));
-        let mut m = from_picture(&p);
+        let mut m = from_picture(&format!("{}.....{}", "#".repeat(62), "#".repeat(59)));
         assert_eq!(m.alloc_run(5), Some(62..67));
         // The map's end is not free: the last word's bits past it are not a run.
         let mut m = from_picture(&format!("{}..", "#".repeat(68)));

@@ -428,7 +428,7 @@ impl Core {
                 _ => out.push(Action::Finish(io, Err(not_loaded()))),
             },
             Event::Reject { op, io, err } => match &mut self.phase {
-                Phase::Ready(engine) => engine.reject(op, io, Err(err), true, out),
+                Phase::Ready(engine) => engine.complete_at_once(op, io, Err(err), true, out),
                 _ => out.push(Action::Finish(io, Err(err))),
             },
             Event::Unload(cb) => out.push(Action::Done(cb, self.unload())),

@@ -3,8 +3,7 @@
 //! This file runs the pieces.
 //!
 //! ```text
-//! read:   admit ─ chunk empty: zeros ───────────────────────────────────────► finish
-//!           ├─ chunk cached: copy out (read_cached) ───────────────────────► finish
+//! read:   admit ─ chunk empty: zeros, or cached: copy out (read_without_device) ─► finish
 //!           └─ read_chunk ─► backing_read_done ─ raw ──────────► chunk_ready ► finish
 //!                                  ├─ compressed ─► decompress_done ─┘
 //!                                  └─ raw, read into the caller's memory ───► finish
@@ -59,6 +58,10 @@
 //! At most [`MAX_ACTIVE`] pieces hold chunk buffers at once; the rest wait in order, so
 //! any number may be submitted. Everything a piece holds is released before its request
 //! can complete.
+//!
+//! A read within one chunk that no request in flight shares does the same at submission
+//! (`Engine::submit`): when its chunk is empty or cached it completes there, with no
+//! piece and no place among the requests in flight.
 //!
 //! The chunk cache (`cache.rs`): a read that passed its checksum and decompression
 //! fills it, and so does a write whose new content is in its `plain` buffer (not one
@@ -421,6 +424,37 @@ fn warm(buf: &[u8]) {
     std::hint::black_box(buf.iter().step_by(64).fold(0, |acc, &x| acc ^ x));
 }
 
+/// Ends read `piece` into `user` when it needs no device read: an empty chunk reads as
+/// zeros, and (with `use_cache`) a chunk cached from the chunk map its entry names is
+/// copied from the cache. False when it needs the device.
+fn read_without_device(
+    meta: &Metadata,
+    cache: &mut ChunkCache,
+    piece: Piece,
+    user: &mut dyn UserIo,
+    use_cache: bool,
+) -> bool {
+    let Piece::Chunk {
+        chunk,
+        start,
+        len,
+        at,
+        ..
+    } = piece
+    else {
+        return false;
+    };
+    match meta.logical_entry(chunk) {
+        None => user.zero(at, len),
+        Some(_) if !use_cache => return false,
+        Some(index) => match cache.get(chunk, index) {
+            Some(plain) => user.scatter(at, &plain[start..start + len]),
+            None => return false,
+        },
+    }
+    true
+}
+
 /// True when `buf` holds only zeros; stops at the first block that does not.
 fn all_zero(buf: &[u8]) -> bool {
     // A block at a time: the OR of a block vectorizes, the exit between blocks is cheap.
@@ -593,21 +627,13 @@ impl Engine {
             Piece::Clear { first, count } => return self.clear(id, first..first + count, out),
             Piece::Chunk { op, chunk, .. } => (op, chunk),
         };
-        if op != Op::Write && self.meta.logical_entry(chunk).is_none() {
-            // An empty chunk reads as zeros, and has nothing to discard.
-            if let Piece::Chunk {
-                op: Op::Read,
-                at,
-                len,
-                ..
-            } = self.piece(id)
-            {
-                self.user(id).zero(at, len);
+        match op {
+            Op::Read if self.read_at_admission(id) => return self.finish(id, None, Ok(())),
+            // An empty chunk has nothing to discard.
+            Op::Unmap if self.meta.logical_entry(chunk).is_none() => {
+                return self.finish(id, None, Ok(()));
             }
-            return self.finish(id, None, Ok(()));
-        }
-        if op == Op::Read && self.read_cached(id) {
-            return self.finish(id, None, Ok(()));
+            _ => {}
         }
         if self.active == MAX_ACTIVE {
             self.park(id, Stage::Waiting);
@@ -622,34 +648,16 @@ impl Engine {
         self.start(id, op, chunk, buffers, out);
     }
 
-    /// Serves read piece `id` from the cache, if its chunk is there; false if not.
-    fn read_cached(&mut self, id: usize) -> bool {
-        let Piece::Chunk {
-            chunk,
-            start,
-            len,
-            at,
-            ..
-        } = self.piece(id)
-        else {
-            return false;
-        };
+    /// Ends read piece `id` if it needs no device read (see [`read_without_device`]);
+    /// the checker's reads must come from the device, and would only crowd the cache.
+    fn read_at_admission(&mut self, id: usize) -> bool {
+        let piece = self.piece(id);
         let parent = self.slots[id]
             .parent
             .expect("a piece in flight belongs to a request");
-        let Some(index) = self.meta.logical_entry(chunk) else {
-            return false;
-        };
-        if self.parents.is_checker(parent) {
-            return false;
-        }
-        let Some(plain) = self.cache.get(chunk, index) else {
-            return false;
-        };
-        self.parents
-            .user(parent)
-            .scatter(at, &plain[start..start + len]);
-        true
+        let use_cache = !self.parents.is_checker(parent);
+        let user = self.parents.user(parent);
+        read_without_device(&self.meta, &mut self.cache, piece, user, use_cache)
     }
 
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -1503,18 +1511,32 @@ impl Engine {
         counted: bool,
         out: &mut Vec<Action>,
     ) {
-        match locate(&self.meta.geo, op, offset, length, user.len()) {
+        let geo = self.meta.geo;
+        match locate(&geo, op, offset, length, user.len()) {
             Ok(Some(span)) => {
+                // A read of one chunk that no request in flight shares ends here when it
+                // needs no device read (most of a chunk read in pieces: a cache hit),
+                // without a place in the request table or the piece table.
+                let mut user = user;
+                if op == Op::Read && counted {
+                    if let Some(piece) = self.parents.lone_piece(op, span, &geo) {
+                        let (meta, cache) = (&self.meta, &mut self.cache);
+                        if read_without_device(meta, cache, piece, user.as_mut(), true) {
+                            return self.complete_at_once(op, user, Ok(()), counted, out);
+                        }
+                    }
+                }
                 self.parents.open(op, span, user, counted);
                 self.run(out);
             }
-            Ok(None) => self.reject(op, user, Ok(()), counted, out),
-            Err(e) => self.reject(op, user, Err(e), counted, out),
+            Ok(None) => self.complete_at_once(op, user, Ok(()), counted, out),
+            Err(e) => self.complete_at_once(op, user, Err(e), counted, out),
         }
     }
 
-    /// Completes a request that never ran (refused, or empty), counting it.
-    pub(crate) fn reject(
+    /// Completes a request that ran no piece (refused, empty, or a read that needed no
+    /// device read), counting it.
+    pub(crate) fn complete_at_once(
         &mut self,
         op: Op,
         user: Box<dyn UserIo>,

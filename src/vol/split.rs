@@ -5,6 +5,8 @@
 //! ```text
 //! submit ─ bad ───────────────────────────────────────────────────► complete(EINVAL)
 //!   │ length 0 ───────────────────────────────────────────────────► complete(ok)
+//!   │ a read within one chunk no request in flight shares, the
+//!   │ chunk empty or cached (`request.rs`: read_without_device) ──► complete(ok)
 //!   ▼
 //! open ─ an earlier request overlaps ─► Blocked ─(the last of them completes)─┐
 //!   └───────────────────────────────────────────────────────────────────────┐ │
@@ -112,6 +114,32 @@ pub(super) struct Span {
     /// Chunks `first..=last`.
     first: u64,
     last: u64,
+}
+
+impl Span {
+    /// The piece of `op` over this span that starts at chunk `chunk`.
+    fn piece(&self, op: Op, chunk: u64, geo: &Geometry) -> Piece {
+        let bpc = u64::from(geo.blocks_per_chunk);
+        let lbs = u64::from(geo.params.logical_block_size);
+        let (end, chunk_start) = (self.offset + self.length, chunk * bpc);
+        let (from, to) = (self.offset.max(chunk_start), end.min(chunk_start + bpc));
+        if op == Op::Unmap && from == chunk_start && to == chunk_start + bpc {
+            let run = (CLEAR_RUN_IO_UNITS / u64::from(geo.io_units_per_chunk)).max(1);
+            let count = (end / bpc - chunk).min(run);
+            Piece::Clear {
+                first: chunk,
+                count,
+            }
+        } else {
+            Piece::Chunk {
+                op,
+                chunk,
+                start: ((from - chunk_start) * lbs) as usize,
+                len: ((to - from) * lbs) as usize,
+                at: ((from - self.offset) * lbs) as usize,
+            }
+        }
+    }
 }
 
 /// A caller's request from submission to completion.
@@ -275,42 +303,24 @@ impl Parents {
     /// handed out, a piece failed, or as many in flight as it may have).
     pub(super) fn next_piece(&mut self, r: usize, geo: &Geometry) -> Option<Piece> {
         let p = &mut self.table[r];
-        let Span {
-            offset,
-            length,
-            last,
-            ..
-        } = p.span;
-        if p.live >= PIECES_IN_FLIGHT || p.next > last || p.result.is_err() {
+        if p.live >= PIECES_IN_FLIGHT || p.next > p.span.last || p.result.is_err() {
             return None;
         }
-        let bpc = u64::from(geo.blocks_per_chunk);
-        let lbs = u64::from(geo.params.logical_block_size);
-        let chunk = p.next;
-        let (end, chunk_start) = (offset + length, chunk * bpc);
-        let (from, to) = (offset.max(chunk_start), end.min(chunk_start + bpc));
-        let piece = if p.op == Op::Unmap && from == chunk_start && to == chunk_start + bpc {
-            let run = (CLEAR_RUN_IO_UNITS / u64::from(geo.io_units_per_chunk)).max(1);
-            let count = (end / bpc - chunk).min(run);
-            Piece::Clear {
-                first: chunk,
-                count,
-            }
-        } else {
-            Piece::Chunk {
-                op: p.op,
-                chunk,
-                start: ((from - chunk_start) * lbs) as usize,
-                len: ((to - from) * lbs) as usize,
-                at: ((from - offset) * lbs) as usize,
-            }
-        };
+        let piece = p.span.piece(p.op, p.next, geo);
         p.next += match piece {
             Piece::Clear { count, .. } => count,
             Piece::Chunk { .. } => 1,
         };
         p.live += 1;
         Some(piece)
+    }
+
+    /// The one piece of a request over `span` when the span lies within one chunk and
+    /// no request in flight shares it: such a request may end before it is opened (see
+    /// `Engine::submit`), as nothing of its chunk can change meanwhile.
+    pub(super) fn lone_piece(&self, op: Op, span: Span, geo: &Geometry) -> Option<Piece> {
+        let alone = self.order.overlapping(span.first, span.last).is_empty();
+        (span.first == span.last && alone).then(|| span.piece(op, span.first, geo))
     }
 
     /// Whether request `r` has handed out all it will and every piece has ended.
@@ -397,7 +407,59 @@ pub(super) fn locate(
 
 #[cfg(test)]
 mod tests {
-    use super::Order;
+    use super::{Op, Order, Parents, Piece, locate};
+    use crate::format::{Geometry, Params};
+    use crate::vol::Segments;
+
+    /// 512-byte blocks, 16 KiB chunks (32 blocks), 64 chunks.
+    fn geometry() -> Geometry {
+        let params = Params {
+            backing_io_unit_size: 4096,
+            logical_block_size: 512,
+            chunk_size: 16384,
+            vol_size: 64 * 16384,
+            ..Default::default()
+        };
+        Geometry::new(params, 512).unwrap()
+    }
+
+    #[test]
+    fn a_lone_piece_is_a_request_within_one_chunk_that_none_in_flight_shares() {
+        let geo = geometry();
+        let mut parents = Parents::default();
+        let lone = |parents: &Parents, offset, length| {
+            let span = locate(&geo, Op::Read, offset, length, length as usize * 512).unwrap();
+            match parents.lone_piece(Op::Read, span.unwrap(), &geo) {
+                Some(Piece::Chunk {
+                    chunk,
+                    start,
+                    len,
+                    at,
+                    ..
+                }) => Some((chunk, start, len, at)),
+                _ => None,
+            }
+        };
+        // Blocks 36..44: chunk 1, bytes 2048..6144 of it.
+        assert_eq!(lone(&parents, 36, 8), Some((1, 2048, 4096, 0)));
+        assert_eq!(lone(&parents, 32, 32), Some((1, 0, 16384, 0)));
+        // Over chunks 1 and 2.
+        assert_eq!(lone(&parents, 60, 8), None);
+        // An unmap in flight over chunk 2: chunk 1 stays alone, 2 does not, until the
+        // unmap completes.
+        let unmap = locate(&geo, Op::Unmap, 64, 32, 0).unwrap().unwrap();
+        parents.open(
+            Op::Unmap,
+            unmap,
+            Segments::boxed(Vec::new(), |_, _| {}),
+            true,
+        );
+        let r = parents.to_refill.pop_front().unwrap();
+        assert_eq!(lone(&parents, 36, 8), Some((1, 2048, 4096, 0)));
+        assert_eq!(lone(&parents, 70, 2), None);
+        let _ = parents.close(r);
+        assert_eq!(lone(&parents, 70, 2), Some((2, 3072, 1024, 0)));
+    }
 
     #[test]
     fn a_request_waits_for_the_last_one_over_each_of_its_chunks() {

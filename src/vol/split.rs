@@ -319,8 +319,9 @@ impl Parents {
     /// no request in flight shares it: such a request may end before it is opened (see
     /// `Engine::submit`), as nothing of its chunk can change meanwhile.
     pub(super) fn lone_piece(&self, op: Op, span: Span, geo: &Geometry) -> Option<Piece> {
-        let alone = self.order.overlapping(span.first, span.last).is_empty();
-        (span.first == span.last && alone).then(|| span.piece(op, span.first, geo))
+        let alone =
+            span.first == span.last && self.order.overlapping(span.first, span.last).is_empty();
+        alone.then(|| span.piece(op, span.first, geo))
     }
 
     /// Whether request `r` has handed out all it will and every piece has ended.
